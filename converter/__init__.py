@@ -1,0 +1,1 @@
+"""Hugging Face checkpoint -> .wq conversion (torch and transformers live here and only here)."""

@@ -1,0 +1,91 @@
+"""`wavq-convert`: Hugging Face checkpoint -> one .wq file. Parses, calls the library, prints."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..formats.errors import OutputExistsError
+from .registry import ConversionError
+
+
+def _parse_keep(ctx, param, values) -> list[tuple[str, int]]:
+    out = []
+    for v in values:
+        pattern, sep, bits = v.rpartition("=")
+        if not sep or not pattern or not bits.isdigit() or not 2 <= int(bits) <= 8:
+            raise click.BadParameter(f"{v!r}: expected PATTERN=BITS with BITS from 2 to 8")
+        out.append((pattern, int(bits)))
+    return out
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .wq file to write.")
+@click.option("--bits", type=click.IntRange(2, 8), default=None,
+              help="Quantize weights to this many bits (2-8). Without --bits or --target-bpw: no quantization.")
+@click.option("--method", default=None, show_default="rtn when quantizing",
+              help="rtn, gptq, awq, or a '+' combination such as awq+clip+gptq; 'clip' adds range clipping search.")
+@click.option("--group-size", type=click.IntRange(0), default=128, show_default=True,
+              help="Input columns per scale; 0 = one scale per output channel.")
+@click.option("--asym", is_flag=True, help="Asymmetric codes with a zero point per group (default symmetric).")
+@click.option("--target-bpw", type=click.FloatRange(2.0, 9.0), default=None,
+              help="Mixed precision: choose bits per tensor to average this many bits per weight (scales included).")
+@click.option("--keep", "keep", multiple=True, callback=_parse_keep, metavar="PATTERN=BITS",
+              help="Pin tensors whose name matches the glob PATTERN to BITS (repeatable), e.g. '*conv1*=8'.")
+@click.option("--calib", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Calibration audio: a LibriSpeech-layout directory or any folder of audio files.")
+@click.option("--calib-samples", type=click.IntRange(1), default=128, show_default=True,
+              help="Number of calibration utterances.")
+@click.option("--act-order", is_flag=True, help="GPTQ: quantize columns in order of decreasing activation energy.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
+@click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
+              help="Storage of unquantized tensors (all of them without --bits).")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of SOURCE.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def main(source, output, bits, method, group_size, asym, target_bpw, keep, calib, calib_samples, act_order, seed,
+         dtype, revision, force, quiet) -> None:
+    """Convert SOURCE (a Hugging Face hub id or local model directory) to a .wq file.
+
+    \b
+    Examples:
+      wavq-convert openai/whisper-base --bits 4 -o base.wq
+      wavq-convert facebook/wav2vec2-base-960h --bits 4 --method gptq --calib librispeech/train-clean-100 -o w2v.wq
+    """
+    from .export import convert
+
+    quantize = bits is not None or target_bpw is not None
+    if not quantize and (method or keep or asym or calib or act_order):
+        raise click.UsageError("--method, --keep, --asym, --calib and --act-order need --bits or --target-bpw")
+    recipe = None
+    calib_items = None
+    try:
+        if quantize:
+            from .quant.recipe import Recipe
+
+            recipe = Recipe.from_options(method=method or "rtn", bits=bits, group_size=group_size,
+                                         symmetric=not asym, target_bpw=target_bpw, keep=keep,
+                                         act_order=act_order, calib_samples=calib_samples, seed=seed)
+            if recipe.needs_calibration:
+                if calib is None:
+                    raise click.UsageError(f"method {recipe.method!r} needs calibration audio: pass --calib DIR")
+                from .calibrate import select_calibration
+
+                calib_items = select_calibration(calib, calib_samples, seed)
+        stage = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+        report = convert(source, output, recipe, dtype=dtype, force=force, revision=revision,
+                         progress=not quiet and sys.stderr.isatty(), calib_items=calib_items, on_stage=stage)
+    except (ConversionError, OutputExistsError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    bpw = report.quantization.get("bits_per_weight")
+    click.echo(
+        f"wrote {report.path}: {report.architecture}, {report.n_params:,} parameters "
+        f"({report.n_quantized:,} quantized{f', {bpw:.3f} bits/weight' if bpw else ''}), "
+        f"{report.file_size / 2**20:.2f} MiB in {report.seconds:.1f} s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))

@@ -1,0 +1,121 @@
+"""Checkpoint -> .wq: load with transformers, pick the registered exporter, quantize, write one file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from importlib import metadata
+from typing import Any, Callable
+
+import numpy as np
+
+from ..formats import QuantizedTensor, WqWriter
+from ..formats.errors import OutputExistsError
+from .registry import ConversionError, ExportTensor, loader_for
+
+DTYPES = {"f32": np.float32, "f16": np.float16}
+
+
+@dataclasses.dataclass
+class ConvertReport:
+    path: str
+    architecture: str
+    n_params: int  # weights of every stored model tensor (extra arrays such as mel filters excluded)
+    n_quantized: int  # of which quantized
+    file_size: int  # bytes
+    seconds: float
+    quantization: dict
+
+
+def _version(pkg: str) -> str:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def load_exporter(source: str, revision: str | None = None):
+    """The registered exporter for a hub id or local directory, loaded the normal transformers way."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"cannot load a model config from {source!r}: {str(e).splitlines()[0]}") from None
+    load = loader_for(config)
+    return load(source, config=config, revision=revision)
+
+
+def provenance(source: str, exporter, revision: str | None) -> dict:
+    config = getattr(exporter.model, "config", None)
+    return {
+        "source": source if not os.path.isdir(source) else os.path.basename(os.path.normpath(source)),
+        "revision": revision or getattr(config, "_commit_hash", None) or "unknown",
+        "converter": f"wavq {_version('wavq')}",
+        "transformers": _version("transformers"),
+        "torch": _version("torch"),
+    }
+
+
+def convert(
+    source: str,
+    output: str | os.PathLike,
+    recipe: Any = None,
+    *,
+    dtype: str = "f32",
+    force: bool = False,
+    revision: str | None = None,
+    progress: bool = False,
+    calib_items: list | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> ConvertReport:
+    """Convert `source` to a .wq file at `output`.
+
+    `recipe` is a wavq.converter.quant.recipe.Recipe, or None to export unquantized in `dtype`. Tensors that
+    stay float (norms, biases, positions, and everything when unquantized) are stored in `dtype`.
+    """
+    started = time.perf_counter()
+    output = os.fspath(output)
+    if dtype not in DTYPES:
+        raise ConversionError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if os.path.exists(output) and not force:
+        raise OutputExistsError(f"{output} exists; pass --force to replace it")
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        raise ConversionError(f"output directory {parent} does not exist")
+    stage = on_stage or (lambda s: None)
+
+    stage(f"loading {source}")
+    exporter = load_exporter(source, revision)
+    meta = dict(exporter.meta())
+    tensors: list[ExportTensor] = list(exporter.tensors())
+    quant_meta: dict = {"method": "none", "dtype": dtype}
+    stored: dict[str, Any]
+    if recipe is None or getattr(recipe, "method", "none") == "none":
+        stored = {t.name: t.array for t in tensors}
+    else:
+        from .quant.pipeline import quantize_tensors
+
+        stage(f"quantizing ({recipe.method})")
+        stored, info = quantize_tensors(exporter, tensors, recipe, calib_items, progress)
+        quant_meta = {**recipe.to_meta(), "dtype": dtype, **info}
+    meta["quantization"] = quant_meta
+    meta["provenance"] = provenance(source, exporter, revision)
+
+    stage(f"writing {output}")
+    n_params = n_quant = 0
+    with WqWriter(output, meta, force=force) as w:
+        for t in exporter.extra_tensors():
+            w.add(t.name, np.asarray(t.array, dtype=np.float32))
+        for name, value in stored.items():
+            if isinstance(value, QuantizedTensor):
+                n_quant += int(np.prod(value.shape))
+                n_params += int(np.prod(value.shape))
+                w.add(name, value)
+            else:
+                arr = np.asarray(value)
+                n_params += arr.size
+                w.add(name, arr.astype(DTYPES[dtype], copy=False))
+    return ConvertReport(output, meta.get("architecture", "?"), n_params, n_quant, os.path.getsize(output),
+                         time.perf_counter() - started, quant_meta)

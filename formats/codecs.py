@@ -1,0 +1,185 @@
+"""Paired quantize / dequantize functions for the uniform integer encodings.
+
+A weight of any rank is quantized as its 2-D view (rows = shape[0], cols = product of the rest), in groups
+of `group_size` consecutive columns (the input dimension) per row; the last group of a row may be shorter.
+Dequantization is w = (q - zero) * scale, zero = 2**(bits-1) for symmetric codes.
+
+Algorithms that choose codes and scales themselves (GPTQ, AWQ, clipping search) build a QuantizedTensor
+directly, using `quantize_with_scales` to turn their float scales into codes; this module never searches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .constants import MAX_BITS, MIN_BITS, Encoding
+
+
+def view_2d_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(rows, cols) of the 2-D view a tensor of `shape` is quantized as."""
+    if len(shape) < 2:
+        raise ValueError(f"only tensors with 2 or more dimensions are quantized, got shape {tuple(shape)}")
+    return int(shape[0]), int(np.prod(shape[1:], dtype=np.int64))
+
+
+def n_groups(cols: int, group_size: int) -> int:
+    return -(-cols // group_size)
+
+
+def resolve_group_size(cols: int, group_size: int) -> int:
+    """Group size actually used: 0 (or anything >= cols) means one group per row (per-channel)."""
+    if group_size < 0:
+        raise ValueError(f"group size must be >= 0, got {group_size}")
+    return cols if group_size == 0 or group_size >= cols else int(group_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedTensor:
+    """Unpacked integer codes with their group scales (and zero points when asymmetric)."""
+
+    shape: tuple[int, ...]
+    bits: int
+    group_size: int  # columns per group in the 2-D view; == cols for per-channel
+    codes: np.ndarray  # uint8 (rows, cols), each < 2**bits
+    scales: np.ndarray  # float16 (rows, n_groups)
+    zeros: np.ndarray | None = None  # uint8 (rows, n_groups) for asymmetric codes, None for symmetric
+
+    def __post_init__(self) -> None:
+        rows, cols = view_2d_shape(self.shape)
+        if not (MIN_BITS <= self.bits <= MAX_BITS):
+            raise ValueError(f"bits must be {MIN_BITS}..{MAX_BITS}, got {self.bits}")
+        if not (1 <= self.group_size <= cols):
+            raise ValueError(f"group size {self.group_size} outside 1..{cols}")
+        ng = n_groups(cols, self.group_size)
+        if self.codes.shape != (rows, cols) or self.codes.dtype != np.uint8:
+            raise ValueError(f"codes must be uint8 {(rows, cols)}, got {self.codes.dtype} {self.codes.shape}")
+        if self.scales.shape != (rows, ng) or self.scales.dtype != np.float16:
+            raise ValueError(f"scales must be float16 {(rows, ng)}, got {self.scales.dtype} {self.scales.shape}")
+        if self.zeros is not None and (self.zeros.shape != (rows, ng) or self.zeros.dtype != np.uint8):
+            raise ValueError(f"zeros must be uint8 {(rows, ng)}")
+
+    @property
+    def symmetric(self) -> bool:
+        return self.zeros is None
+
+    @property
+    def encoding(self) -> Encoding:
+        return Encoding.QSYM if self.symmetric else Encoding.QASYM
+
+
+def _grouped(x: np.ndarray, group_size: int) -> tuple[np.ndarray, int]:
+    """(rows, cols) -> (rows, n_groups, group_size), padding the last group with zeros; returns pad."""
+    rows, cols = x.shape
+    ng = n_groups(cols, group_size)
+    pad = ng * group_size - cols
+    if pad:
+        x = np.concatenate([x, np.zeros((rows, pad), dtype=x.dtype)], axis=1)
+    return x.reshape(rows, ng, group_size), pad
+
+
+def _expand(per_group: np.ndarray, group_size: int, cols: int) -> np.ndarray:
+    return np.repeat(per_group, group_size, axis=1)[:, :cols]
+
+
+def quantize_with_scales(
+    w2d: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bits: int, group_size: int
+) -> np.ndarray:
+    """Codes for a 2-D weight given per-group scales (already float16) and optional zero points."""
+    w2d = np.asarray(w2d, dtype=np.float32)
+    rows, cols = w2d.shape
+    s = scales.astype(np.float32)
+    z = np.full(s.shape, 1 << (bits - 1), np.float32) if zeros is None else zeros.astype(np.float32)
+    safe = np.where(s == 0, np.float32(1), s)
+    g, pad = _grouped(w2d, group_size)
+    q = np.rint(g / safe[:, :, None]) + z[:, :, None]
+    q = np.clip(q, 0, (1 << bits) - 1).astype(np.uint8).reshape(rows, -1)
+    return np.ascontiguousarray(q[:, :cols])
+
+
+def rtn_scales(
+    w2d: np.ndarray, bits: int, group_size: int, symmetric: bool, clip: np.ndarray | float = 1.0
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Round-to-nearest scales (float16) and zero points for each group, after shrinking ranges by `clip`.
+
+    Symmetric: the signed value of largest magnitude m maps to code 0, scale = -m / 2**(bits-1), so all
+    2**bits levels are used. Asymmetric: the range [min(w, 0), max(w, 0)] spans codes 0 .. 2**bits - 1.
+    """
+    w2d = np.asarray(w2d, dtype=np.float32)
+    g, _ = _grouped(w2d, group_size)
+    clip = np.asarray(clip, dtype=np.float32)
+    if clip.ndim:
+        clip = clip.reshape(g.shape[0], g.shape[1])
+    if symmetric:
+        idx = np.abs(g).argmax(axis=2)
+        m = np.take_along_axis(g, idx[:, :, None], axis=2)[:, :, 0] * clip
+        return _to_f16_outward(-m / (1 << (bits - 1))), None
+    lo = np.minimum(g.min(axis=2), 0) * clip
+    hi = np.maximum(g.max(axis=2), 0) * clip
+    s = _to_f16_outward((hi - lo) / ((1 << bits) - 1))
+    s32 = s.astype(np.float32)
+    z = np.where(s32 == 0, 0, np.rint(-lo / np.where(s32 == 0, 1, s32)))
+    return s, np.clip(z, 0, (1 << bits) - 1).astype(np.uint8)
+
+
+def _to_f16_outward(s: np.ndarray) -> np.ndarray:
+    """float16 scales rounded away from zero, so a rounded scale never shrinks the range it must cover."""
+    s = np.asarray(s, dtype=np.float32)
+    h = s.astype(np.float16)
+    short = np.abs(h.astype(np.float32)) < np.abs(s)
+    h[short] = np.nextafter(h[short], np.copysign(np.float16(np.inf), h[short]))
+    return _finite_f16(h)
+
+
+def _finite_f16(s: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(s)):
+        raise ValueError("weight range does not fit float16 scales (values beyond 65504 or not finite)")
+    return s
+
+
+def quantize(w: np.ndarray, bits: int, group_size: int = 0, symmetric: bool = True) -> tuple[QuantizedTensor, float]:
+    """Round-to-nearest quantization. Returns the tensor and the max abs error it achieves."""
+    w = np.asarray(w, dtype=np.float32)
+    if not np.all(np.isfinite(w)):
+        raise ValueError("cannot quantize a tensor with NaN or infinite values")
+    rows, cols = view_2d_shape(w.shape)
+    gs = resolve_group_size(cols, group_size)
+    w2d = w.reshape(rows, cols)
+    scales, zeros = rtn_scales(w2d, bits, gs, symmetric)
+    codes = quantize_with_scales(w2d, scales, zeros, bits, gs)
+    qt = QuantizedTensor(tuple(int(d) for d in w.shape), int(bits), gs, codes, scales, zeros)
+    err = float(np.abs(dequantize(qt).reshape(rows, cols) - w2d).max()) if w.size else 0.0
+    return qt, err
+
+
+def error_bound(qt: QuantizedTensor) -> np.ndarray:
+    """Per-group bound on |w - dequantize(q)| for round-to-nearest codes of weights inside the coded range.
+
+    Half a step for values inside the range; the symmetric encoding has one level more below zero than above,
+    so its positive extreme can be a whole step off.
+    """
+    s = np.abs(qt.scales.astype(np.float32))
+    return s if qt.symmetric else s / 2
+
+
+def dequantize_rows(
+    codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bits: int, group_size: int
+) -> np.ndarray:
+    """float32 (rows, cols) from unpacked codes of a row range and the matching scales / zero points."""
+    rows, cols = codes.shape
+    s = scales.astype(np.float32)
+    z = np.float32(1 << (bits - 1)) if zeros is None else zeros.astype(np.float32)[:, :, None]
+    if cols % group_size == 0:
+        q = codes.reshape(rows, -1, group_size).astype(np.float32)
+        q -= z
+        q *= s[:, :, None]
+        return q.reshape(rows, cols)
+    zz = np.float32(1 << (bits - 1)) if zeros is None else _expand(zeros.astype(np.float32), group_size, cols)
+    return (codes.astype(np.float32) - zz) * _expand(s, group_size, cols)
+
+
+def dequantize(qt: QuantizedTensor) -> np.ndarray:
+    """float32 array of the original shape."""
+    out = dequantize_rows(qt.codes, qt.scales, qt.zeros, qt.bits, qt.group_size)
+    return out.reshape(qt.shape)

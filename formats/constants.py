@@ -1,0 +1,51 @@
+"""Every constant that defines the bytes of a .wq file. Nothing else in wavq may restate these."""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+MAGIC = b"WAVQ"
+
+# The container version changes only when the byte layout (prefix, header framing, data region) changes.
+CONTAINER_VERSION = 1
+SUPPORTED_CONTAINER_VERSIONS = (1,)
+
+# The layout revision (header key "layout_revision") changes when the meaning of tensor entries or of an
+# encoding changes while the container stays the same (e.g. a new code order inside a packed block).
+LAYOUT_REVISION = 1
+SUPPORTED_LAYOUT_REVISIONS = (1,)
+
+# <4s magic><u32 container_version><u64 header_len><u32 header_crc32><u32 flags>, little-endian, 24 bytes.
+PREFIX = struct.Struct("<4sIQII")
+PREFIX_SIZE = PREFIX.size
+PREFIX_FLAGS = 0  # no flags are defined; readers reject any other value
+
+ALIGNMENT = 64  # bytes; data region, every tensor and every tensor part start on this boundary (cache line, SIMD)
+MAX_HEADER_LEN = 1 << 30  # 1 GiB: far above any real header (whisper-large-v3's is < 2 MiB)
+MAX_NDIM = 8
+MAX_NAME_LEN = 1024
+
+MIN_BITS = 2
+MAX_BITS = 8
+CODES_PER_BLOCK = 8  # 8 codes of b bits fill exactly b bytes, so every width packs densely
+
+
+class Encoding(enum.IntEnum):
+    """Tensor encodings. Values are stored in files: never reuse or renumber one."""
+
+    F32 = 0  # IEEE-754 binary32, little-endian
+    F16 = 1  # IEEE-754 binary16, little-endian
+    QSYM = 2  # b-bit unsigned codes, w = (q - 2**(b-1)) * scale, f16 scale per group
+    QASYM = 3  # b-bit unsigned codes, w = (q - zero) * scale, f16 scale and b-bit zero point per group
+    # 4..15: reserved for further uniform integer encodings.
+    # 16..31: reserved for non-uniform (codebook / lookup-table) encodings.
+
+
+FLOAT_ENCODINGS = {Encoding.F32: "<f4", Encoding.F16: "<f2"}
+QUANT_ENCODINGS = (Encoding.QSYM, Encoding.QASYM)
+
+
+def align(n: int, alignment: int = ALIGNMENT) -> int:
+    """Smallest multiple of `alignment` that is >= n."""
+    return -(-n // alignment) * alignment

@@ -1,0 +1,84 @@
+"""Dense bit packing of b-bit codes (2 <= b <= 8), vectorised in both directions.
+
+Layout (SPEC.md, "Packed codes"): codes are packed row by row; each row is padded with zero codes to a
+multiple of 8, and every run of 8 codes becomes exactly b bytes: code i of the run occupies bits
+[b*i, b*i + b) of the run read as a little-endian integer. Rows therefore start on byte boundaries,
+so any range of rows is a contiguous byte range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .constants import CODES_PER_BLOCK, MAX_BITS, MIN_BITS
+
+# Bound the size of the uint64 temporaries used for the widths that straddle bytes (3, 5, 6, 7).
+_CHUNK_CODES = 1 << 20
+
+
+def row_bytes(cols: int, bits: int) -> int:
+    """Bytes one packed row of `cols` codes takes."""
+    return -(-cols // CODES_PER_BLOCK) * bits
+
+
+def _check_bits(bits: int) -> None:
+    if not (isinstance(bits, (int, np.integer)) and MIN_BITS <= bits <= MAX_BITS):
+        raise ValueError(f"bit width must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack a 2-D array of codes (< 2**bits) into uint8 rows of row_bytes(cols, bits) bytes."""
+    _check_bits(bits)
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"codes must be 2-D (rows, cols), got shape {codes.shape}")
+    if codes.size and (codes.min() < 0 or codes.max() >= (1 << bits)):
+        raise ValueError(f"codes out of range for {bits} bits")
+    rows, cols = codes.shape
+    nblk = -(-cols // CODES_PER_BLOCK)
+    padded = np.zeros((rows, nblk * CODES_PER_BLOCK), dtype=np.uint8)
+    padded[:, :cols] = codes
+    if bits == 8:
+        return padded
+    if 8 % bits == 0:  # 2 and 4 bits: whole codes per byte
+        per_byte = 8 // bits
+        grouped = padded.reshape(rows, -1, per_byte)
+        shifts = (np.arange(per_byte, dtype=np.uint8) * bits).astype(np.uint8)
+        return np.bitwise_or.reduce(grouped << shifts, axis=2).astype(np.uint8)
+    out = np.empty((rows, nblk * bits), dtype=np.uint8)
+    shifts = np.arange(CODES_PER_BLOCK, dtype=np.uint64) * np.uint64(bits)
+    step = max(1, _CHUNK_CODES // max(1, padded.shape[1]))
+    for r0 in range(0, rows, step):
+        blk = padded[r0 : r0 + step].reshape(-1, nblk, CODES_PER_BLOCK).astype(np.uint64)
+        words = np.bitwise_or.reduce(blk << shifts, axis=2).astype("<u8")  # (r, nblk)
+        out[r0 : r0 + step] = words.view(np.uint8).reshape(-1, nblk, 8)[:, :, :bits].reshape(-1, nblk * bits)
+    return out
+
+
+def unpack_codes(packed: np.ndarray, bits: int, cols: int) -> np.ndarray:
+    """Inverse of pack_codes: uint8 rows of packed bytes -> uint8 codes of shape (rows, cols)."""
+    _check_bits(bits)
+    packed = np.asarray(packed, dtype=np.uint8)
+    if packed.ndim != 2 or packed.shape[1] != row_bytes(cols, bits):
+        raise ValueError(f"packed rows of {row_bytes(cols, bits)} bytes expected, got shape {packed.shape}")
+    rows = packed.shape[0]
+    if bits == 8:
+        return np.array(packed[:, :cols])
+    mask = np.uint8((1 << bits) - 1)
+    if 8 % bits == 0:
+        per_byte = 8 // bits
+        shifts = (np.arange(per_byte, dtype=np.uint8) * bits).astype(np.uint8)
+        codes = (packed[:, :, None] >> shifts) & mask
+        return codes.reshape(rows, -1)[:, :cols]
+    nblk = packed.shape[1] // bits
+    out = np.empty((rows, cols), dtype=np.uint8)
+    shifts = np.arange(CODES_PER_BLOCK, dtype=np.uint64) * np.uint64(bits)
+    step = max(1, _CHUNK_CODES // max(1, nblk * CODES_PER_BLOCK))
+    for r0 in range(0, rows, step):
+        blk = packed[r0 : r0 + step].reshape(-1, nblk, bits)
+        wide = np.zeros(blk.shape[:2] + (8,), dtype=np.uint8)
+        wide[:, :, :bits] = blk
+        words = wide.view("<u8")  # (r, nblk, 1)
+        codes = (words >> shifts) & np.uint64(mask)  # (r, nblk, 8)
+        out[r0 : r0 + step] = codes.reshape(codes.shape[0], -1)[:, :cols]
+    return out

@@ -1,0 +1,33 @@
+"""Storage accounting shared by `wavq info` and the bit allocator, so both count bits the same way."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import codecs
+from .constants import FLOAT_ENCODINGS, Encoding
+
+SCALE_BITS = 16  # every group stores one float16 scale
+
+
+def payload_bits(encoding: Encoding, shape: tuple[int, ...], bits: int | None = None,
+                 group_size: int | None = None) -> int:
+    """Bits of information a tensor stores: codes, scales and zero points (row padding and alignment excluded).
+
+    Effective bits per weight of a quantized tensor = payload_bits / numel.
+    """
+    numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if encoding in FLOAT_ENCODINGS:
+        return numel * 8 * np.dtype(FLOAT_ENCODINGS[encoding]).itemsize
+    rows, cols = codecs.view_2d_shape(shape)
+    groups = rows * codecs.n_groups(cols, group_size)
+    zero_bits = bits if encoding == Encoding.QASYM else 0
+    return numel * bits + groups * (SCALE_BITS + zero_bits)
+
+
+def bits_per_weight(bits: int, group_size: int, symmetric: bool, shape: tuple[int, ...]) -> float:
+    """Effective bits per weight of one quantized tensor of `shape` (group_size 0 = per-channel)."""
+    rows, cols = codecs.view_2d_shape(shape)
+    enc = Encoding.QSYM if symmetric else Encoding.QASYM
+    gs = codecs.resolve_group_size(cols, group_size)
+    return payload_bits(enc, tuple(shape), bits, gs) / (rows * cols)

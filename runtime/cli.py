@@ -1,0 +1,221 @@
+"""`wavq`: inspect, verify, and run .wq models. Parses, calls the library, prints."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from ..formats import FormatError, WqFile
+from .audio import AudioError
+from .datasets import DatasetError, find_utterances
+
+
+def _user_errors(fn):
+    """User mistakes (bad files, bad audio, bad folders) become one-line errors with exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (FormatError, AudioError, DatasetError) as e:
+            raise click.ClickException(str(e)) from None
+        except OSError as e:
+            raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="wavq")
+def main() -> None:
+    """Run and inspect wavq models (.wq files) with numpy alone."""
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--tensors", is_flag=True, help="Also list every tensor with its encoding and size.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
+@_user_errors
+def info(file: str, tensors: bool, as_json: bool) -> None:
+    """Architecture, size, bits per weight, recipe and provenance of FILE."""
+    from .info import encoding_label, summarize
+
+    with WqFile(file) as f:
+        s = summarize(f)
+        meta = f.meta
+        rows = [(t.name, list(t.shape), encoding_label(t), t.nbytes) for t in f.tensors.values()]
+    if as_json:
+        out = {"file": file, "architecture": s.architecture, "file_size": s.file_size, "parameters": s.n_params,
+               "quantized_parameters": s.n_quantized, "quantized_bits_per_weight": s.quantized_bpw,
+               "overall_bits_per_parameter": s.overall_bpw, "by_role": s.by_role, "by_encoding": s.by_encoding,
+               "dims": meta.get("dims"), "quantization": meta.get("quantization"),
+               "provenance": meta.get("provenance")}
+        if tensors:
+            out["tensors"] = [dict(zip(("name", "shape", "encoding", "bytes"), r)) for r in rows]
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    click.echo(f"file:          {file} ({_mib(s.file_size)})")
+    click.echo(f"architecture:  {s.architecture}")
+    dims = meta.get("dims") or {}
+    if dims:
+        click.echo("dims:          " + ", ".join(f"{k}={v}" for k, v in dims.items()))
+    click.echo(f"parameters:    {s.n_params:,} ({s.n_quantized:,} quantized)")
+    if s.n_quantized:
+        click.echo(f"bits/weight:   {s.quantized_bpw:.3f} over quantized tensors (codes + scales + zero points)")
+    click.echo(f"bits/param:    {s.overall_bpw:.3f} over the whole file")
+    click.echo("by role:")
+    for role, (count, params, nbytes) in sorted(s.by_role.items(), key=lambda kv: -kv[1][2]):
+        click.echo(f"  {role:<28} {count:>5} tensors {params:>13,} params {_mib(nbytes):>12}")
+    click.echo("by encoding:")
+    for label, (count, params, nbytes) in sorted(s.by_encoding.items(), key=lambda kv: -kv[1][2]):
+        click.echo(f"  {label:<28} {count:>5} tensors {params:>13,} params {_mib(nbytes):>12}")
+    q = dict(meta.get("quantization") or {})
+    allocation = q.pop("allocation", None)
+    if q:
+        click.echo("quantization:  " + ", ".join(f"{k}={v}" for k, v in q.items()))
+    if allocation:
+        click.echo("bit allocation:")
+        for name, bits in allocation.items():
+            click.echo(f"  {bits} bits  {name}")
+    prov = meta.get("provenance") or {}
+    if prov:
+        click.echo("provenance:    " + ", ".join(f"{k}={v}" for k, v in prov.items()))
+    if tensors:
+        click.echo("tensors:")
+        for name, shape, label, nbytes in rows:
+            click.echo(f"  {name:<60} {str(tuple(shape)):<18} {label:<20} {nbytes:>10,} B")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@_user_errors
+def verify(file: str) -> None:
+    """Check FILE completely: structure, header checksum and every tensor's checksum."""
+    with WqFile(file) as f:
+        problems = f.verify()
+        n = len(f.tensors)
+    if problems:
+        for p in problems:
+            click.echo(f"corrupt: {p.tensor}", err=True)
+        raise click.ClickException(f"{file}: {len(problems)} of {n} tensors are corrupt")
+    click.echo(f"{file}: ok ({n} tensors, checksums match)")
+
+
+def _transcribe_options(model, beam_size, language, task) -> dict:
+    arch = model.meta.get("architecture")
+    if arch == "whisper":
+        opts = {"beam_size": beam_size, "task": task}
+        if language:
+            opts["language"] = language
+        return opts
+    given = [n for n, v in (("--language", language), ("--task", task != "transcribe"),
+                            ("--beam-size", beam_size != 1)) if v]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} apply to Whisper models only; this is a {arch} model")
+    return {}
+
+
+_model_options = [
+    click.option("--beam-size", default=1, show_default=True, type=click.IntRange(1, 16),
+                 help="Beam width (Whisper); 1 is greedy decoding."),
+    click.option("--language", default=None, help="Language code for multilingual Whisper (detected if omitted)."),
+    click.option("--task", type=click.Choice(["transcribe", "translate"]), default="transcribe",
+                 show_default=True, help="Whisper task."),
+    click.option("--cache/--low-memory", default=False, show_default=True,
+                 help="Keep dequantized weights in memory (faster) or dequantize each layer as it is used."),
+]
+
+
+def _with_model_options(fn):
+    for opt in reversed(_model_options):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@_with_model_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file (text, segments, language).")
+@_user_errors
+def transcribe(model_path, files, beam_size, language, task, cache, as_json) -> None:
+    """Transcribe audio FILES with MODEL."""
+    from . import load
+    from .audio import load_audio
+
+    model = load(model_path, cache=cache)
+    opts = _transcribe_options(model, beam_size, language, task)
+    failures = 0
+    show_bar = len(files) > 1 and sys.stderr.isatty()
+    with click.progressbar(files, label="transcribing", file=sys.stderr, hidden=not show_bar) as bar:
+        for path in bar:
+            try:
+                result = model.transcribe(load_audio(path), **opts)
+            except AudioError as e:
+                failures += 1
+                click.echo(f"error: {e}", err=True)
+                continue
+            if as_json:
+                click.echo(json.dumps({"file": path, **result.to_dict()}, ensure_ascii=False))
+            elif len(files) > 1:
+                click.echo(f"{path}\t{result.text}")
+            else:
+                click.echo(result.text)
+    if failures:
+        raise click.ClickException(f"{failures} of {len(files)} files could not be transcribed")
+
+
+@main.command(name="eval")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(file_okay=False),
+              help="LibriSpeech-layout directory (or a subset folder inside one).")
+@click.option("--subset", default=None, help="Subset folder under --data, e.g. test-clean.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N utterances (by id).")
+@_with_model_options
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the results, with every transcript, to this JSON file.")
+@_user_errors
+def eval_(model_path, data, subset, limit, beam_size, language, task, cache, json_path) -> None:
+    """Word error rate, real-time factor and peak memory of MODEL on transcribed speech."""
+    import time
+
+    from . import load
+    from .evaluate import evaluate
+
+    utts = [u for u in find_utterances(data, subset) if u.text is not None]
+    if not utts:
+        raise click.ClickException(f"{data}: no utterances with transcripts (*.trans.txt) found")
+    utts = utts[:limit] if limit else utts
+    t0 = time.perf_counter()
+    model = load(model_path, cache=cache)
+    load_s = time.perf_counter() - t0
+    opts = _transcribe_options(model, beam_size, language, task)
+    with click.progressbar(length=len(utts), label="evaluating", file=sys.stderr,
+                           hidden=not sys.stderr.isatty()) as bar:
+        try:
+            r = evaluate(model, utts, opts, on_progress=bar.update)
+        except RuntimeError as e:
+            raise click.ClickException(str(e)) from None
+    click.echo(f"model          {model_path}")
+    click.echo(f"utterances     {r.n_utterances} ({r.n_words} words, {r.audio_seconds:.1f} s of audio)")
+    click.echo(f"WER            {100 * r.wer:.2f} %")
+    click.echo(f"RTF            {r.rtf:.3f} (compute {r.compute_seconds:.1f} s)")
+    click.echo(f"load time      {load_s:.2f} s")
+    click.echo(f"peak RSS       {r.peak_rss_mb:.0f} MiB")
+    if json_path:
+        out = {"model": os.path.basename(model_path), "data": subset or os.path.basename(os.path.normpath(data)),
+               "wer": r.wer, "n_utterances": r.n_utterances, "n_words": r.n_words,
+               "audio_seconds": r.audio_seconds, "compute_seconds": r.compute_seconds, "rtf": r.rtf,
+               "load_seconds": load_s, "peak_rss_mb": r.peak_rss_mb, "options": opts, "utterances": r.hypotheses}
+        tmp = json_path + ".partial"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=1, ensure_ascii=False)
+        os.replace(tmp, json_path)

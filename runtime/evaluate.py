@@ -1,0 +1,86 @@
+"""Word error rate, speed and memory of a .wq model on a folder of transcribed utterances.
+
+Needs the `eval` extra (jiwer, and whisper-normalizer for Whisper models); the runtime itself does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import resource
+import sys
+import time
+from typing import Callable, Sequence
+
+from .audio import load_audio
+from .datasets import Utterance
+
+_PUNCT = re.compile(r"[^\w\s']|_")
+_SPACES = re.compile(r"\s+")
+
+
+def librispeech_normalize(text: str) -> str:
+    """LibriSpeech convention for CTC models: upper case, punctuation (but apostrophes) removed."""
+    return _SPACES.sub(" ", _PUNCT.sub(" ", text.upper())).strip()
+
+
+def normalizer_for(architecture: str) -> Callable[[str], str]:
+    if architecture == "whisper":
+        try:
+            from whisper_normalizer.english import EnglishTextNormalizer
+        except ImportError:
+            raise RuntimeError("evaluating Whisper needs whisper-normalizer: pip install 'wavq[eval]'") from None
+        return EnglishTextNormalizer()
+    return librispeech_normalize
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+@dataclasses.dataclass
+class EvalResult:
+    wer: float  # fraction, over all words
+    n_utterances: int
+    n_words: int
+    audio_seconds: float
+    compute_seconds: float
+    peak_rss_mb: float
+    hypotheses: list[dict]
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: compute time / audio time (below 1 is faster than real time)."""
+        return self.compute_seconds / self.audio_seconds if self.audio_seconds else float("nan")
+
+
+def evaluate(model, utterances: Sequence[Utterance], transcribe_options: dict | None = None,
+             on_progress: Callable[[int], None] | None = None) -> EvalResult:
+    try:
+        import jiwer
+    except ImportError:
+        raise RuntimeError("evaluation needs jiwer: pip install 'wavq[eval]'") from None
+    norm = normalizer_for(model.meta.get("architecture", ""))
+    refs, hyps, rows = [], [], []
+    audio_s = compute_s = 0.0
+    for utt in utterances:
+        if utt.text is None:
+            raise ValueError(f"{utt.path}: no reference transcript")
+        audio = load_audio(utt.path)
+        t0 = time.perf_counter()
+        text = model.transcribe(audio, **(transcribe_options or {})).text
+        compute_s += time.perf_counter() - t0
+        audio_s += len(audio) / 16_000
+        ref, hyp = norm(utt.text), norm(text)
+        refs.append(ref)
+        hyps.append(hyp)
+        rows.append({"id": utt.id, "reference": utt.text, "hypothesis": text})
+        if on_progress:
+            on_progress(1)
+    # jiwer rejects empty reference strings; an utterance whose reference normalises to nothing adds no words
+    pairs = [(r, h) for r, h in zip(refs, hyps) if r]
+    wer = jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else float("nan")
+    n_words = sum(len(r.split()) for r, _ in pairs)
+    return EvalResult(float(wer), len(rows), n_words, audio_s, compute_s, peak_rss_mb(), rows)

@@ -219,3 +219,7 @@ def eval_(model_path, data, subset, limit, beam_size, language, task, cache, jso
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=1, ensure_ascii=False)
         os.replace(tmp, json_path)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name="wavq")

@@ -1,0 +1,86 @@
+"""`wavq info` / `wavq verify` on good, corrupt and truncated files: one-line errors, exit status 1."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from wavq.formats import WqFile, quantize, write_wq
+from wavq.runtime.cli import main
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 96)).astype(np.float32)
+    conv = rng.normal(size=(16, 8, 3)).astype(np.float32)
+    tensors = {
+        "enc.fc.weight": quantize(w, 4, 32, True)[0],
+        "enc.conv.weight": quantize(conv, 3, 0, False)[0],
+        "enc.fc.bias": np.zeros(64, np.float32),
+        "enc.norm.weight": np.ones(96, np.float16),
+    }
+    meta = {"architecture": "whisper", "dims": {"d_model": 96},
+            "quantization": {"method": "rtn", "bits": 4, "allocation": {"enc.conv.weight": 3}},
+            "provenance": {"source": "unit-test"}}
+    path = tmp_path / "m.wq"
+    write_wq(path, meta, tensors)
+    return path
+
+
+def test_info_reports_bits_and_breakdown(model_file):
+    r = CliRunner().invoke(main, ["info", str(model_file)])
+    assert r.exit_code == 0, r.output
+    # (64*96*4 + 64*3*16) + (16*24*3 + 16*(3+16)) bits over 64*96 + 16*24 weights
+    expected = (64 * 96 * 4 + 64 * 3 * 16 + 16 * 24 * 3 + 16 * 19) / (64 * 96 + 16 * 24)
+    assert f"{expected:.3f}" in r.output
+    assert "Q4 sym g32" in r.output and "Q3 asym per-channel" in r.output
+    assert "convolution" in r.output and "3 bits  enc.conv.weight" in r.output
+    assert "source=unit-test" in r.output
+
+
+def test_info_json(model_file):
+    import json
+
+    r = CliRunner().invoke(main, ["info", "--json", "--tensors", str(model_file)])
+    out = json.loads(r.output)
+    assert out["parameters"] == 64 * 96 + 16 * 24 + 64 + 96
+    assert out["quantized_parameters"] == 64 * 96 + 16 * 24
+    assert {t["name"] for t in out["tensors"]} == {"enc.fc.weight", "enc.conv.weight", "enc.fc.bias", "enc.norm.weight"}
+
+
+def test_verify_names_corrupt_tensor(model_file, tmp_path):
+    f = WqFile(model_file)
+    off = f.data_start + f.tensors["enc.conv.weight"].offset + 3
+    f.close()
+    data = bytearray(model_file.read_bytes())
+    data[off] ^= 0x10
+    bad = tmp_path / "bad.wq"
+    bad.write_bytes(bytes(data))
+    ok = CliRunner().invoke(main, ["verify", str(model_file)])
+    assert ok.exit_code == 0 and "ok" in ok.output
+    r = CliRunner().invoke(main, ["verify", str(bad)])
+    assert r.exit_code == 1
+    assert "enc.conv.weight" in r.output and "enc.fc.weight" not in r.output
+
+
+def test_truncated_file_one_line_error_exit_1(model_file, tmp_path):
+    cut = tmp_path / "cut.wq"
+    cut.write_bytes(model_file.read_bytes()[:-100])
+    # a real process: the user sees one line on stderr, no traceback, exit status 1
+    p = subprocess.run([sys.executable, "-m", "wavq.runtime.cli", "info", str(cut)], capture_output=True, text=True)
+    assert p.returncode == 1
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cut.wq" in lines[0] and "Traceback" not in p.stderr
+    assert p.stdout == ""
+
+
+def test_not_a_wq_file(tmp_path):
+    junk = tmp_path / "junk.wq"
+    junk.write_bytes(b"hello world, definitely not a model")
+    r = CliRunner().invoke(main, ["info", str(junk)])
+    assert r.exit_code == 1 and "bad magic" in r.output
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "missing.wq")])
+    assert r.exit_code == 1 and "missing.wq" in r.output

@@ -9,6 +9,7 @@ from .errors import (
     DuplicateNameError,
     FormatError,
     HeaderBoundsError,
+    InvalidValueError,
     MalformedHeaderError,
     MissingTensorError,
     OutOfBoundsError,

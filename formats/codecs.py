@@ -11,6 +11,7 @@ directly, using `quantize_with_scales` to turn their float scales into codes; th
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -21,7 +22,7 @@ def view_2d_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     """(rows, cols) of the 2-D view a tensor of `shape` is quantized as."""
     if len(shape) < 2:
         raise ValueError(f"only tensors with 2 or more dimensions are quantized, got shape {tuple(shape)}")
-    return int(shape[0]), int(np.prod(shape[1:], dtype=np.int64))
+    return int(shape[0]), math.prod(int(d) for d in shape[1:])  # Python ints: no int64 overflow
 
 
 def n_groups(cols: int, group_size: int) -> int:
@@ -94,7 +95,7 @@ def quantize_with_scales(
     safe = np.where(s == 0, np.float32(1), s)
     g, pad = _grouped(w2d, group_size)
     q = np.rint(g / safe[:, :, None]) + z[:, :, None]
-    q = np.clip(q, 0, (1 << bits) - 1).astype(np.uint8).reshape(rows, -1)
+    q = np.clip(q, 0, (1 << bits) - 1).astype(np.uint8).reshape(rows, g.shape[1] * group_size)  # rows may be 0
     return np.ascontiguousarray(q[:, :cols])
 
 
@@ -108,26 +109,28 @@ def rtn_scales(
     """
     w2d = np.asarray(w2d, dtype=np.float32)
     g, _ = _grouped(w2d, group_size)
-    clip = np.asarray(clip, dtype=np.float32)
+    # float64 for the range arithmetic: a tiny non-zero range must not underflow to a zero scale.
+    clip = np.asarray(clip, dtype=np.float64)
     if clip.ndim:
         clip = clip.reshape(g.shape[0], g.shape[1])
     if symmetric:
         idx = np.abs(g).argmax(axis=2)
-        m = np.take_along_axis(g, idx[:, :, None], axis=2)[:, :, 0] * clip
+        m = np.take_along_axis(g, idx[:, :, None], axis=2)[:, :, 0].astype(np.float64) * clip
         return _to_f16_outward(-m / (1 << (bits - 1))), None
-    lo = np.minimum(g.min(axis=2), 0) * clip
-    hi = np.maximum(g.max(axis=2), 0) * clip
+    lo = np.minimum(g.min(axis=2), 0).astype(np.float64) * clip
+    hi = np.maximum(g.max(axis=2), 0).astype(np.float64) * clip
     s = _to_f16_outward((hi - lo) / ((1 << bits) - 1))
-    s32 = s.astype(np.float32)
-    z = np.where(s32 == 0, 0, np.rint(-lo / np.where(s32 == 0, 1, s32)))
+    s64 = s.astype(np.float64)
+    z = np.where(s64 == 0, 0, np.rint(-lo / np.where(s64 == 0, 1, s64)))
     return s, np.clip(z, 0, (1 << bits) - 1).astype(np.uint8)
 
 
 def _to_f16_outward(s: np.ndarray) -> np.ndarray:
     """float16 scales rounded away from zero, so a rounded scale never shrinks the range it must cover."""
-    s = np.asarray(s, dtype=np.float32)
-    h = s.astype(np.float16)
-    short = np.abs(h.astype(np.float32)) < np.abs(s)
+    s = np.asarray(s, dtype=np.float64)
+    with np.errstate(over="ignore"):  # an out-of-range scale becomes inf and is reported just below
+        h = s.astype(np.float16)
+    short = np.abs(h.astype(np.float64)) < np.abs(s)
     h[short] = np.nextafter(h[short], np.copysign(np.float16(np.inf), h[short]))
     return _finite_f16(h)
 
@@ -144,6 +147,8 @@ def quantize(w: np.ndarray, bits: int, group_size: int = 0, symmetric: bool = Tr
     if not np.all(np.isfinite(w)):
         raise ValueError("cannot quantize a tensor with NaN or infinite values")
     rows, cols = view_2d_shape(w.shape)
+    if cols == 0:
+        raise ValueError(f"cannot quantize a tensor with no columns, shape {w.shape}")
     gs = resolve_group_size(cols, group_size)
     w2d = w.reshape(rows, cols)
     scales, zeros = rtn_scales(w2d, bits, gs, symmetric)
@@ -171,7 +176,7 @@ def dequantize_rows(
     s = scales.astype(np.float32)
     z = np.float32(1 << (bits - 1)) if zeros is None else zeros.astype(np.float32)[:, :, None]
     if cols % group_size == 0:
-        q = codes.reshape(rows, -1, group_size).astype(np.float32)
+        q = codes.reshape(rows, cols // group_size, group_size).astype(np.float32)  # rows may be 0
         q -= z
         q *= s[:, :, None]
         return q.reshape(rows, cols)

@@ -24,7 +24,11 @@ PREFIX_FLAGS = 0  # no flags are defined; readers reject any other value
 ALIGNMENT = 64  # bytes; data region, every tensor and every tensor part start on this boundary (cache line, SIMD)
 MAX_HEADER_LEN = 1 << 30  # 1 GiB: far above any real header (whisper-large-v3's is < 2 MiB)
 MAX_NDIM = 8
-MAX_NAME_LEN = 1024
+MAX_NAME_LEN = 1024  # bytes of UTF-8
+MAX_DIM = 1 << 40  # largest single dimension a reader accepts
+# Largest element count (a zero-length dimension counted as 1): keeps every size and every numpy shape
+# derived from a header far inside int64, even for empty tensors whose other dimensions are huge.
+MAX_ELEMENTS = 1 << 48
 
 MIN_BITS = 2
 MAX_BITS = 8
@@ -40,9 +44,14 @@ class Encoding(enum.IntEnum):
     QASYM = 3  # b-bit unsigned codes, w = (q - zero) * scale, f16 scale and b-bit zero point per group
     # 4..15: reserved for further uniform integer encodings.
     # 16..31: reserved for non-uniform (codebook / lookup-table) encodings.
+    # 32 and up: unassigned; assigning one needs an amendment of SPEC.md.
+
+
+RESERVED_ENCODINGS_END = 32  # values below this that Encoding lacks are reserved, not garbage
 
 
 FLOAT_ENCODINGS = {Encoding.F32: "<f4", Encoding.F16: "<f2"}
+SCALE_DTYPE = "<f2"  # one IEEE binary16 scale per group
 QUANT_ENCODINGS = (Encoding.QSYM, Encoding.QASYM)
 
 

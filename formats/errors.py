@@ -70,6 +70,14 @@ class ChecksumError(FormatError):
         super().__init__(path, problem)
 
 
+class InvalidValueError(FormatError):
+    """A tensor holds a value its encoding forbids (a non-finite scale). Found when the tensor is first used."""
+
+    def __init__(self, path, problem: str, tensor: str | None = None):
+        self.tensor = tensor
+        super().__init__(path, problem)
+
+
 class MissingTensorError(FormatError):
     """A tensor the model needs is not in the file."""
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import codecs, packing
-from .constants import FLOAT_ENCODINGS, Encoding, align
+from .constants import FLOAT_ENCODINGS, SCALE_DTYPE, Encoding, align
 
 
 def tensor_parts(encoding: Encoding, shape: tuple[int, ...], bits: int | None = None,
@@ -16,11 +18,11 @@ def tensor_parts(encoding: Encoding, shape: tuple[int, ...], bits: int | None = 
     for QASYM, packed zero points; every part starts on the 64-byte alignment.
     """
     if encoding in FLOAT_ENCODINGS:
-        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        n = math.prod(int(d) for d in shape)  # Python ints: a hostile shape cannot overflow; () -> 1
         return [(0, n * np.dtype(FLOAT_ENCODINGS[encoding]).itemsize)]
     rows, cols = codecs.view_2d_shape(shape)
     ng = codecs.n_groups(cols, group_size)
-    sizes = [rows * packing.row_bytes(cols, bits), rows * ng * 2]
+    sizes = [rows * packing.row_bytes(cols, bits), rows * ng * np.dtype(SCALE_DTYPE).itemsize]
     if encoding == Encoding.QASYM:
         sizes.append(rows * packing.row_bytes(ng, bits))
     parts, off = [], 0

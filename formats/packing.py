@@ -42,16 +42,17 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
         return padded
     if 8 % bits == 0:  # 2 and 4 bits: whole codes per byte
         per_byte = 8 // bits
-        grouped = padded.reshape(rows, -1, per_byte)
+        grouped = padded.reshape(rows, nblk * bits, per_byte)  # explicit sizes: rows may be 0
         shifts = (np.arange(per_byte, dtype=np.uint8) * bits).astype(np.uint8)
         return np.bitwise_or.reduce(grouped << shifts, axis=2).astype(np.uint8)
     out = np.empty((rows, nblk * bits), dtype=np.uint8)
     shifts = np.arange(CODES_PER_BLOCK, dtype=np.uint64) * np.uint64(bits)
     step = max(1, _CHUNK_CODES // max(1, padded.shape[1]))
     for r0 in range(0, rows, step):
-        blk = padded[r0 : r0 + step].reshape(-1, nblk, CODES_PER_BLOCK).astype(np.uint64)
+        r = min(step, rows - r0)
+        blk = padded[r0 : r0 + r].reshape(r, nblk, CODES_PER_BLOCK).astype(np.uint64)
         words = np.bitwise_or.reduce(blk << shifts, axis=2).astype("<u8")  # (r, nblk)
-        out[r0 : r0 + step] = words.view(np.uint8).reshape(-1, nblk, 8)[:, :, :bits].reshape(-1, nblk * bits)
+        out[r0 : r0 + r] = words.view(np.uint8).reshape(r, nblk, 8)[:, :, :bits].reshape(r, nblk * bits)
     return out
 
 
@@ -69,16 +70,17 @@ def unpack_codes(packed: np.ndarray, bits: int, cols: int) -> np.ndarray:
         per_byte = 8 // bits
         shifts = (np.arange(per_byte, dtype=np.uint8) * bits).astype(np.uint8)
         codes = (packed[:, :, None] >> shifts) & mask
-        return codes.reshape(rows, -1)[:, :cols]
+        return codes.reshape(rows, packed.shape[1] * per_byte)[:, :cols]  # explicit sizes: rows may be 0
     nblk = packed.shape[1] // bits
     out = np.empty((rows, cols), dtype=np.uint8)
     shifts = np.arange(CODES_PER_BLOCK, dtype=np.uint64) * np.uint64(bits)
     step = max(1, _CHUNK_CODES // max(1, nblk * CODES_PER_BLOCK))
     for r0 in range(0, rows, step):
-        blk = packed[r0 : r0 + step].reshape(-1, nblk, bits)
-        wide = np.zeros(blk.shape[:2] + (8,), dtype=np.uint8)
+        r = min(step, rows - r0)
+        blk = packed[r0 : r0 + r].reshape(r, nblk, bits)
+        wide = np.zeros((r, nblk, 8), dtype=np.uint8)
         wide[:, :, :bits] = blk
         words = wide.view("<u8")  # (r, nblk, 1)
         codes = (words >> shifts) & np.uint64(mask)  # (r, nblk, 8)
-        out[r0 : r0 + step] = codes.reshape(codes.shape[0], -1)[:, :cols]
+        out[r0 : r0 + r] = codes.reshape(r, nblk * CODES_PER_BLOCK)[:, :cols]
     return out

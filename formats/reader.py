@@ -1,12 +1,14 @@
 """The one .wq reader. It validates everything it is about to trust before handing out a byte.
 
 Opening a file reads the prefix and the header only; tensor data stays in an np.memmap and is read (and its
-CRC32 checked, once) when a tensor is first used.
+CRC32 and scales checked, once) when a tensor is first used. SPEC.md section 7 lists every rejection; any input
+bytes produce a FormatError subclass or a valid file, never another exception (tests/test_formats_fuzz.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import zlib
 from typing import Any, Iterator
@@ -20,6 +22,8 @@ from .constants import (
     FLOAT_ENCODINGS,
     MAGIC,
     MAX_BITS,
+    MAX_DIM,
+    MAX_ELEMENTS,
     MAX_HEADER_LEN,
     MAX_NAME_LEN,
     MAX_NDIM,
@@ -28,6 +32,8 @@ from .constants import (
     PREFIX_FLAGS,
     PREFIX_SIZE,
     QUANT_ENCODINGS,
+    RESERVED_ENCODINGS_END,
+    SCALE_DTYPE,
     SUPPORTED_CONTAINER_VERSIONS,
     SUPPORTED_LAYOUT_REVISIONS,
     Encoding,
@@ -40,6 +46,7 @@ from .errors import (
     DuplicateNameError,
     FormatError,
     HeaderBoundsError,
+    InvalidValueError,
     MalformedHeaderError,
     MissingTensorError,
     OutOfBoundsError,
@@ -52,7 +59,10 @@ from .errors import (
 )
 from .layout import tensor_nbytes, tensor_parts
 
-_MAX_DIM = 1 << 40
+_HEADER_KEYS = frozenset({"layout_revision", "meta", "tensors", "data_size"})
+_ENTRY_KEYS = frozenset({"name", "encoding", "shape", "offset", "nbytes", "crc32"})
+_QUANT_KEYS = frozenset({"bits", "group_size"})
+_EXOTIC = (msgpack.ExtType, msgpack.Timestamp)  # msgpack values that are not plain data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +78,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)  # () -> 1
 
     @property
     def quantized(self) -> bool:
@@ -83,42 +93,77 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+class _Reject(Exception):
+    """Raised from the msgpack hooks; turned into MalformedHeaderError with the file's name."""
+
+
+def _plain_map(pairs: list) -> dict:
+    """msgpack object_pairs_hook: string keys, no repeats, no extension values (the msgpack dict would keep
+    the last of two equal keys silently)."""
+    out: dict = {}
+    for k, v in pairs:
+        if not isinstance(k, str):
+            raise _Reject(f"map key {_short(k)} is not a string")
+        if k in out:
+            raise _Reject(f"map key {_short(k)} appears twice")
+        if isinstance(v, _EXOTIC):
+            raise _Reject(f"value of {_short(k)} is a msgpack extension type")
+        out[k] = v
+    return out
+
+
+def _plain_list(items: list) -> list:
+    if any(isinstance(v, _EXOTIC) for v in items):
+        raise _Reject("an array holds a msgpack extension type")
+    return items
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise _Reject(f"msgpack extension type {code} is not allowed")
+
+
 class WqFile:
     """A validated, memory-mapped .wq file."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        self._mm: np.ndarray | None = None
         try:
             with open(self.path, "rb") as f:
                 self.file_size = os.fstat(f.fileno()).st_size
                 prefix = f.read(PREFIX_SIZE)
-                self._check_prefix(prefix)
-                header_len = PREFIX.unpack(prefix)[2]
+                header_len, header_crc = self._check_prefix(prefix)
                 raw = f.read(header_len)
+                if len(raw) != header_len:
+                    raise TruncatedFileError(self.path, f"file ends inside the {header_len}-byte header")
+                if zlib.crc32(raw) != header_crc:
+                    raise ChecksumError(self.path, "header checksum mismatch (header is corrupt)")
+                self.data_start = align(PREFIX_SIZE + header_len)
+                pad = f.read(self.data_start - PREFIX_SIZE - header_len)
+                header = self._parse_header(raw)
+                if pad.count(0) != len(pad):
+                    raise MalformedHeaderError(self.path, "non-zero bytes in the padding after the header")
+                self.layout_revision: int = header["layout_revision"]
+                self.meta: dict = header["meta"]
+                self.data_size: int = header["data_size"]
+                end = self.data_start + self.data_size
+                if self.file_size < end:
+                    raise TruncatedFileError(
+                        self.path, f"file is {self.file_size} bytes, its data region ends at {end}")
+                if self.file_size > end:
+                    raise TrailingDataError(self.path, f"{self.file_size - end} unexpected bytes after the data region")
+                self.tensors: dict[str, TensorInfo] = self._parse_tensors(header["tensors"])
+                # Map the file we validated (not the path again, which may have been replaced meanwhile).
+                self._mm = np.memmap(f, dtype=np.uint8, mode="r", shape=(self.file_size,))
         except FormatError:
             raise
         except OSError as e:
             raise FormatError(self.path, f"cannot read file: {e.strerror or e}") from None
-        if len(raw) != header_len:
-            raise TruncatedFileError(self.path, f"file ends inside the {header_len}-byte header")
-        if zlib.crc32(raw) != self._header_crc:
-            raise ChecksumError(self.path, "header checksum mismatch (header is corrupt)")
-        self.data_start = align(PREFIX_SIZE + header_len)
-        header = self._parse_header(raw)
-        self.layout_revision: int = header["layout_revision"]
-        self.meta: dict = header["meta"]
-        self.data_size: int = header["data_size"]
-        end = self.data_start + self.data_size
-        if self.file_size < end:
-            raise TruncatedFileError(self.path, f"file is {self.file_size} bytes, its data region ends at {end}")
-        if self.file_size > end:
-            raise TrailingDataError(self.path, f"{self.file_size - end} unexpected bytes after the data region")
-        self.tensors: dict[str, TensorInfo] = self._parse_tensors(header["tensors"])
-        self._mm = np.memmap(self.path, dtype=np.uint8, mode="r") if self.file_size else np.zeros(0, np.uint8)
         self._verified: set[str] = set()
 
     # ---- validation -------------------------------------------------------------------------------------
-    def _check_prefix(self, prefix: bytes) -> None:
+    def _check_prefix(self, prefix: bytes) -> tuple[int, int]:
+        """(header_len, header_crc32) from a prefix that passed every check."""
         if len(prefix) < len(MAGIC) or prefix[: len(MAGIC)] != MAGIC:
             if len(prefix) < len(MAGIC) and MAGIC.startswith(prefix):
                 raise TruncatedFileError(self.path, "file is too short to be a .wq file")
@@ -136,13 +181,18 @@ class WqFile:
             raise HeaderBoundsError(self.path, f"header length {header_len} out of bounds (1..{MAX_HEADER_LEN})")
         if PREFIX_SIZE + header_len > self.file_size:
             raise HeaderBoundsError(
-                self.path, f"header length {header_len} reaches past the end of the {self.file_size}-byte file")
-        self._header_crc = header_crc
+                self.path, f"header length {header_len} reaches past the end of the {self.file_size}-byte file "
+                "(the file is truncated or its prefix is corrupt)")
+        return header_len, header_crc
 
     def _parse_header(self, raw: bytes) -> dict:
         try:
-            header = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
-        except Exception as e:  # msgpack raises many types (ExtraData, ValueError, UnicodeDecodeError, ...)
+            # _plain_map enforces string keys itself (with a clearer message than strict_map_key).
+            header = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True,
+                                     object_pairs_hook=_plain_map, list_hook=_plain_list, ext_hook=_no_ext)
+        except _Reject as e:
+            raise MalformedHeaderError(self.path, f"header is not plain msgpack data: {e}") from None
+        except Exception as e:  # msgpack raises many types (ExtraData, StackError, UnicodeDecodeError, ...)
             raise MalformedHeaderError(self.path, f"header is not valid msgpack ({type(e).__name__})") from None
         if not isinstance(header, dict):
             raise MalformedHeaderError(self.path, "header is not a map")
@@ -151,6 +201,9 @@ class WqFile:
                 raise MalformedHeaderError(self.path, f"header lacks {key!r}")
             if not isinstance(header[key], typ) or isinstance(header[key], bool):
                 raise MalformedHeaderError(self.path, f"header field {key!r} is not {typ.__name__}")
+        extra = set(header) - _HEADER_KEYS
+        if extra:
+            raise MalformedHeaderError(self.path, f"header has unknown keys {sorted(extra)}")
         if header["layout_revision"] not in SUPPORTED_LAYOUT_REVISIONS:
             raise UnsupportedVersionError(
                 self.path, f"layout revision {header['layout_revision']} is not supported (this reader reads "
@@ -170,6 +223,10 @@ class WqFile:
         for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
             if b0 < a1:
                 raise OverlapError(self.path, f"tensors {an!r} and {bn!r} overlap")
+        used = max((align(end) for _, end, _ in spans), default=0)
+        if self.data_size != used:
+            raise TrailingDataError(
+                self.path, f"data region is {self.data_size} bytes but its tensors end at {used}")
         return tensors
 
     def _parse_entry(self, i: int, e: Any) -> TensorInfo:
@@ -185,27 +242,39 @@ class WqFile:
                 raise MalformedHeaderError(self.path, f"{where}: missing or non-integer {key!r}")
         shape = e.get("shape")
         if (not isinstance(shape, list) or len(shape) > MAX_NDIM
-                or not all(_is_int(d) and 0 <= d <= _MAX_DIM for d in shape)):
-            raise MalformedHeaderError(self.path, f"{where}: invalid shape {shape!r}")
+                or not all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape)
+                or math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS):
+            raise MalformedHeaderError(self.path, f"{where}: invalid shape {_short(shape)}")
         try:
             encoding = Encoding(e["encoding"])
         except ValueError:
-            raise UnknownEncodingError(self.path, f"{where}: unknown encoding {e['encoding']}") from None
+            hint = " (a value reserved for future encodings: a newer wavq may read this file)" if (
+                0 <= e["encoding"] < RESERVED_ENCODINGS_END) else ""
+            raise UnknownEncodingError(self.path, f"{where}: unknown encoding {e['encoding']}{hint}") from None
+        allowed = _ENTRY_KEYS
         bits = group_size = None
         if encoding in QUANT_ENCODINGS:
+            allowed = _ENTRY_KEYS | _QUANT_KEYS
             bits, group_size = e.get("bits"), e.get("group_size")
             if not _is_int(bits) or not MIN_BITS <= bits <= MAX_BITS:
-                raise MalformedHeaderError(self.path, f"{where}: bits {bits!r} outside {MIN_BITS}..{MAX_BITS}")
+                raise MalformedHeaderError(
+                    self.path, f"{where}: bits {_short(bits)} outside {MIN_BITS}..{MAX_BITS}")
             if len(shape) < 2:
                 raise ShapeMismatchError(self.path, f"{where}: quantized tensors need 2 or more dimensions")
-            cols = int(np.prod(shape[1:], dtype=np.int64))
-            if not _is_int(group_size) or not 1 <= group_size <= max(cols, 1):
-                raise MalformedHeaderError(self.path, f"{where}: group size {group_size!r} outside 1..{cols}")
+            cols = math.prod(shape[1:])
+            if cols == 0:
+                raise ShapeMismatchError(self.path, f"{where}: quantized tensor of shape {tuple(shape)} has no columns")
+            if not _is_int(group_size) or not 1 <= group_size <= cols:
+                raise MalformedHeaderError(
+                    self.path, f"{where}: group size {_short(group_size)} outside 1..{cols}")
+        extra = set(e) - allowed
+        if extra:
+            raise MalformedHeaderError(self.path, f"{where}: unknown keys {sorted(extra)} for {encoding.name}")
         offset, nbytes, crc = e["offset"], e["nbytes"], e["crc32"]
-        if offset < 0 or nbytes < 0 or offset + nbytes > self._data_size_hint:
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.data_size:
             raise OutOfBoundsError(
                 self.path, f"{where}: bytes {offset}..{offset + nbytes} lie outside the "
-                f"{self._data_size_hint}-byte data region")
+                f"{self.data_size}-byte data region")
         if offset % ALIGNMENT:
             raise AlignmentError(self.path, f"{where}: offset {offset} is not a multiple of {ALIGNMENT}")
         if not 0 <= crc < (1 << 32):
@@ -217,10 +286,6 @@ class WqFile:
                 self.path, f"{where}: {nbytes} bytes stored, shape {tuple(shape)} as {encoding.name}"
                 f"{'' if bits is None else f' {bits}-bit'} needs {expected}")
         return info
-
-    @property
-    def _data_size_hint(self) -> int:
-        return self.data_size
 
     # ---- access -----------------------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -236,26 +301,32 @@ class WqFile:
             raise MissingTensorError(self.path, f"no tensor named {name!r}") from None
 
     def _bytes(self, info: TensorInfo, rel: int, n: int) -> np.ndarray:
+        if self._mm is None:
+            raise ValueError(f"{self.path}: file is closed")
         start = self.data_start + info.offset + rel
         return self._mm[start : start + n]
 
     def check(self, name: str) -> None:
-        """Verify one tensor's CRC32 (once per open file)."""
+        """Verify one tensor (once per open file): its CRC32, then that its scales are finite."""
         if name in self._verified:
             return
         info = self.info(name)
         crc = zlib.crc32(self._bytes(info, 0, info.nbytes))
         if crc != info.crc32:
             raise ChecksumError(self.path, f"tensor {name!r} is corrupt (checksum mismatch)", tensor=name)
+        if info.quantized:
+            rel, n = info.parts[1]
+            if not np.isfinite(self._bytes(info, rel, n).view(SCALE_DTYPE)).all():
+                raise InvalidValueError(self.path, f"tensor {name!r} has a non-finite scale", tensor=name)
         self._verified.add(name)
 
-    def verify(self) -> list[ChecksumError]:
-        """Check every tensor; returns the failures (empty when the file is intact)."""
+    def verify(self) -> list[ChecksumError | InvalidValueError]:
+        """Check every tensor; returns the failures (empty when the file is intact). Each has `.tensor`."""
         problems = []
         for name in self.tensors:
             try:
                 self.check(name)
-            except ChecksumError as e:
+            except (ChecksumError, InvalidValueError) as e:
                 problems.append(e)
         return problems
 
@@ -267,10 +338,11 @@ class WqFile:
         if info.encoding in FLOAT_ENCODINGS:
             return [views[0].view(FLOAT_ENCODINGS[info.encoding]).reshape(info.shape)]
         rows, cols = codecs.view_2d_shape(info.shape)
-        out = [views[0].reshape(rows, packing.row_bytes(cols, info.bits)),
-               views[1].view("<f2").reshape(rows, -1)]
+        ng = codecs.n_groups(cols, info.group_size)
+        # explicit sizes, not -1: rows may be 0
+        out = [views[0].reshape(rows, packing.row_bytes(cols, info.bits)), views[1].view(SCALE_DTYPE).reshape(rows, ng)]
         if info.encoding == Encoding.QASYM:
-            out.append(views[2].reshape(rows, -1))
+            out.append(views[2].reshape(rows, packing.row_bytes(ng, info.bits)))
         return out
 
     def quantized(self, name: str) -> codecs.QuantizedTensor:
@@ -291,6 +363,8 @@ class WqFile:
 
         Float tensors stored in `dtype` come back as read-only memory-mapped views (no copy).
         """
+        if rows is not None and not isinstance(rows, slice):
+            raise TypeError(f"rows must be a slice or None, got {type(rows).__name__}")
         info = self.info(name)
         parts = self.raw(name)
         sel = slice(None) if rows is None else rows
@@ -306,10 +380,9 @@ class WqFile:
         return w.reshape((w.shape[0],) + info.shape[1:]).astype(dtype, copy=False)
 
     def close(self) -> None:
-        mm = getattr(self, "_mm", None)
-        if isinstance(mm, np.memmap):
-            mm._mmap.close()  # noqa: SLF001 - np.memmap has no public close
-        self._mm = np.zeros(0, np.uint8)
+        """Release the file. Arrays already handed out stay valid: the mapping is unmapped only when the last
+        view of it is garbage-collected (closing it under live views would make them dangle and crash)."""
+        self._mm = None
 
     def __enter__(self) -> "WqFile":
         return self
@@ -320,3 +393,9 @@ class WqFile:
 
 def open_wq(path: str | os.PathLike) -> WqFile:
     return WqFile(path)
+
+
+def _short(v: Any, limit: int = 60) -> str:
+    """repr() cut short: a hostile header must not produce a megabyte error message."""
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import codecs
@@ -16,7 +18,7 @@ def payload_bits(encoding: Encoding, shape: tuple[int, ...], bits: int | None = 
 
     Effective bits per weight of a quantized tensor = payload_bits / numel.
     """
-    numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    numel = math.prod(int(d) for d in shape)  # () -> 1
     if encoding in FLOAT_ENCODINGS:
         return numel * 8 * np.dtype(FLOAT_ENCODINGS[encoding]).itemsize
     rows, cols = codecs.view_2d_shape(shape)

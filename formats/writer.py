@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import zlib
@@ -17,16 +18,24 @@ from .constants import (
     FLOAT_ENCODINGS,
     LAYOUT_REVISION,
     MAGIC,
+    MAX_DIM,
+    MAX_ELEMENTS,
+    MAX_HEADER_LEN,
     MAX_NAME_LEN,
     MAX_NDIM,
     PREFIX,
     PREFIX_FLAGS,
     PREFIX_SIZE,
+    SCALE_DTYPE,
     Encoding,
     align,
 )
 from .errors import OutputExistsError
 from .layout import tensor_parts
+
+# msgpack integers are 64-bit: signed down to -2**63, unsigned up to 2**64 - 1.
+_MSGPACK_INT_MIN = -(1 << 63)
+_MSGPACK_INT_MAX = (1 << 64) - 1
 
 
 def canonical(obj: Any) -> Any:
@@ -38,10 +47,17 @@ def canonical(obj: Any) -> Any:
         return {k: canonical(obj[k]) for k in sorted(obj)}
     if isinstance(obj, (list, tuple)):
         return [canonical(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
     if isinstance(obj, np.ndarray):
         raise TypeError("store arrays as tensors, not in metadata")
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, int) and not isinstance(obj, bool) and not _MSGPACK_INT_MIN <= obj <= _MSGPACK_INT_MAX:
+        raise ValueError(f"metadata integer {obj} does not fit in 64 bits")
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"metadata string {obj[:40]!r} is not valid Unicode text") from None
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
         return obj
     raise TypeError(f"metadata value of type {type(obj).__name__} cannot be stored")
@@ -50,8 +66,13 @@ def canonical(obj: Any) -> Any:
 def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encoding | None):
     """(entry fields, list of part byte arrays) for one tensor."""
     if isinstance(tensor, codecs.QuantizedTensor):
-        rows, cols = codecs.view_2d_shape(tensor.shape)
-        parts = [packing.pack_codes(tensor.codes, tensor.bits), tensor.scales.astype("<f2")]
+        if encoding is not None and encoding != tensor.encoding:
+            raise ValueError(f"a {'symmetric' if tensor.symmetric else 'asymmetric'} QuantizedTensor is stored "
+                             f"as {tensor.encoding.name}, not {Encoding(encoding).name}")
+        _check_shape(tensor.shape)
+        if not np.isfinite(tensor.scales).all():
+            raise ValueError("quantized tensor has non-finite scales")
+        parts = [packing.pack_codes(tensor.codes, tensor.bits), tensor.scales.astype(SCALE_DTYPE)]
         if tensor.zeros is not None:
             parts.append(packing.pack_codes(tensor.zeros, tensor.bits))
         fields = {"encoding": int(tensor.encoding), "shape": list(tensor.shape), "bits": tensor.bits,
@@ -64,10 +85,17 @@ def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encodin
         raise ValueError(f"plain arrays are stored as F32 or F16, not {encoding!r}")
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"cannot store an array of dtype {arr.dtype}")
-    if arr.ndim > MAX_NDIM:
-        raise ValueError(f"tensors have at most {MAX_NDIM} dimensions")
+    _check_shape(arr.shape)
     data = np.ascontiguousarray(arr, dtype=FLOAT_ENCODINGS[Encoding(encoding)])
     return {"encoding": int(encoding), "shape": [int(d) for d in arr.shape]}, [data]
+
+
+def _check_shape(shape: tuple[int, ...]) -> None:
+    """The limits a reader enforces (SPEC.md section 3), so the writer never produces a file it would reject."""
+    if len(shape) > MAX_NDIM:
+        raise ValueError(f"tensors have at most {MAX_NDIM} dimensions, got shape {tuple(shape)}")
+    if any(d > MAX_DIM for d in shape) or math.prod(max(int(d), 1) for d in shape) > MAX_ELEMENTS:
+        raise ValueError(f"tensor of shape {tuple(shape)} is too large for the format")
 
 
 class WqWriter:
@@ -80,6 +108,8 @@ class WqWriter:
         self.path = os.fspath(path)
         if os.path.exists(self.path) and not force:
             raise OutputExistsError(f"{self.path} exists; pass force=True (--force) to replace it")
+        if not isinstance(meta, Mapping):
+            raise TypeError(f"meta must be a mapping, got {type(meta).__name__}")
         self.meta = canonical(meta)
         self.force = force
         self._entries: list[dict] = []
@@ -89,10 +119,16 @@ class WqWriter:
         self._state = "open"
 
     def add(self, name: str, tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encoding | None = None) -> None:
+        """Append one tensor (stored in call order). Plain arrays become F32, or F16 when they are float16 or
+        `encoding` says so; a QuantizedTensor is stored as QSYM or QASYM."""
         if self._state != "open":
             raise RuntimeError(f"cannot add tensor {name!r}: writer is {self._state}")
-        if not isinstance(name, str) or not name or len(name.encode()) > MAX_NAME_LEN:
+        if not isinstance(name, str) or not name or len(name.encode("utf-8", "replace")) > MAX_NAME_LEN:
             raise ValueError(f"tensor names are non-empty strings of at most {MAX_NAME_LEN} bytes: {name!r}")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"tensor name {name!r} is not valid Unicode text") from None
         if name in self._names:
             raise ValueError(f"duplicate tensor name {name!r}")
         fields, parts = _encode_parts(tensor, encoding)
@@ -100,36 +136,43 @@ class WqWriter:
                                 fields.get("group_size"))
         crc = 0
         start = self._size
-        for (rel, nbytes), part in zip(expected, parts):
-            raw = part.tobytes()
-            if len(raw) != nbytes:
-                raise AssertionError(f"internal: part of {name!r} has {len(raw)} bytes, layout says {nbytes}")
-            gap = start + rel - self._size
-            for chunk in (b"\0" * gap, raw):
-                self._spool.write(chunk)
-                crc = zlib.crc32(chunk, crc)
-            self._size += gap + len(raw)
-        total = self._size - start
-        tail = align(self._size) - self._size
-        self._spool.write(b"\0" * tail)
-        self._size += tail
+        try:
+            for (rel, nbytes), part in zip(expected, parts):
+                raw = part.tobytes()
+                if len(raw) != nbytes:
+                    raise AssertionError(f"internal: part of {name!r} has {len(raw)} bytes, layout says {nbytes}")
+                gap = start + rel - self._size
+                for chunk in (b"\0" * gap, raw):
+                    self._spool.write(chunk)
+                    crc = zlib.crc32(chunk, crc)
+                self._size += gap + len(raw)
+            total = self._size - start
+            tail = align(self._size) - self._size
+            self._spool.write(b"\0" * tail)
+            self._size += tail
+        except BaseException:
+            self._discard("failed")  # the spool holds part of a tensor: nothing after this can be trusted
+            raise
         self._names.add(name)
         self._entries.append({"name": name, **fields, "offset": start, "nbytes": total, "crc32": crc})
 
     def close(self) -> str:
-        """Write the file. Returns its path."""
+        """Write the file. Returns its path. On any failure no file (and no temporary file) is left."""
         if self._state != "open":
             raise RuntimeError(f"writer is {self._state}")
-        header = msgpack.packb(
-            canonical({"layout_revision": LAYOUT_REVISION, "meta": self.meta, "tensors": self._entries,
-                       "data_size": self._size}),
-            use_bin_type=True,
-        )
-        prefix = PREFIX.pack(MAGIC, CONTAINER_VERSION, len(header), zlib.crc32(header), PREFIX_FLAGS)
-        pad = align(PREFIX_SIZE + len(header)) - PREFIX_SIZE - len(header)
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".wq.partial", dir=directory)
+        tmp = None
         try:
+            header = msgpack.packb(
+                canonical({"layout_revision": LAYOUT_REVISION, "meta": self.meta, "tensors": self._entries,
+                           "data_size": self._size}),
+                use_bin_type=True,
+            )
+            if len(header) > MAX_HEADER_LEN:
+                raise ValueError(f"header of {len(header)} bytes exceeds the format's {MAX_HEADER_LEN}-byte limit")
+            prefix = PREFIX.pack(MAGIC, CONTAINER_VERSION, len(header), zlib.crc32(header), PREFIX_FLAGS)
+            pad = align(PREFIX_SIZE + len(header)) - PREFIX_SIZE - len(header)
+            directory = os.path.dirname(os.path.abspath(self.path))
+            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".wq.partial", dir=directory)
             with os.fdopen(fd, "wb") as out:
                 out.write(prefix)
                 out.write(header)
@@ -144,11 +187,11 @@ class WqWriter:
             os.chmod(tmp, 0o644)
             os.replace(tmp, self.path)
         except BaseException:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
+            self._discard("failed")
             raise
-        finally:
-            self._discard("closed")
+        self._discard("closed")
         return self.path
 
     def abort(self) -> None:
@@ -156,7 +199,8 @@ class WqWriter:
             self._discard("aborted")
 
     def _discard(self, state: str) -> None:
-        self._spool.close()
+        if not self._spool.closed:
+            self._spool.close()
         self._state = state
 
     def __enter__(self) -> "WqWriter":

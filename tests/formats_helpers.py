@@ -1,0 +1,106 @@
+"""Helpers for the .wq format tests: a small valid file, and a way to rebuild a file from a modified header.
+
+`rebuild` writes prefix + header + padding + data with a *correct* header CRC (unless told otherwise), so a test
+that edits one header field reaches the check it targets instead of stopping at the header checksum.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import zlib
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from wavq.formats import QuantizedTensor, WqFile, quantize, write_wq
+from wavq.formats.constants import CONTAINER_VERSION, MAGIC, PREFIX, PREFIX_FLAGS, PREFIX_SIZE, align
+
+SAMPLE_META = {"architecture": "test", "dims": {"n_state": 6, "eps": 1e-5}, "note": "sample"}
+
+
+def sample_tensors() -> dict[str, Any]:
+    """A few tensors covering every encoding and the awkward shapes (odd columns, 3-D, scalar, empty)."""
+    rng = np.random.default_rng(1234)
+    sym3, _ = quantize(rng.standard_normal((5, 13)).astype(np.float32), 3, group_size=4, symmetric=True)
+    asym5, _ = quantize(rng.standard_normal((4, 3, 3)).astype(np.float32), 5, group_size=0, symmetric=False)
+    return {
+        "q.sym3": sym3,
+        "q.asym5": asym5,
+        "f.f16": rng.standard_normal(6).astype(np.float16),
+        "f.f32": rng.standard_normal((2, 3)).astype(np.float32),
+        "f.scalar": np.float32(0.5).reshape(()),
+        "f.empty": np.zeros((0, 4), np.float32),
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def sample_bytes() -> bytes:
+    """Bytes of a valid file holding sample_tensors()."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "sample.wq")
+        write_wq(path, SAMPLE_META, sample_tensors())
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def split(buf: bytes) -> tuple[dict, dict, bytes]:
+    """(prefix fields, decoded header, data region bytes) of a valid file."""
+    magic, version, header_len, crc, flags = PREFIX.unpack_from(buf, 0)
+    header = msgpack.unpackb(buf[PREFIX_SIZE : PREFIX_SIZE + header_len], raw=False)
+    data_start = align(PREFIX_SIZE + header_len)
+    prefix = {"magic": magic, "version": version, "header_len": header_len, "crc": crc, "flags": flags}
+    return prefix, header, buf[data_start:]
+
+
+def rebuild(header: dict | bytes, data: bytes, *, magic: bytes = MAGIC, version: int = CONTAINER_VERSION,
+            flags: int = PREFIX_FLAGS, header_len: int | None = None, crc: int | None = None,
+            pad: bytes | None = None) -> bytes:
+    """A file from a header (dict to msgpack, or raw bytes) and a data region, with a correct header CRC
+    and zero padding unless overridden."""
+    raw = header if isinstance(header, bytes) else msgpack.packb(header, use_bin_type=True)
+    n = len(raw) if header_len is None else header_len
+    c = zlib.crc32(raw) if crc is None else crc
+    if pad is None:
+        pad = b"\0" * (align(PREFIX_SIZE + len(raw)) - PREFIX_SIZE - len(raw))
+    return PREFIX.pack(magic, version, n, c, flags) + raw + pad + data
+
+
+def fix_tensor_crc(buf: bytes, name: str) -> bytes:
+    """Recompute one tensor's CRC after its bytes were edited, so the edit reaches the value checks."""
+    _, header, data = split(buf)
+    for e in header["tensors"]:
+        if e["name"] == name:
+            e["crc32"] = zlib.crc32(data[e["offset"] : e["offset"] + e["nbytes"]])
+    return rebuild(header, data)
+
+
+def tensor_span(buf: bytes, name: str) -> tuple[int, int, dict]:
+    """(file offset of a tensor, its nbytes, its entry)."""
+    prefix, header, _ = split(buf)
+    start = align(PREFIX_SIZE + prefix["header_len"])
+    for e in header["tensors"]:
+        if e["name"] == name:
+            return start + e["offset"], e["nbytes"], e
+    raise KeyError(name)
+
+
+def read_everything(path: str) -> None:
+    """Open a file and touch every tensor every way the reader offers; raises whatever the reader raises."""
+    with WqFile(path) as f:
+        for name, info in f.tensors.items():
+            f.array(name)
+            if info.shape:
+                f.array(name, rows=slice(0, 1))
+            if info.quantized:
+                f.quantized(name)
+        f.verify()
+
+
+def quantized_codes_equal(a: QuantizedTensor, b: QuantizedTensor) -> bool:
+    same_zeros = (a.zeros is None and b.zeros is None) or (
+        a.zeros is not None and b.zeros is not None and np.array_equal(a.zeros, b.zeros))
+    return (a.shape == b.shape and a.bits == b.bits and a.group_size == b.group_size and same_zeros
+            and np.array_equal(a.codes, b.codes) and np.array_equal(a.scales.view(np.uint16), b.scales.view(np.uint16)))

@@ -1,0 +1,86 @@
+"""formats/ and runtime/ import with numpy and msgpack only: torch, transformers, safetensors and jiwer blocked.
+
+Each check runs in a fresh interpreter with a meta-path finder that makes the heavy packages unimportable,
+so an eager `import torch` anywhere in the import chain fails the test (GUIDE.md: the runtime needs numpy +
+msgpack only).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+BLOCKED = ["torch", "transformers", "safetensors", "jiwer"]
+
+_PRELUDE = r"""
+import importlib.abc, json, sys
+BLOCKED = set(json.loads(sys.argv[1]))
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, Block())
+before = set(sys.modules)
+"""
+
+
+def run_isolated(body: str) -> dict:
+    code = _PRELUDE + body
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(BLOCKED)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
+@pytest.mark.parametrize("module", ["wavq.formats", "wavq.runtime", "wavq.runtime.whisper", "wavq.runtime.wav2vec2"])
+def test_imports_without_heavy_packages(module):
+    if not _module_exists(module):
+        pytest.skip(f"{module} does not exist yet")
+    out = run_isolated(f"""
+import importlib
+importlib.import_module({module!r})
+new = sorted({{m.partition(".")[0] for m in set(sys.modules) - before}})
+print(json.dumps({{"new": new}}))
+""")
+    assert not set(out["new"]) & set(BLOCKED)
+
+
+@pytest.mark.parametrize("module", ["wavq.formats", "wavq.runtime"])
+def test_third_party_imports_are_numpy_and_msgpack_only(module):
+    """Stronger than blocking a list: whatever the package imports outside the standard library must be numpy,
+    msgpack (or wavq itself)."""
+    out = run_isolated(f"""
+import importlib
+importlib.import_module({module!r})
+new = {{m.partition(".")[0] for m in set(sys.modules) - before}}
+third = sorted(m for m in new if m not in sys.stdlib_module_names and not m.startswith("_"))
+print(json.dumps({{"third": third}}))
+""")
+    # cython_runtime is the bookkeeping module every Cython extension (msgpack's) registers
+    assert set(out["third"]) <= {"numpy", "msgpack", "wavq", "cython_runtime"}, out["third"]
+
+
+def test_blocking_works():
+    """The harness itself: a blocked package really is unimportable."""
+    out = run_isolated("""
+try:
+    import torch
+    print(json.dumps({"blocked": False}))
+except ImportError:
+    print(json.dumps({"blocked": True}))
+""")
+    assert out["blocked"]

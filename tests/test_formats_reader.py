@@ -1,0 +1,491 @@
+"""One test per way a .wq file can be wrong (SPEC.md section 7): each raises its own FormatError subclass."""
+
+from __future__ import annotations
+
+import zlib
+
+import msgpack
+import numpy as np
+import pytest
+
+from formats_helpers import fix_tensor_crc, rebuild, sample_bytes, sample_tensors, split, tensor_span
+from wavq.formats import (
+    AlignmentError,
+    BadMagicError,
+    ChecksumError,
+    DuplicateNameError,
+    FormatError,
+    HeaderBoundsError,
+    InvalidValueError,
+    MalformedHeaderError,
+    MissingTensorError,
+    OutOfBoundsError,
+    OverlapError,
+    ShapeMismatchError,
+    TrailingDataError,
+    TruncatedFileError,
+    UnknownEncodingError,
+    UnsupportedVersionError,
+    WqFile,
+    dequantize,
+)
+from wavq.formats.constants import MAX_DIM, MAX_HEADER_LEN, MAX_NAME_LEN, PREFIX_SIZE, align
+
+
+@pytest.fixture
+def put(tmp_path):
+    """put(bytes) -> path of a file holding them."""
+    def _put(buf: bytes, name: str = "t.wq") -> str:
+        p = tmp_path / name
+        p.write_bytes(buf)
+        return str(p)
+    return _put
+
+
+def parts():
+    """Fresh (header, data) of the sample file, to edit."""
+    _, header, data = split(sample_bytes())
+    return header, data
+
+
+def entry(header: dict, name: str) -> dict:
+    return next(e for e in header["tensors"] if e["name"] == name)
+
+
+def rejects(put, buf: bytes, exc: type, match: str | None = None) -> FormatError:
+    path = put(buf)
+    with pytest.raises(exc, match=match) as info:
+        WqFile(path)
+    assert path in str(info.value), "the message names the file"
+    return info.value
+
+
+# ---- the valid file ---------------------------------------------------------------------------------------
+def test_sample_reads_back(put):
+    path = put(sample_bytes())
+    with WqFile(path) as f:
+        assert list(f.tensors) == list(sample_tensors())
+        for name, t in sample_tensors().items():
+            expected = dequantize(t) if hasattr(t, "codes") else np.asarray(t, np.float32)
+            np.testing.assert_array_equal(f.array(name), expected)
+        assert f.verify() == []
+
+
+def test_rebuild_of_unchanged_header_is_identical():
+    header, data = parts()
+    assert rebuild(header, data) == sample_bytes()
+
+
+# ---- prefix ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("magic", [b"WAVX", b"GGUF", b"\0\0\0\0", b"wavq"])
+def test_wrong_magic(put, magic):
+    rejects(put, magic + sample_bytes()[4:], BadMagicError, "magic")
+
+
+def test_not_a_wq_file_at_all(put):
+    rejects(put, b"PK\x03\x04 some zip file, long enough to hold a prefix", BadMagicError)
+
+
+@pytest.mark.parametrize("version", [0, 2, 0xFFFFFFFF])
+def test_unsupported_container_version(put, version):
+    header, data = parts()
+    rejects(put, rebuild(header, data, version=version), UnsupportedVersionError, f"container version {version}")
+
+
+@pytest.mark.parametrize("flags", [1, 0x80000000])
+def test_unknown_flags(put, flags):
+    header, data = parts()
+    rejects(put, rebuild(header, data, flags=flags), MalformedHeaderError, "flags")
+
+
+# ---- truncation and trailing data ------------------------------------------------------------------------
+def _cut_points():
+    buf = sample_bytes()
+    header_len = split(buf)[0]["header_len"]
+    data_start = align(PREFIX_SIZE + header_len)
+    return {
+        "empty": (0, TruncatedFileError),
+        "inside magic": (2, TruncatedFileError),
+        "after magic": (4, TruncatedFileError),
+        "inside prefix": (PREFIX_SIZE - 1, TruncatedFileError),
+        "after prefix": (PREFIX_SIZE, HeaderBoundsError),  # the prefix promises a header the file lacks
+        "inside header": (PREFIX_SIZE + header_len // 2, HeaderBoundsError),
+        "header minus one": (PREFIX_SIZE + header_len - 1, HeaderBoundsError),
+        "in header padding": (data_start - 1, TruncatedFileError) if data_start > PREFIX_SIZE + header_len
+        else (data_start, TruncatedFileError),
+        "data start": (data_start, TruncatedFileError),
+        "middle of data": ((data_start + len(buf)) // 2, TruncatedFileError),
+        "last byte": (len(buf) - 1, TruncatedFileError),
+    }
+
+
+@pytest.mark.parametrize("where", list(_cut_points()))
+def test_truncated_file(put, where):
+    cut, exc = _cut_points()[where]
+    rejects(put, sample_bytes()[:cut], exc)
+
+
+@pytest.mark.parametrize("extra", [b"\0", b"\0" * 64, b"garbage"])
+def test_trailing_data(put, extra):
+    rejects(put, sample_bytes() + extra, TrailingDataError, "after the data region")
+
+
+def test_data_region_longer_than_its_tensors(put):
+    header, data = parts()
+    header["data_size"] += 64
+    rejects(put, rebuild(header, data + b"\0" * 64), TrailingDataError, "tensors end at")
+
+
+# ---- header length -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("header_len", [0, MAX_HEADER_LEN + 1, 1 << 40, (1 << 64) - 1])
+def test_header_length_out_of_bounds(put, header_len):
+    header, data = parts()
+    rejects(put, rebuild(header, data, header_len=header_len), HeaderBoundsError, "header length")
+
+
+def test_header_length_past_end_of_file(put):
+    header, data = parts()
+    buf = rebuild(header, data)
+    rejects(put, rebuild(header, data, header_len=len(buf)), HeaderBoundsError, "past the end")
+
+
+# ---- header checksum -------------------------------------------------------------------------------------
+def test_header_checksum_mismatch(put):
+    buf = bytearray(sample_bytes())
+    buf[PREFIX_SIZE + 5] ^= 0x20  # a byte inside the msgpack header; the CRC in the prefix stays
+    err = rejects(put, bytes(buf), ChecksumError, "header checksum")
+    assert err.tensor is None
+
+
+def test_header_crc_field_wrong(put):
+    header, data = parts()
+    good = zlib.crc32(msgpack.packb(header, use_bin_type=True))
+    rejects(put, rebuild(header, data, crc=good ^ 1), ChecksumError)
+
+
+# ---- malformed header --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("raw", [
+    b"\xc1",  # the one byte msgpack never uses
+    b"\x85\xa4name",  # a map cut short
+    msgpack.packb({"a": 1}) + b"\x01",  # extra bytes after the map
+    b"\xa2\xff\xfe",  # a str that is not UTF-8
+    b"\x91" * 5000 + b"\x00",  # nesting deeper than msgpack's stack
+], ids=["reserved-byte", "cut-map", "extra-bytes", "bad-utf8", "deep-nesting"])
+def test_header_not_msgpack(put, raw):
+    _, data = parts()
+    rejects(put, rebuild(raw, data), MalformedHeaderError, "msgpack")
+
+
+@pytest.mark.parametrize("value", [[1, 2], 7, "header", None, b"bytes"])
+def test_header_not_a_map(put, value):
+    _, data = parts()
+    rejects(put, rebuild(msgpack.packb(value, use_bin_type=True), data), MalformedHeaderError, "not a map")
+
+
+@pytest.mark.parametrize("key", ["layout_revision", "meta", "tensors", "data_size"])
+def test_header_missing_key(put, key):
+    header, data = parts()
+    del header[key]
+    rejects(put, rebuild(header, data), MalformedHeaderError, f"lacks '{key}'")
+
+
+@pytest.mark.parametrize("key,value", [
+    ("layout_revision", "1"), ("layout_revision", True), ("layout_revision", 1.0),
+    ("meta", []), ("meta", "x"), ("tensors", {}), ("tensors", None), ("data_size", "64"), ("data_size", False),
+])
+def test_header_wrong_type(put, key, value):
+    header, data = parts()
+    header[key] = value
+    rejects(put, rebuild(header, data), MalformedHeaderError, f"'{key}' is not")
+
+
+def test_header_unknown_key(put):
+    header, data = parts()
+    header["compression"] = "zstd"
+    rejects(put, rebuild(header, data), MalformedHeaderError, "unknown keys")
+
+
+def test_header_repeated_key(put):
+    header, data = parts()
+    # msgpack dicts cannot hold a repeated key: splice one in by hand (map of 5 pairs, one key twice).
+    body = b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True) for k, v in header.items())
+    raw = b"\x85" + body + msgpack.packb("data_size") + msgpack.packb(header["data_size"])
+    rejects(put, rebuild(raw, data), MalformedHeaderError, "appears twice")
+
+
+@pytest.mark.parametrize("meta", [
+    {1: "integer key"},
+    {"when": msgpack.Timestamp(0, 0)},
+    {"blob": msgpack.ExtType(5, b"xyz")},
+    {"list": [msgpack.ExtType(1, b"")]},
+], ids=["int-key", "timestamp", "ext", "ext-in-list"])
+def test_meta_not_plain(put, meta):
+    header, data = parts()
+    header["meta"] = meta
+    raw = msgpack.packb(header, use_bin_type=True, strict_types=False)
+    rejects(put, rebuild(raw, data), MalformedHeaderError, "plain msgpack")
+
+
+@pytest.mark.parametrize("revision", [0, 2, 99])
+def test_unsupported_layout_revision(put, revision):
+    header, data = parts()
+    header["layout_revision"] = revision
+    rejects(put, rebuild(header, data), UnsupportedVersionError, f"layout revision {revision}")
+
+
+@pytest.mark.parametrize("size", [-64, 65, 100])
+def test_data_size_not_aligned(put, size):
+    header, data = parts()
+    header["data_size"] = size
+    rejects(put, rebuild(header, data), MalformedHeaderError, "data size")
+
+
+def test_nonzero_header_padding(put):
+    header, data = parts()
+    raw = msgpack.packb(header, use_bin_type=True)
+    n_pad = align(PREFIX_SIZE + len(raw)) - PREFIX_SIZE - len(raw)
+    if n_pad == 0:  # make room for padding by growing the header
+        header["meta"]["pad"] = "x"
+        raw = msgpack.packb(header, use_bin_type=True)
+        n_pad = align(PREFIX_SIZE + len(raw)) - PREFIX_SIZE - len(raw)
+    assert n_pad > 0
+    rejects(put, rebuild(raw, data, pad=b"\0" * (n_pad - 1) + b"\x01"), MalformedHeaderError, "padding")
+
+
+# ---- tensor entries -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [[1], "q.sym3", None, 3])
+def test_entry_not_a_map(put, value):
+    header, data = parts()
+    header["tensors"][0] = value
+    rejects(put, rebuild(header, data), MalformedHeaderError, "tensor entry 0: not a map")
+
+
+@pytest.mark.parametrize("name", [None, "", 5, b"bytes-name", "x" * (MAX_NAME_LEN + 1)])
+def test_entry_invalid_name(put, name):
+    header, data = parts()
+    header["tensors"][0]["name"] = name
+    rejects(put, rebuild(header, data), MalformedHeaderError, "invalid name")
+
+
+@pytest.mark.parametrize("key", ["encoding", "offset", "nbytes", "crc32"])
+@pytest.mark.parametrize("value", ["missing", "7", 1.0, True, None])
+def test_entry_field_missing_or_not_int(put, key, value):
+    header, data = parts()
+    e = header["tensors"][0]
+    if value == "missing":
+        del e[key]
+    else:
+        e[key] = value
+    rejects(put, rebuild(header, data), MalformedHeaderError, f"non-integer '{key}'")
+
+
+@pytest.mark.parametrize("shape", [
+    "missing", 5, "(5, 13)", [5, "13"], [5, 13.0], [5, True], [-1, 13], [MAX_DIM + 1, 1], [1] * 9,
+    [MAX_DIM, MAX_DIM, 0],  # an empty tensor, but its other dims would overflow any size arithmetic
+    [2**32, 2**32],  # 2**64 elements: an int64 product wraps to 0
+], ids=lambda s: repr(s)[:24])
+def test_entry_invalid_shape(put, shape):
+    header, data = parts()
+    e = entry(header, "f.f32")
+    if shape == "missing":
+        del e["shape"]
+    else:
+        e["shape"] = shape
+    rejects(put, rebuild(header, data), MalformedHeaderError, "invalid shape")
+
+
+@pytest.mark.parametrize("encoding", [4, 15, 16, 31, 32, 1 << 40])
+def test_unknown_encoding(put, encoding):
+    header, data = parts()
+    entry(header, "f.f32")["encoding"] = encoding
+    rejects(put, rebuild(header, data), UnknownEncodingError, f"unknown encoding {encoding}")
+
+
+@pytest.mark.parametrize("bits", ["missing", 0, 1, 9, 16, "4", 4.0, True])
+def test_entry_bits_invalid(put, bits):
+    header, data = parts()
+    e = entry(header, "q.sym3")
+    if bits == "missing":
+        del e["bits"]
+    else:
+        e["bits"] = bits
+    rejects(put, rebuild(header, data), MalformedHeaderError, "bits")
+
+
+@pytest.mark.parametrize("group_size", ["missing", 0, -1, 14, 1 << 41, "4", None])
+def test_entry_group_size_invalid(put, group_size):
+    header, data = parts()
+    e = entry(header, "q.sym3")  # shape (5, 13)
+    if group_size == "missing":
+        del e["group_size"]
+    else:
+        e["group_size"] = group_size
+    rejects(put, rebuild(header, data), MalformedHeaderError, "group size")
+
+
+@pytest.mark.parametrize("key,value", [("bits", 4), ("group_size", 2), ("scale", 1.0)])
+def test_entry_unknown_key(put, key, value):
+    header, data = parts()
+    entry(header, "f.f32")[key] = value
+    rejects(put, rebuild(header, data), MalformedHeaderError, "unknown keys")
+
+
+@pytest.mark.parametrize("crc", [1 << 32, -1])
+def test_entry_crc_out_of_range(put, crc):
+    header, data = parts()
+    entry(header, "f.f32")["crc32"] = crc
+    rejects(put, rebuild(header, data), MalformedHeaderError, "crc32")
+
+
+# ---- placement in the data region ----------------------------------------------------------------------------
+@pytest.mark.parametrize("edit", ["offset=data_size", "offset<0", "nbytes<0", "nbytes huge", "offset huge"])
+def test_outside_data_region(put, edit):
+    header, data = parts()
+    e = entry(header, "f.f32")
+    if edit == "offset=data_size":
+        e["offset"] = header["data_size"]
+    elif edit == "offset<0":
+        e["offset"] = -64
+    elif edit == "nbytes<0":
+        e["nbytes"] = -1
+    elif edit == "nbytes huge":
+        e["nbytes"] = (1 << 64) - 1  # offset + nbytes would wrap a 64-bit sum
+    else:
+        e["offset"] = (1 << 64) - 64
+    rejects(put, rebuild(header, data), OutOfBoundsError, "outside")
+
+
+def test_overlapping_tensors(put):
+    header, data = parts()
+    a, b = entry(header, "q.sym3"), entry(header, "q.asym5")
+    b["offset"] = a["offset"] + 64  # inside a's span (codes + scales take more than 64 bytes)
+    assert b["offset"] < a["offset"] + a["nbytes"]
+    rejects(put, rebuild(header, data), OverlapError, "overlap")
+
+
+def test_identical_offsets_overlap(put):
+    header, data = parts()
+    entry(header, "f.f16")["offset"] = entry(header, "q.sym3")["offset"]
+    rejects(put, rebuild(header, data), OverlapError, "overlap")
+
+
+@pytest.mark.parametrize("delta", [1, 8, 32])
+def test_misaligned_offset(put, delta):
+    header, data = parts()
+    entry(header, "q.sym3")["offset"] += delta
+    rejects(put, rebuild(header, data), AlignmentError, "not a multiple of 64")
+
+
+def test_duplicate_names(put):
+    header, data = parts()
+    entry(header, "f.f16")["name"] = "q.sym3"
+    rejects(put, rebuild(header, data), DuplicateNameError, "more than once")
+
+
+# ---- sizes ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,shape", [
+    ("f.f32", [3, 3]), ("f.f32", [2, 3, 1, 2]), ("f.f16", [5]), ("q.sym3", [5, 17]), ("q.sym3", [6, 13]),
+])
+def test_shape_does_not_match_size(put, name, shape):
+    header, data = parts()
+    entry(header, name)["shape"] = shape
+    rejects(put, rebuild(header, data), ShapeMismatchError, "needs")
+
+
+@pytest.mark.parametrize("delta", [-1, 1, 64])
+def test_nbytes_does_not_match_shape(put, delta):
+    header, data = parts()
+    entry(header, "f.f16")["nbytes"] += delta
+    rejects(put, rebuild(header, data), ShapeMismatchError, "needs")
+
+
+def test_quantized_one_dimensional(put):
+    header, data = parts()
+    entry(header, "q.sym3")["shape"] = [65]
+    rejects(put, rebuild(header, data), ShapeMismatchError, "2 or more dimensions")
+
+
+def test_quantized_without_columns(put):
+    header, data = parts()
+    e = entry(header, "q.sym3")
+    e["shape"], e["group_size"] = [5, 0], 1
+    rejects(put, rebuild(header, data), ShapeMismatchError, "no columns")
+
+
+def test_float_tensor_cannot_be_reinterpreted_as_quantized(put):
+    header, data = parts()
+    entry(header, "f.f32")["encoding"] = 2  # QSYM without bits / group size
+    rejects(put, rebuild(header, data), MalformedHeaderError, "bits")
+
+
+# ---- tensor data: checked on first use -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [n for n in sample_tensors() if n != "f.empty"])  # f.empty has no bytes
+def test_tensor_checksum_mismatch_names_the_tensor(put, name):
+    buf = bytearray(sample_bytes())
+    start, nbytes, _ = tensor_span(bytes(buf), name)
+    buf[start + nbytes // 2] ^= 0x01
+    path = put(bytes(buf))
+    with WqFile(path) as f:  # opening reads only the header: it succeeds
+        with pytest.raises(ChecksumError, match=name) as info:
+            f.array(name)
+        assert info.value.tensor == name
+        problems = f.verify()
+        assert [p.tensor for p in problems] == [name]
+        for other in f.tensors:  # the rest of the file is still readable
+            if other != name:
+                f.array(other)
+
+
+def test_corruption_in_padding_between_parts_is_caught(put):
+    buf = bytearray(sample_bytes())
+    start, nbytes, e = tensor_span(bytes(buf), "q.sym3")
+    codes_len = 5 * 2 * 3  # (5 rows) x row_bytes(13 cols, 3 bits) = 2 blocks x 3 bytes
+    assert codes_len < 64 <= nbytes
+    buf[start + codes_len + 1] = 0xFF  # the zero padding before the scales
+    with WqFile(put(bytes(buf))) as f:
+        with pytest.raises(ChecksumError, match="q.sym3"):
+            f.array("q.sym3")
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_scale(put, bad):
+    buf = bytearray(sample_bytes())
+    start, _, _ = tensor_span(bytes(buf), "q.sym3")
+    scales_at = start + 64  # codes (30 bytes) then scales at the next 64-byte boundary
+    buf[scales_at + 2 : scales_at + 4] = np.float16(bad).tobytes()
+    path = put(fix_tensor_crc(bytes(buf), "q.sym3"))
+    with WqFile(path) as f:
+        with pytest.raises(InvalidValueError, match="non-finite scale") as info:
+            f.array("q.sym3")
+        assert info.value.tensor == "q.sym3"
+        assert [p.tensor for p in f.verify()] == ["q.sym3"]
+
+
+def test_missing_tensor(put):
+    with WqFile(put(sample_bytes())) as f:
+        with pytest.raises(MissingTensorError, match="no.such"):
+            f.array("no.such")
+
+
+def test_unreadable_paths(tmp_path):
+    with pytest.raises(FormatError, match="cannot read"):
+        WqFile(tmp_path / "missing.wq")
+    with pytest.raises(FormatError, match="cannot read"):
+        WqFile(tmp_path)
+
+
+def test_arrays_outlive_close(put):
+    """Closing must not unmap memory a returned view still uses (that would crash the process)."""
+    f = WqFile(put(sample_bytes()))
+    view = f.array("f.f32")
+    expected = np.array(view)
+    f.close()
+    np.testing.assert_array_equal(view, expected)
+    with pytest.raises(ValueError, match="closed"):
+        f.array("f.f32")
+
+
+def test_rows_must_be_a_slice(put):
+    with WqFile(put(sample_bytes())) as f:
+        with pytest.raises(TypeError, match="slice"):
+            f.array("q.sym3", rows=1)

@@ -47,11 +47,26 @@ def load_exporter(source: str, revision: str | None = None):
     return load(source, config=config, revision=revision)
 
 
+def _resolved_revision(source: str, revision: str | None) -> str:
+    """The commit a hub id resolved to (the snapshot folder of the cached config), else what was asked for."""
+    if os.path.isdir(source):
+        return revision or "local"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json", revision=revision)
+    except Exception:  # any hub-cache layout surprise only costs the provenance detail
+        cached = None
+    if isinstance(cached, str):
+        return os.path.basename(os.path.dirname(cached))
+    return revision or "unknown"
+
+
 def provenance(source: str, exporter, revision: str | None) -> dict:
-    config = getattr(exporter.model, "config", None)
     return {
+        # a local directory is recorded by its name only: the file must not carry the converting machine's paths
         "source": source if not os.path.isdir(source) else os.path.basename(os.path.normpath(source)),
-        "revision": revision or getattr(config, "_commit_hash", None) or "unknown",
+        "revision": _resolved_revision(source, revision),
         "converter": f"wavq {_version('wavq')}",
         "transformers": _version("transformers"),
         "torch": _version("torch"),

@@ -78,13 +78,17 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
     for label, (count, params, nbytes) in sorted(s.by_encoding.items(), key=lambda kv: -kv[1][2]):
         click.echo(f"  {label:<28} {count:>5} tensors {params:>13,} params {_mib(nbytes):>12}")
     q = dict(meta.get("quantization") or {})
-    allocation = q.pop("allocation", None)
+    allocation = q.pop("tensor_bits", None) or {}
     if q:
-        click.echo("quantization:  " + ", ".join(f"{k}={v}" for k, v in q.items()))
+        click.echo("quantization:  " + ", ".join(f"{k}={v}" for k, v in q.items() if not isinstance(v, dict)))
     if allocation:
-        click.echo("bit allocation:")
-        for name, bits in allocation.items():
-            click.echo(f"  {bits} bits  {name}")
+        counts: dict = {}
+        for bits in allocation.values():
+            counts[bits] = counts.get(bits, 0) + 1
+        click.echo("bit allocation: " + ", ".join(f"{n} tensors at {b} bits" for b, n in sorted(counts.items())))
+        if len(counts) > 1 or tensors:
+            for name, bits in allocation.items():
+                click.echo(f"  {bits} bits  {name}")
     prov = meta.get("provenance") or {}
     if prov:
         click.echo("provenance:    " + ", ".join(f"{k}={v}" for k, v in prov.items()))

@@ -23,7 +23,7 @@ def model_file(tmp_path):
         "enc.norm.weight": np.ones(96, np.float16),
     }
     meta = {"architecture": "whisper", "dims": {"d_model": 96},
-            "quantization": {"method": "rtn", "bits": 4, "allocation": {"enc.conv.weight": 3}},
+            "quantization": {"method": "rtn", "bits": 4, "tensor_bits": {"enc.conv.weight": 3, "enc.fc.weight": 4}},
             "provenance": {"source": "unit-test"}}
     path = tmp_path / "m.wq"
     write_wq(path, meta, tensors)

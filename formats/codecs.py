@@ -188,3 +188,57 @@ def dequantize(qt: QuantizedTensor) -> np.ndarray:
     """float32 array of the original shape."""
     out = dequantize_rows(qt.codes, qt.scales, qt.zeros, qt.bits, qt.group_size)
     return out.reshape(qt.shape)
+
+
+# Rows per step of the fused dequantizer: small enough that a step's codes and floats stay in L2 cache.
+_DEQUANT_BLOCK_ELEMENTS = 1 << 16
+
+
+def dequantize_packed(
+    packed: np.ndarray, scales: np.ndarray, packed_zeros: np.ndarray | None, bits: int, cols: int, group_size: int,
+) -> np.ndarray:
+    """float32 (rows, cols) straight from packed code rows, in cache-sized row blocks.
+
+    Equal to dequantize_rows(unpack_codes(...)) bit for bit, several times faster: for 2, 4 and 8 bits the codes
+    are shifted and masked straight into the float output, and each block is scaled while it is still in cache.
+    """
+    from . import packing  # codecs does not otherwise depend on the bit layout
+
+    rows = packed.shape[0]
+    ng = n_groups(cols, group_size)
+    out = np.empty((rows, cols), dtype=np.float32)
+    if rows == 0 or cols == 0:
+        return out
+    step = max(1, _DEQUANT_BLOCK_ELEMENTS // cols)
+    direct = 8 % bits == 0 and cols % (8 // bits) == 0  # whole bytes per row: shift straight into the output
+    per_byte = 8 // bits if direct else 0
+    mask = np.uint8((1 << bits) - 1)
+    tmp = np.empty((min(step, rows), packed.shape[1]), dtype=np.uint8) if direct else None
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        o = out[r0:r1]
+        if direct:
+            p = packed[r0:r1, : cols // per_byte]
+            t = tmp[: r1 - r0, : p.shape[1]]
+            o3 = o.reshape(r1 - r0, -1, per_byte)  # (r, bytes, codes per byte)
+            for k in range(per_byte):
+                np.right_shift(p, bits * k, out=t)
+                if bits < 8:
+                    np.bitwise_and(t, mask, out=t)
+                o3[:, :, k] = t
+        else:
+            o[...] = packing.unpack_codes(packed[r0:r1], bits, cols)
+        s = scales[r0:r1].astype(np.float32)
+        if packed_zeros is None:
+            z = np.float32(1 << (bits - 1))
+            zg = None
+        else:
+            zg = packing.unpack_codes(packed_zeros[r0:r1], bits, ng).astype(np.float32)
+        if cols % group_size == 0:
+            og = o.reshape(r1 - r0, ng, group_size)
+            og -= z if zg is None else zg[:, :, None]
+            og *= s[:, :, None]
+        else:
+            o -= z if zg is None else _expand(zg, group_size, cols)
+            o *= _expand(s, group_size, cols)
+    return out

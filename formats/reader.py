@@ -372,11 +372,8 @@ class WqFile:
             data = parts[0][sel] if info.shape else parts[0]
             return data if data.dtype == np.dtype(dtype) else data.astype(dtype)
         r_cols = codecs.view_2d_shape(info.shape)[1]
-        codes = packing.unpack_codes(parts[0][sel], info.bits, r_cols)
-        zeros = None
-        if len(parts) == 3:
-            zeros = packing.unpack_codes(parts[2][sel], info.bits, codecs.n_groups(r_cols, info.group_size))
-        w = codecs.dequantize_rows(codes, parts[1][sel], zeros, info.bits, info.group_size)
+        zeros = parts[2][sel] if len(parts) == 3 else None
+        w = codecs.dequantize_packed(parts[0][sel], parts[1][sel], zeros, info.bits, r_cols, info.group_size)
         return w.reshape((w.shape[0],) + info.shape[1:]).astype(dtype, copy=False)
 
     def close(self) -> None:

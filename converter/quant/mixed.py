@@ -1,0 +1,188 @@
+"""Mixed precision: the bits-per-weight measure, per-tensor sensitivities, and the bit allocation.
+
+Bits per weight (bpw) counts exactly what a .wq file stores for its quantized tensors, per weight:
+
+    bpw = sum_t (bits_t * numel_t + 16 * n_scales_t + [asymmetric] bits_t * n_scales_t) / sum_t numel_t
+
+over every quantized tensor t, with n_scales_t = rows * ceil(cols / group_size) of its 2-D view (one float16
+scale, and for asymmetric codes one zero point of bits_t bits, per group). Float tensors (norms, biases,
+positions, tensors kept float) are not counted; neither are the container's alignment padding and header.
+The per-tensor count is formats.stats.payload_bits, which `wavq info` uses too.
+
+Allocation: each free tensor t gets bits b in 2..8 to minimise sum_t err_t(b) subject to the total storage
+being <= target_bpw * sum_t numel_t. err_t(b) is the tensor's mean squared output error per calibration token
+with round-to-nearest at b bits, tr(dW H dW^T) (H = mean x x^T of its inputs from a float-model pass; weight
+squared error per row where no activations exist), a standard proxy for its sensitivity. The solver is the
+greedy walk along each tensor's lower convex hull of (storage, error), best error reduction per stored bit first
+(the Lagrangian solution at every budget it passes), then a local search that applies the best single or
+paired change (one tensor down, another up) while it lowers the error within the budget; ties break by tensor
+order, so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+
+from ...formats import QuantizedTensor
+from ...formats.codecs import resolve_group_size, view_2d_shape
+from ...formats.constants import MAX_BITS, MIN_BITS, Encoding
+from ...formats.stats import payload_bits
+from .rtn import QuantSpec, fake_quant
+from .stats import Stats
+
+EXCHANGE_ROUNDS = 1000  # bound on the local-search moves after the hull walk (each strictly lowers the error)
+MIXED_BITS = tuple(range(MIN_BITS, MAX_BITS + 1))
+
+
+def storage_bits(shape: tuple[int, ...], bits: int, group_size: int, symmetric: bool) -> int:
+    """Bits a .wq stores for one quantized tensor: codes, float16 scales, and zero points when asymmetric
+    (formats.stats.payload_bits, the count `wavq info` uses)."""
+    cols = view_2d_shape(shape)[1]
+    encoding = Encoding.QSYM if symmetric else Encoding.QASYM
+    return payload_bits(encoding, tuple(shape), bits, resolve_group_size(cols, group_size))
+
+
+def bits_per_weight(tensors: Iterable[QuantizedTensor]) -> float:
+    """Effective bits per weight over quantized tensors (0.0 when there are none)."""
+    total = numel = 0
+    for qt in tensors:
+        total += storage_bits(qt.shape, qt.bits, qt.group_size, qt.symmetric)
+        numel += int(np.prod(qt.shape))
+    return total / numel if numel else 0.0
+
+
+def sensitivity(w2d: np.ndarray, group_size: int, symmetric: bool, stats: Stats,
+                bits_options: Iterable[int] = MIXED_BITS) -> dict[int, float]:
+    """err(b): relative output error |dW x|^2 / |W x|^2 of round-to-nearest at each bit width."""
+    w = torch.from_numpy(w2d)
+    ref = float(stats.row_error(w).sum())
+    out = {}
+    for b in bits_options:
+        deq = fake_quant(w2d, QuantSpec(b, group_size, symmetric))
+        err = float(stats.row_error(torch.from_numpy(w2d - deq)).sum())
+        out[b] = err / ref if ref > 0 else 0.0
+    return out
+
+
+@dataclasses.dataclass
+class Candidate:
+    name: str
+    numel: int
+    cost: dict[int, int]  # bits -> stored bits
+    error: dict[int, float]  # bits -> sensitivity
+
+
+class AllocationError(ValueError):
+    """The target cannot be met (even the smallest widths exceed it)."""
+
+
+def _hull(c: Candidate) -> list[int]:
+    """Bit widths on the lower convex hull of (cost, error), cheapest first, error strictly decreasing."""
+    options = sorted(c.cost, key=lambda b: (c.cost[b], b))
+    pts: list[int] = []
+    for b in options:
+        if pts and c.error[b] >= c.error[pts[-1]]:
+            continue  # costs more and is no better
+        while len(pts) >= 2:
+            b1, b2 = pts[-2], pts[-1]
+            # drop b2 if it lies on or above the segment b1 -> b
+            lhs = (c.error[b1] - c.error[b2]) * (c.cost[b] - c.cost[b1])
+            rhs = (c.error[b1] - c.error[b]) * (c.cost[b2] - c.cost[b1])
+            if lhs <= rhs:
+                pts.pop()
+            else:
+                break
+        pts.append(b)
+    return pts
+
+
+def allocate_bits(candidates: list[Candidate], target_bpw: float, fixed_bits: int = 0,
+                  fixed_numel: int = 0) -> dict[str, int]:
+    """Bits per candidate minimising the summed error with (fixed + chosen storage) <= target * all weights.
+
+    `fixed_bits` / `fixed_numel`: storage and weights of quantized tensors whose bits are pinned (--keep).
+    """
+    numel = fixed_numel + sum(c.numel for c in candidates)
+    budget = int(np.floor(target_bpw * numel)) - fixed_bits
+    hulls = [_hull(c) for c in candidates]
+    level = [0] * len(candidates)
+    spent = sum(c.cost[h[0]] for c, h in zip(candidates, hulls))
+    if spent > budget:
+        lowest = (spent + fixed_bits) / numel if numel else 0.0
+        raise AllocationError(
+            f"target {target_bpw:.3f} bits per weight is below the smallest this model can store with this "
+            f"group size and --keep pins ({lowest:.3f})")
+
+    def push(heap, i):
+        h, k = hulls[i], level[i]
+        if k + 1 < len(h):
+            c = candidates[i]
+            d_cost = c.cost[h[k + 1]] - c.cost[h[k]]
+            d_err = c.error[h[k]] - c.error[h[k + 1]]
+            heapq.heappush(heap, (-d_err / d_cost, i, d_cost))
+
+    heap: list = []
+    for i in range(len(candidates)):
+        push(heap, i)
+    while heap:
+        _, i, d_cost = heapq.heappop(heap)
+        if spent + d_cost > budget:
+            continue  # this tensor stops here; cheaper upgrades of others may still fit
+        spent += d_cost
+        level[i] += 1
+        push(heap, i)
+    bits = [h[k] for h, k in zip(hulls, level)]
+    return dict(zip((c.name for c in candidates), _exchange(candidates, bits, budget - spent)))
+
+
+def _exchange(candidates: list[Candidate], bits: list[int], left: int) -> list[int]:
+    """Local search after the hull walk: apply the best single change, or pair of changes to two tensors
+    (typically one down, one up), that lowers the total error and fits the budget; repeat until none does.
+    This spends what the hull walk left and fixes its coarse steps on small or uneven problems."""
+    options = sorted({b for c in candidates for b in c.cost})
+    n = len(candidates)
+    cost = np.array([[c.cost.get(b, np.inf) for b in options] for c in candidates], dtype=np.float64)
+    err = np.array([[c.error.get(b, np.inf) for b in options] for c in candidates], dtype=np.float64)
+    col = {b: k for k, b in enumerate(options)}
+    cur = np.array([col[b] for b in bits])
+    owner = np.repeat(np.arange(n), len(options))
+    for _ in range(EXCHANGE_ROUNDS):
+        rows = np.arange(n)
+        dc = (cost - cost[rows, cur][:, None]).ravel()  # every single change (tensor, new width)
+        de = (err - err[rows, cur][:, None]).ravel()
+        dc = np.append(dc, 0.0)  # ... and "no change", so single changes are pairs too
+        de = np.append(de, 0.0)
+        who = np.append(owner, -1)
+        total_c = dc[:, None] + dc[None, :]
+        total_e = de[:, None] + de[None, :]
+        ok = (total_c <= left) & (who[:, None] != who[None, :]) & np.isfinite(total_e)
+        total_e = np.where(ok, total_e, np.inf)
+        best = int(np.argmin(total_e))  # first minimum: deterministic
+        if not total_e.flat[best] < -1e-12 * max(1.0, float(err[rows, cur].sum())):
+            break
+        for m in np.unravel_index(best, total_e.shape):
+            if who[m] >= 0:
+                left -= int(dc[m])
+                cur[who[m]] = m % len(options)
+    return [options[k] for k in cur]
+
+
+def fixed_storage(items: Mapping[str, tuple[tuple[int, ...], int]], group_size: int,
+                  symmetric: bool) -> tuple[int, int]:
+    """(stored bits, weights) of pinned tensors given name -> (shape, bits)."""
+    total = numel = 0
+    for shape, b in items.values():
+        total += storage_bits(shape, b, group_size, symmetric)
+        numel += int(np.prod(shape))
+    return total, numel
+
+
+def make_candidate(name: str, shape: tuple[int, ...], group_size: int, symmetric: bool,
+                   error: dict[int, float]) -> Candidate:
+    cost = {b: storage_bits(shape, b, group_size, symmetric) for b in error}
+    return Candidate(name, int(np.prod(shape)), cost, dict(error))

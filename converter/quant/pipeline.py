@@ -1,0 +1,197 @@
+"""quantize_tensors: the exporter's tensors + a Recipe (+ calibration audio) -> what the .wq stores.
+
+Flow:
+  1. bits per tensor: --keep pins first; then either the recipe's bits, or (target_bpw) an allocation by
+     measured sensitivity (mixed.py), from a float-model pass over the calibration audio when there is one;
+  2. calibrated methods run block-sequentially over a working copy of the torch model (sequential.py with the
+     architecture's blocks from calib_whisper.py / calib_wav2vec2.py), the exported arrays loaded into it first
+     so exactly those values are quantized;
+  3. any quantizable tensor the calibration did not reach is rounded to nearest (clip-searched on its weight
+     error when the method clips).
+The returned dict has every input tensor in input order: QuantizedTensor for quantized weights, float arrays
+otherwise (modified where AWQ folded a scale into them), plus `<prefix>.input_scale` float32 arrays right after
+their weight where an AWQ scale could not be folded.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import importlib
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from ...formats import QuantizedTensor
+from ..registry import ConversionError, ExportTensor
+from .clip import search_clip
+from .mixed import (AllocationError, MIXED_BITS, allocate_bits, bits_per_weight, fixed_storage, make_candidate,
+                    sensitivity)
+from .recipe import FLOAT_KEEP_BITS, Recipe
+from .rtn import QuantSpec, as_2d, rtn
+from .sequential import LOOKUP_WEIGHT, SequentialQuantizer
+from .stats import FullStats, IdentityStats
+
+# architecture (Exporter.architecture) -> module with build(model, exporter, items, tensor_names, split_attention)
+# and optionally prepare(model)
+CALIBRATION_MODULES = {"whisper": "..calib_whisper", "wav2vec2-ctc": "..calib_wav2vec2"}
+ERROR_DIGITS = 6  # significant digits of the per-tensor errors reported in the metadata
+
+
+class QuantResult(NamedTuple):
+    tensors: dict[str, Any]  # name -> QuantizedTensor | np.ndarray, input order, input_scale after its weight
+    info: dict  # for meta["quantization"]: bits per tensor, effective bits per weight, calibration, ...
+
+
+class _Calibration:
+    """A working copy of the model with the exported arrays loaded, cut into blocks."""
+
+    def __init__(self, exporter, tensors: list[ExportTensor], items: list, module, split_attention: bool = True):
+        self.model = copy.deepcopy(exporter.model).float().eval()
+        self.model.requires_grad_(False)
+        if hasattr(module, "prepare"):
+            module.prepare(self.model)
+        self.params = dict(self.model.named_parameters(remove_duplicate=False))
+        self.loaded: set[str] = set()
+        with torch.no_grad():
+            for t in tensors:
+                p = self.params.get(t.name)
+                if p is not None and tuple(p.shape) == tuple(t.array.shape):
+                    p.copy_(torch.from_numpy(np.asarray(t.array, dtype=np.float32)))
+                    self.loaded.add(t.name)
+        self.blocks, self.batches, self.info = module.build(self.model, exporter, items, {t.name for t in tensors},
+                                                            split_attention)
+        self.targets = {t.name: t for b in self.blocks for t in b.targets if t.name in self.loaded}
+
+    def array(self, name: str) -> np.ndarray:
+        return self.params[name].detach().numpy().copy()
+
+
+def _check_keep(recipe: Recipe, quantizable: list[ExportTensor]) -> None:
+    for pattern, _ in recipe.keep:
+        if not any(fnmatch.fnmatchcase(t.name, pattern) for t in quantizable):
+            example = quantizable[0].name if quantizable else "none"
+            raise ConversionError(f"--keep pattern {pattern!r} matches no quantizable tensor (names look like "
+                                  f"{example!r})")
+
+
+def _significant(x: float) -> float:
+    return float(f"{x:.{ERROR_DIGITS}g}")
+
+
+def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, calib_audio: list | None = None,
+                     progress: bool = False) -> QuantResult:
+    plan = recipe.plan
+    if plan is None:
+        return QuantResult({t.name: t.array for t in tensors}, {"method": "none"})
+    quantizable = [t for t in tensors if t.quantizable]
+    _check_keep(recipe, quantizable)
+    pinned: dict[str, int] = {}
+    kept_float: list[str] = []
+    for t in quantizable:
+        b = recipe.keep_bits(t.name)
+        if b in FLOAT_KEEP_BITS:
+            kept_float.append(t.name)
+        elif b is not None:
+            pinned[t.name] = b
+    free = [t for t in quantizable if t.name not in pinned and t.name not in kept_float]
+
+    architecture = getattr(exporter, "architecture", "?")
+    if recipe.needs_calibration and not calib_audio:
+        raise ConversionError(f"method {plan.name!r} needs calibration audio (--calib DIR)")
+    cal = None
+    if calib_audio and recipe.uses_calibration:
+        module_name = CALIBRATION_MODULES.get(architecture)
+        if module_name is None:
+            if recipe.needs_calibration:
+                raise ConversionError(f"calibrated quantization ({plan.name}) is not available for {architecture}")
+        else:
+            # AWQ folds out_proj's scale into v_proj before v_proj is quantized: attention must stay one block
+            cal = _Calibration(exporter, tensors, list(calib_audio), importlib.import_module(module_name, __package__),
+                               split_attention=not plan.awq)
+
+    def quantizer(specs: dict[str, QuantSpec]) -> SequentialQuantizer:
+        return SequentialQuantizer(plan, specs, damp=recipe.damp, act_order=recipe.act_order,
+                                   true_sequential=recipe.true_sequential, seed=recipe.seed, progress=progress)
+
+    # -- bits per tensor ------------------------------------------------------------------------------------
+    if recipe.target_bpw is not None:
+        errors: dict[str, dict[int, float]] = {}
+        gs, sym = recipe.group_size, recipe.symmetric
+        if cal is not None:
+            probe = {t.name: QuantSpec(MIXED_BITS[0], gs, sym) for t in free if t.name in cal.targets}
+
+            def measure(target, st):
+                if target.lookup and isinstance(st, FullStats):
+                    st = st.with_identity(LOOKUP_WEIGHT)
+                errors[target.name] = sensitivity(as_2d(target.module.weight.detach().numpy()), gs, sym, st)
+
+            quantizer(probe).analyze(cal.blocks, cal.batches, measure)
+        for t in free:
+            if t.name not in errors:
+                w2d = as_2d(t.array)
+                errors[t.name] = sensitivity(w2d, gs, sym, IdentityStats(w2d.shape[1]))
+        candidates = [make_candidate(t.name, t.array.shape, gs, sym, errors[t.name]) for t in free]
+        shapes = {t.name: t.array.shape for t in quantizable}
+        fixed_bits, fixed_numel = fixed_storage({n: (shapes[n], b) for n, b in pinned.items()}, gs, sym)
+        try:
+            bits = allocate_bits(candidates, recipe.target_bpw, fixed_bits, fixed_numel)
+        except AllocationError as e:
+            raise ConversionError(str(e)) from None
+    else:
+        bits = {t.name: recipe.bits for t in free}
+    bits.update(pinned)
+    specs = {name: QuantSpec(b, recipe.group_size, recipe.symmetric) for name, b in bits.items()}
+
+    # -- quantize -------------------------------------------------------------------------------------------
+    results: dict[str, QuantizedTensor] = {}
+    q = None
+    if cal is not None:
+        q = quantizer({n: s for n, s in specs.items() if n in cal.targets})
+        q.run(cal.blocks, cal.batches)
+        results.update(q.results)
+    uncalibrated = []
+    for t in quantizable:
+        if t.name in specs and t.name not in results:
+            spec = specs[t.name]
+            clip = None
+            if plan.clip:
+                w2d = as_2d(t.array)
+                clip = search_clip(w2d, spec, IdentityStats(w2d.shape[1]))[0]
+            results[t.name] = rtn(t.array, spec, clip)
+            uncalibrated.append(t.name)
+
+    # -- assemble -------------------------------------------------------------------------------------------
+    out: dict[str, Any] = {}
+    for t in tensors:
+        if t.name in results:
+            out[t.name] = results[t.name]
+            scale_name = t.name.rsplit(".", 1)[0] + ".input_scale"
+            if q is not None and scale_name in q.input_scales:
+                out[scale_name] = q.input_scales[scale_name]
+        elif q is not None and t.name in q.modified:
+            out[t.name] = cal.array(t.name)
+        else:
+            out[t.name] = t.array
+
+    info: dict[str, Any] = {
+        "method": plan.name,
+        "bits_per_weight": _significant(bits_per_weight(results.values())),
+        "tensor_bits": {t.name: results[t.name].bits for t in quantizable if t.name in results},
+    }
+    if kept_float:
+        info["kept_float"] = kept_float
+    if cal is not None:
+        info["calibration"] = {"samples": len(calib_audio), "seed": recipe.seed,
+                               "ids": [str(getattr(it, "id", i)) for i, it in enumerate(calib_audio)], **cal.info}
+        info["relative_output_error"] = {n: _significant(e) for n, e in q.errors.items()}
+        if q.awq_alpha:  # the exponent AWQ chose for each scaled weight (0: left unscaled)
+            info["awq_alpha"] = dict(q.awq_alpha)
+        if q.input_scales:
+            info["input_scales"] = sorted(q.input_scales)
+        if q.gptq_failed:
+            info["gptq_fallback_rtn"] = q.gptq_failed
+    if uncalibrated and (cal is not None or recipe.needs_calibration):
+        info["uncalibrated"] = uncalibrated
+    return QuantResult(out, info)

@@ -1,0 +1,152 @@
+"""What to quantize and how: the Recipe the CLI builds and the pipeline follows.
+
+Method syntax: stages joined by '+', e.g. "rtn", "gptq", "awq", "awq+gptq", "awq+clip", "clip+gptq",
+"awq+clip+gptq". Three kinds of stage, always applied in this order whatever order they are written in:
+  awq   activation-aware per-input-channel scaling (searched on calibration activations, folded into the
+        preceding operation where the graph allows);
+  clip  per-group range clipping search (minimises the group's output error on calibration activations, or the
+        weight error when there is no calibration audio);
+  rtn | gptq   the rounding stage: round-to-nearest, or GPTQ's Hessian-based error compensation.
+A method without a rounding stage rounds to nearest ("awq" = "awq+rtn"). "none" exports float weights.
+`Recipe.clip=True` is the same as adding "+clip".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from typing import Iterable
+
+from ...formats.constants import MAX_BITS, MIN_BITS
+
+ROUNDERS = ("rtn", "gptq")
+SCALERS = ("awq", "clip")
+FLOAT_KEEP_BITS = (16, 32)  # --keep PATTERN=16|32: leave matching tensors unquantized (stored in the file dtype)
+DEFAULT_DAMP = 0.01  # GPTQ dampening, as a fraction of the mean Hessian diagonal (the GPTQ paper's default)
+DEFAULT_CALIB_SAMPLES = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A parsed method: which stages run."""
+
+    awq: bool
+    clip: bool
+    rounder: str  # "rtn" | "gptq"
+
+    @property
+    def name(self) -> str:
+        return "+".join([s for s, on in (("awq", self.awq), ("clip", self.clip)) if on] + [self.rounder])
+
+
+def parse_method(method: str, clip: bool = False) -> Plan | None:
+    """Plan for a method string; None for "none". Raises ValueError with the accepted syntax on mistakes."""
+    text = (method or "").strip().lower()
+    if text == "none":
+        if clip:
+            raise ValueError("method 'none' exports float weights; it cannot be combined with clip")
+        return None
+    parts = [p.strip() for p in text.split("+")]
+    known = ROUNDERS + SCALERS
+    bad = [p for p in parts if p not in known]
+    if not text or bad:
+        raise ValueError(
+            f"unknown quantization method {method!r}: use {', '.join(known)} or a '+' combination such as "
+            "awq+clip+gptq (or 'none')")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"method {method!r} names a stage twice")
+    rounders = [p for p in parts if p in ROUNDERS]
+    if len(rounders) > 1:
+        raise ValueError(f"method {method!r} has two rounding stages ({' and '.join(rounders)}); pick one")
+    return Plan(awq="awq" in parts, clip=clip or "clip" in parts, rounder=rounders[0] if rounders else "rtn")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Quantization settings. Validated on construction; every field has the CLI's default."""
+
+    method: str = "rtn"  # see the module docstring; normalised to the canonical order, e.g. "awq+clip+gptq"
+    bits: int | None = 4  # bits per weight code (2..8); None only with target_bpw
+    group_size: int = 128  # input columns per scale; 0 = one scale per output channel
+    symmetric: bool = True
+    clip: bool = False  # same as adding "+clip" to the method
+    target_bpw: float | None = None  # mixed precision: average bits per quantized weight, scales included
+    keep: tuple[tuple[str, int], ...] = ()  # (fnmatch pattern, bits); the last matching pattern wins
+    act_order: bool = False  # GPTQ: columns in order of decreasing Hessian diagonal (codes stay in natural order)
+    damp: float = DEFAULT_DAMP
+    calib_samples: int = DEFAULT_CALIB_SAMPLES
+    seed: int = 0
+    true_sequential: bool = True  # re-collect a layer's inputs after the layers before it in its block are quantized
+
+    def __post_init__(self) -> None:
+        plan = parse_method(self.method, self.clip)
+        object.__setattr__(self, "method", "none" if plan is None else plan.name)
+        object.__setattr__(self, "clip", bool(plan and plan.clip))
+        object.__setattr__(self, "keep", tuple((str(p), int(b)) for p, b in self.keep))
+        if self.bits is None and self.target_bpw is None and plan is not None:
+            raise ValueError("give the number of bits, or a target bits-per-weight for mixed precision")
+        if self.bits is not None and not MIN_BITS <= self.bits <= MAX_BITS:
+            raise ValueError(f"bits must be {MIN_BITS}..{MAX_BITS}, got {self.bits}")
+        if self.group_size < 0:
+            raise ValueError(f"group size must be >= 0 (0 = per output channel), got {self.group_size}")
+        if self.target_bpw is not None and not self.target_bpw > 0:
+            raise ValueError(f"target bits per weight must be positive, got {self.target_bpw}")
+        for pattern, bits in self.keep:
+            if not pattern:
+                raise ValueError("a --keep pattern is empty")
+            if not (MIN_BITS <= bits <= MAX_BITS or bits in FLOAT_KEEP_BITS):
+                raise ValueError(f"--keep {pattern}={bits}: bits must be {MIN_BITS}..{MAX_BITS} "
+                                 f"(or {' / '.join(map(str, FLOAT_KEEP_BITS))} to keep the tensors float)")
+        if not 0 < self.damp < 1:
+            raise ValueError(f"GPTQ dampening must be between 0 and 1 (fraction of the mean Hessian diagonal), "
+                             f"got {self.damp}")
+        if self.calib_samples < 1:
+            raise ValueError(f"calibration samples must be >= 1, got {self.calib_samples}")
+
+    @classmethod
+    def from_options(cls, *, method: str = "rtn", bits: int | None = None, keep: Iterable = (), **kwargs) -> "Recipe":
+        """Build from CLI options: `bits` may be None with a target_bpw; `keep` is any iterable of pairs."""
+        if bits is None and kwargs.get("target_bpw") is None:
+            bits = 4
+        return cls(method=method, bits=bits, keep=tuple(tuple(k) for k in keep), **kwargs)
+
+    @property
+    def plan(self) -> Plan | None:
+        return parse_method(self.method)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True when the method cannot run without calibration audio (GPTQ, AWQ)."""
+        plan = self.plan
+        return plan is not None and (plan.awq or plan.rounder == "gptq")
+
+    @property
+    def uses_calibration(self) -> bool:
+        """True when calibration audio, if given, changes the result (adds clip search and mixed precision,
+        which fall back to weight-error objectives without it)."""
+        plan = self.plan
+        return self.needs_calibration or (plan is not None and (plan.clip or self.target_bpw is not None))
+
+    def keep_bits(self, name: str) -> int | None:
+        """Pinned bits for a tensor name (the last matching --keep pattern wins), or None."""
+        found = None
+        for pattern, bits in self.keep:
+            if fnmatch.fnmatchcase(name, pattern):
+                found = bits
+        return found
+
+    def to_meta(self) -> dict:
+        """The settings as plain msgpack-able values for the file header (meta["quantization"])."""
+        return {
+            "method": self.method,
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+            "target_bpw": self.target_bpw,
+            "keep": [[p, b] for p, b in self.keep],
+            "act_order": self.act_order,
+            "damp": self.damp,
+            "calib_samples": self.calib_samples,
+            "seed": self.seed,
+            "true_sequential": self.true_sequential,
+        }

@@ -1,0 +1,191 @@
+"""Calibrated quantization of a tiny random Whisper: the block runner, AWQ folding, GPTQ vs RTN, mixed precision,
+determinism, and the output contract of quantize_tensors."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+
+import msgpack
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from quant_helpers import apply_to_model, same_bytes  # noqa: E402
+from wavq.converter.calib_whisper import WhisperCalibration, sentence_case  # noqa: E402
+from wavq.converter.calibrate import CalibItem  # noqa: E402
+from wavq.converter.quant import pipeline, sequential  # noqa: E402
+from wavq.converter.quant.mixed import bits_per_weight  # noqa: E402
+from wavq.converter.quant.recipe import Recipe, parse_method  # noqa: E402
+from wavq.converter.whisper import WhisperExporter  # noqa: E402
+from wavq.formats import QuantizedTensor  # noqa: E402
+
+SOT, EOT, VOCAB = 90, 91, 96
+SR = 16_000
+
+
+class CharTokenizer:
+    """Stands in for the Whisper tokenizer in teacher forcing: one token per character."""
+
+    unk_token_id = None
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) % 80 for c in text]
+
+    def convert_tokens_to_ids(self, token):
+        return None
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = transformers.WhisperConfig(
+        vocab_size=VOCAB, num_mel_bins=16, encoder_layers=2, decoder_layers=2, d_model=64, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=50,
+        max_target_positions=24, decoder_start_token_id=SOT, eos_token_id=EOT, pad_token_id=EOT, bos_token_id=EOT)
+    model = transformers.WhisperForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # LayerNorms start at 1 / 0: make them (and the folding into them) matter
+        for name, p in model.named_parameters():
+            if "layer_norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    fe = transformers.WhisperFeatureExtractor(feature_size=16, chunk_length=1)  # 1 s windows = 100 frames
+    exporter = WhisperExporter(model, "tiny", fe, None, None)
+    rng = np.random.default_rng(0)
+    t = np.arange(12000) / SR
+    items = [CalibItem(id=f"u{i}", audio=(0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t * (1 + t))
+                                          + 0.05 * rng.standard_normal(t.size)).astype(np.float32))
+             for i in range(6)]
+    return model, exporter, list(exporter.tensors()), items
+
+
+def _calibration(exporter, tensors, items, split_attention=True):
+    return pipeline._Calibration(exporter, tensors, items, importlib.import_module("wavq.converter.calib_whisper"),
+                                 split_attention)
+
+
+def _teacher_forced_logits(model, cal):
+    out = []
+    with torch.no_grad():
+        for b in cal.batches:
+            for j, toks in enumerate(b.tokens):
+                out.append(model(input_features=b.x[j : j + 1], decoder_input_ids=torch.tensor([toks])).logits[0])
+    return out
+
+
+@pytest.mark.parametrize("split_attention", [True, False])
+def test_block_runner_reproduces_transformers(tiny, split_attention):
+    model, exporter, tensors, items = tiny
+    cal = _calibration(exporter, tensors, items, split_attention)
+    batches = cal.batches
+    for block in cal.blocks[:-1]:
+        batches = [block.forward(b) for b in batches]
+    with torch.no_grad():
+        mine = [cal.blocks[-1].forward(b) for b in batches]
+    ref = _teacher_forced_logits(model, cal)
+    k = 0
+    for m, b in zip(mine, cal.batches):
+        for j, toks in enumerate(b.tokens):
+            assert (m[j, : len(toks)] - ref[k]).abs().max() < 1e-4
+            k += 1
+
+
+def test_awq_folding_leaves_the_float_model_unchanged(tiny, monkeypatch):
+    """Random scales folded everywhere AWQ can fold (LayerNorms, v_proj rows) or attached as input scales:
+    the torch model's outputs do not move."""
+    model, exporter, tensors, items = tiny
+    cal = _calibration(exporter, tensors, items, split_attention=False)  # as AWQ runs it
+    rng = np.random.default_rng(1)
+
+    def random_scales(weights, specs, stats):
+        s = torch.from_numpy(np.exp(rng.standard_normal(stats.cols) * 0.7)).half().float()
+        return s, {"alpha": 0.5, "error_before": 1.0, "error_after": 0.5}
+
+    monkeypatch.setattr(sequential, "search_scales", random_scales)
+    monkeypatch.setattr(sequential.SequentialQuantizer, "_quantize_target", lambda self, t, st: None)
+    q = sequential.SequentialQuantizer(parse_method("awq"), {n: None for n in cal.targets}, damp=0.01,
+                                       act_order=False, true_sequential=True, seed=0)
+    before = _teacher_forced_logits(model, cal)
+    q.run(cal.blocks, cal.batches)
+    assert any("layer_norm" in n for n in q.modified) and any("v_proj" in n for n in q.modified)
+    assert any(n.endswith("fc2.input_scale") for n in q.input_scales)
+    assert any("encoder_attn.k_proj" in n for n in q.input_scales)
+    after = _teacher_forced_logits(cal.model, cal)
+    for a, b in zip(before, after):
+        assert (a - b).abs().max() < 1e-4 * max(1.0, float(a.abs().max()))
+
+
+def _quantized_logits_error(model, cal, out) -> float:
+    qmodel = copy.deepcopy(model)
+    apply_to_model(qmodel, out)
+    ref, got = _teacher_forced_logits(model, cal), _teacher_forced_logits(qmodel, cal)
+    return float(sum(((a - b) ** 2).mean() for a, b in zip(ref, got)))
+
+
+def test_gptq_beats_rtn_and_awq_output_is_consistent(tiny):
+    model, exporter, tensors, items = tiny
+    cal = _calibration(exporter, tensors, items)
+    errs = {}
+    for method in ("rtn", "gptq", "awq+clip+gptq"):
+        out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method=method, bits=3, group_size=32), items)
+        errs[method] = _quantized_logits_error(model, cal, out)
+    assert errs["gptq"] < errs["rtn"]
+    assert errs["awq+clip+gptq"] < errs["rtn"]
+
+
+def test_output_contract(tiny):
+    model, exporter, tensors, items = tiny
+    out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="awq+gptq", bits=4, group_size=32,
+                                                                     act_order=True), items)
+    names = [t.name for t in tensors]
+    assert [n for n in out if not n.endswith(".input_scale")] == names
+    for n in out:
+        if n.endswith(".input_scale"):
+            prev = list(out)[list(out).index(n) - 1]
+            assert prev == n.replace(".input_scale", ".weight")
+            assert out[n].dtype == np.float32 and out[n].shape == (out[prev].shape[1],)
+            assert np.array_equal(out[n], out[n].astype(np.float16).astype(np.float32))  # survives f16 files
+    for t in tensors:
+        assert isinstance(out[t.name], QuantizedTensor) == t.quantizable
+    folded = [t.name for t in tensors if not t.quantizable and not np.array_equal(out[t.name], t.array)]
+    assert folded and all("layer_norm" in n or "v_proj.bias" in n for n in folded)  # AWQ's folds, nothing else
+    assert all(out[t.name].shape == t.array.shape and out[t.name].dtype == np.float32
+               for t in tensors if t.name in folded)
+    assert info["method"] == "awq+gptq" and info["calibration"]["samples"] == len(items)
+    assert info["calibration"]["decoder_inputs"] == {"transcripts": 0, "greedy": len(items)}
+    assert set(info["tensor_bits"]) == {t.name for t in tensors if t.quantizable}
+    assert "model.decoder.embed_tokens.weight" in info["relative_output_error"]  # quantized as the output head
+    assert msgpack.unpackb(msgpack.packb(info)) == info
+    for t in tensors:  # the exporter's arrays are never modified in place
+        assert t.array.flags.c_contiguous
+
+
+def test_same_inputs_give_identical_bytes(tiny):
+    _, exporter, tensors, items = tiny
+    recipe = Recipe(method="awq+clip+gptq", bits=3, group_size=32, act_order=True)
+    a, ia = pipeline.quantize_tensors(exporter, tensors, recipe, items)
+    b, ib = pipeline.quantize_tensors(exporter, tensors, recipe, items)
+    assert same_bytes(a, b) and ia == ib
+
+
+def test_mixed_precision_with_calibration_meets_target(tiny):
+    _, exporter, tensors, items = tiny
+    out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq", bits=None, target_bpw=3.6,
+                                                                     group_size=32), items)
+    bpw = bits_per_weight(v for v in out.values() if isinstance(v, QuantizedTensor))
+    assert 3.45 < bpw <= 3.6 and info["bits_per_weight"] == pytest.approx(bpw, rel=1e-5)
+    assert len(set(info["tensor_bits"].values())) > 1
+
+
+def test_teacher_forcing_uses_transcripts(tiny):
+    model, exporter, tensors, items = tiny
+    texted = [CalibItem(it.id, it.audio, "HELLO THERE") if i % 2 == 0 else it for i, it in enumerate(items)]
+    cal = WhisperCalibration(copy.deepcopy(model), texted, tokenizer=CharTokenizer(),
+                             feature_extractor=exporter.feature_extractor)
+    batches = cal.batches()
+    assert cal.info["decoder_inputs"] == {"transcripts": 3, "greedy": 3}
+    tokens = [t for b in batches for t in b.tokens]
+    assert tokens[0] == [SOT] + CharTokenizer().encode(" Hello there") + [EOT]
+    assert all(t[0] == SOT and t[-1] == EOT for t in tokens)
+    assert sentence_case("MISTER QUILTER  IS") == "Mister quilter is" and sentence_case("Already ok") == "Already ok"

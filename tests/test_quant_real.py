@@ -66,7 +66,7 @@ def test_gptq_metadata(gptq_file):
 
 def test_gptq_transcribes_samples(gptq_file):
     model = load(gptq_file, cache=True)
-    with open(os.path.join(SAMPLES, "transcripts.txt"), encoding="utf-8") as f:
+    with open(os.path.join(SAMPLES, "samples.trans.txt"), encoding="utf-8") as f:
         refs = dict(line.strip().split(" ", 1) for line in f if line.strip())
     pairs = [(_norm(text), _norm(model.transcribe(os.path.join(SAMPLES, uid + ".flac")).text))
              for uid, text in sorted(refs.items())]

@@ -70,7 +70,7 @@ def _dev_clean():
 
 
 def _samples():
-    with open(os.path.join(SAMPLES, "transcripts.txt"), encoding="utf-8") as f:
+    with open(os.path.join(SAMPLES, "samples.trans.txt"), encoding="utf-8") as f:
         refs = dict(line.strip().split(" ", 1) for line in f if line.strip())
     return [(os.path.join(SAMPLES, uid + ".flac"), text) for uid, text in sorted(refs.items())]
 

@@ -11,7 +11,6 @@ without conditioning on the previous window's text (no timestamp-based seeking).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Sequence
 
 import numpy as np
@@ -19,7 +18,7 @@ import numpy as np
 from ..formats import MalformedHeaderError
 from .audio import load_audio
 from .mel import log_mel_spectrogram
-from .ops import gelu_f32 as gelu, layer_norm, linear
+from .ops import gelu, layer_norm, linear
 from .tokenizer import ByteLevelBPEDecoder
 from .types import Segment, Transcription
 from .weights import Weights

@@ -5,7 +5,7 @@ No Wav2Vec2 weights can be downloaded here, so the model is facebook/wav2vec2-ba
 speed and memory do not depend on the weight values. Audio is real LibriSpeech speech (test-clean utterances
 joined end to end) cut to each length.
 
-Every (engine, length) pair runs in its own subprocess, so peak RSS (getrusage ru_maxrss) is that engine's alone.
+Every (engine, length) pair runs in its own subprocess, so peak RSS (/proc VmHWM) is that engine's alone.
 Each worker loads the model, runs a 1 s warm-up, then transcribes the clip once and reports wall time.
 Long audio: both engines window audio longer than 60 s the same way (30 s windows, 5 s strides: wavq's
 default and transformers' ASR pipeline with chunk_length_s=30); shorter audio runs in one pass.

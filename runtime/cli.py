@@ -23,6 +23,8 @@ def _user_errors(fn):
             return fn(*args, **kwargs)
         except (FormatError, AudioError, DatasetError) as e:
             raise click.ClickException(str(e)) from None
+        except ValueError as e:  # options the model rejects, e.g. a language an English-only model lacks
+            raise click.ClickException(str(e)) from None
         except OSError as e:
             raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .weights import Weights
 
-_INV_SQRT_2 = np.float32(1 / math.sqrt(2.0))
+_INV_SQRT_2 = 1 / math.sqrt(2.0)
 
 
 def linear(w: Weights, prefix: str, x: np.ndarray, bias: bool | None = None) -> np.ndarray:
@@ -44,23 +44,25 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 # Abramowitz & Stegun 7.1.26: erfc(z) ~ t * P(t) * exp(-z^2), t = 1 / (1 + p z), |error| <= 1.5e-7 for z >= 0
-_AS_P = np.float32(0.3275911)
-_AS_COEF = tuple(np.float32(c) for c in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429))
+_AS_P = 0.3275911
+_AS_COEF = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 _ELEMENTWISE_BLOCK = 1 << 16  # elements per step: the temporaries stay in cache (~20x faster than whole arrays)
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    """Exact (erf) GELU as torch's default, in float32 (max abs deviation ~1.5e-6 at |x| ~ 10).
+    """Exact (erf) GELU as torch's default (max abs deviation ~1.5e-7 * |x|), float32 in and out.
 
-    The first conv layers produce tens of millions of activations per utterance, so this evaluates a 5-term
-    erfc approximation in float32, block by block, instead of a float64 erf over the whole array.
+    Evaluated block by block so the temporaries stay in cache: the first conv layers produce tens of millions of
+    activations per utterance. Each block is computed in float64: a float32 erfc carries a small systematic bias
+    (~1e-8 per activation) that the following fc2 sums accumulate to ~4e-4 in a Whisper encoder, 6x torch's own
+    float32 error; float64 blocks cost ~10 % of the encoder time and remove it.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(x)
     flat, flat_out = x.reshape(-1), out.reshape(-1)
     a0, a1, a2, a3, a4 = _AS_COEF
     for a in range(0, flat.size, _ELEMENTWISE_BLOCK):
-        v = flat[a : a + _ELEMENTWISE_BLOCK]
+        v = flat[a : a + _ELEMENTWISE_BLOCK].astype(np.float64)
         z = np.abs(v)
         z *= _INV_SQRT_2
         t = _AS_P * z

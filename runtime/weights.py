@@ -79,9 +79,10 @@ class Weights:
         """float32 rows at `index` (embedding lookup) without dequantizing the whole table."""
         index = np.asarray(index)
         uniq, inv = np.unique(index.ravel(), return_inverse=True)
-        if self.cache or self._file is None or not self._file.info(name).quantized:
-            table = self[name] if (self.cache or self._file is None) else self._file.array(name)
-            return table[index]
+        if self.cache or self._file is None:
+            return self[name][index]
+        if not self._file.info(name).quantized:  # gather from the memory map, converting only those rows
+            return self._file.raw(name)[0][index].astype(np.float32)
         rows = np.stack([self.rows(name, int(i), int(i) + 1)[0] for i in uniq])
         return rows[inv].reshape(index.shape + rows.shape[1:])
 

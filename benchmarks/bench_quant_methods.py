@@ -36,6 +36,7 @@ from wavq.runtime import load  # noqa: E402
 from wavq.runtime.datasets import find_utterances  # noqa: E402
 from wavq.runtime.evaluate import evaluate  # noqa: E402
 
+MAX_NEW_TOKENS = 200
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "quant_methods.md")
 
 
@@ -61,9 +62,14 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument("--eval", required=True)
     ap.add_argument("--eval-samples", type=int, default=50)
+    ap.add_argument("--keep", action="append", default=[], metavar="PATTERN=BITS",
+                    help="pin tensors for every method, e.g. '*embed_tokens*=8'")
     ap.add_argument("--output", default=RESULTS)
     args = ap.parse_args()
 
+    keep = tuple((p, int(b)) for p, _, b in (k.rpartition("=") for k in args.keep))
+    # a broken model repeats itself up to the context limit; 200 tokens cover any 35 s LibriSpeech utterance
+    options = {"max_new_tokens": MAX_NEW_TOKENS}
     items = select_calibration(args.calib, args.calib_samples, 0)
     utts = find_utterances(args.eval)
     step = max(1, len(utts) // args.eval_samples)
@@ -72,10 +78,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "float.wq")
         convert(args.model, path, None)
-        base = evaluate(load(path), utts)
+        base = evaluate(load(path, cache=True), utts, options)
         rows.append(("float", "-", "-", base.wer, 32.0, 0.0))
         for method in args.methods.split(","):
-            recipe = Recipe(method=method, bits=args.bits, group_size=args.group_size)
+            recipe = Recipe(method=method, bits=args.bits, group_size=args.group_size, keep=keep)
             path = os.path.join(tmp, f"{method}.wq")
             t0 = time.perf_counter()
             report = convert(args.model, path, recipe, calib_items=items if recipe.uses_calibration else None)
@@ -84,17 +90,19 @@ def main() -> None:
             if errors is None:
                 errors = rtn_layer_errors(args.model, items, args.bits, args.group_size)
             vals = np.array(list(errors.values()))
-            res = evaluate(load(path), utts)
+            res = evaluate(load(path, cache=True), utts, options)
             rows.append((method, f"{vals.mean():.4f}", f"{np.median(vals):.4f}", res.wer,
                          report.quantization["bits_per_weight"], seconds))
             print(f"{method}: WER {res.wer:.4f}, layer error mean {vals.mean():.4f}", file=sys.stderr)
 
+    pinned = f", pinned {', '.join(args.keep)}" if args.keep else ""
     lines = [
-        f"# Quantization methods: {args.model}, {args.bits}-bit, group {args.group_size}",
+        f"# Quantization methods: {args.model}, {args.bits}-bit, group {args.group_size}{pinned}",
         "",
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{datetime.date.today().isoformat()}. Calibration: {len(items)} utterances of {args.calib} (seed 0). "
-        f"WER: {len(utts)} utterances of {args.eval}, greedy, numpy runtime, Whisper English normalizer.",
+        f"WER: {len(utts)} utterances of {args.eval}, greedy (at most {MAX_NEW_TOKENS} tokens), numpy runtime, "
+        "Whisper English normalizer.",
         "",
         "| method | layer error mean | layer error median | WER | bits/weight | convert s |",
         "|---|---|---|---|---|---|",

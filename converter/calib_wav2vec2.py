@@ -168,3 +168,15 @@ def _layer(layer, lp: str, name: str, stable: bool, rows: dict, split: bool) -> 
     second = lambda b: dataclasses.replace(b, x=residual(b, b.core), core=None)  # noqa: E731
     return [Block(name + ".attention.qkv", first, qkv_targets, [qkv_site], max_rows=rows),
             Block(name + ".attention.out_proj", second, [Target(out, a.out_proj, 0)], [], max_rows=rows), ff_block]
+
+
+def losses(model, batches: list[AudioBatch]):
+    """Per-utterance frame cross-entropy against the float model's own best path (CTC models have no
+    reference alignment; the labels are computed before any weight changes), for the Fisher."""
+    with torch.no_grad():
+        labels = [model(b.x[0]).logits.argmax(-1)[0] for b in batches]
+    for b, target in zip(batches, labels):
+        def loss(x=b.x[0], target=target):
+            return torch.nn.functional.cross_entropy(model(x).logits[0], target, reduction="sum")
+
+        yield loss

@@ -332,3 +332,14 @@ def build(model, exporter, items: list[CalibItem], tensor_names: set[str], split
                              generation_config=getattr(exporter, "generation_config", None))
     batches = cal.batches()
     return cal.blocks(tensor_names, split_attention), batches, cal.info
+
+
+def losses(model, batches: list[EncoderBatch]):
+    """Per-utterance teacher-forced token cross-entropy (summed over the decoder sequence), for the Fisher."""
+    for b in batches:
+        for j, tokens in enumerate(b.tokens):
+            def loss(x=b.x[j : j + 1], ids=torch.tensor([tokens])):
+                logits = model(input_features=x, decoder_input_ids=ids[:, :-1]).logits  # (1, L - 1, V)
+                return torch.nn.functional.cross_entropy(logits[0], ids[0, 1:], reduction="sum")
+
+            yield loss

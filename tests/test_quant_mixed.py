@@ -128,3 +128,21 @@ def test_keep_typo_and_infeasible_target_are_clear_errors():
         quantize_tensors(_NoModel(), _tensors(), Recipe(bits=None, target_bpw=2.1, group_size=16))
     with pytest.raises(ConversionError, match="needs calibration audio"):
         quantize_tensors(_NoModel(), _tensors(), Recipe(method="gptq", bits=4))
+
+
+def test_diagonal_fisher_is_the_mean_squared_per_sample_gradient():
+    import torch
+
+    from wavq.converter.quant.fisher import diagonal_fisher, fisher_error
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(5, 3)
+    lin.requires_grad_(False)
+    xs, ys = torch.randn(4, 5), torch.randn(4, 3)
+    losses = [lambda x=x, y=y: ((lin(x) - y) ** 2).sum() for x, y in zip(xs, ys)]
+    f = diagonal_fisher({"w": lin.weight}, losses)["w"]
+    grads = [2 * torch.outer(lin(x) - y, x) for x, y in zip(xs, ys)]  # d/dW |Wx + b - y|^2
+    np.testing.assert_allclose(f, torch.stack([g**2 for g in grads]).mean(0).numpy(), rtol=1e-5)
+    assert not lin.weight.requires_grad and lin.weight.grad is None  # left as found
+    w = lin.weight.numpy()
+    assert fisher_error(w, w, f) == 0.0 and fisher_error(w, w + 0.1, f) == pytest.approx(0.01 * f.sum(), rel=1e-5)

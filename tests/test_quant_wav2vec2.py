@@ -135,3 +135,11 @@ def test_gptq_needs_supported_architecture(case):
 
 def test_module_is_importable_by_name():
     assert importlib.import_module("wavq.converter.calib_wav2vec2") is calib_wav2vec2
+
+
+def test_mixed_precision_with_calibration(case):
+    _, exporter, tensors, items = case
+    out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq", bits=None, target_bpw=5.0,
+                                                                     group_size=8), items)
+    qts = [v for v in out.values() if isinstance(v, QuantizedTensor)]
+    assert 4.7 < info["bits_per_weight"] <= 5.0 and len({q.bits for q in qts}) > 1

@@ -10,9 +10,9 @@ positions, tensors kept float) are not counted; neither are the container's alig
 The per-tensor count is formats.stats.payload_bits, which `wavq info` uses too.
 
 Allocation: each free tensor t gets bits b in 2..8 to minimise sum_t err_t(b) subject to the total storage
-being <= target_bpw * sum_t numel_t. err_t(b) is the tensor's mean squared output error per calibration token
-with round-to-nearest at b bits, tr(dW H dW^T) (H = mean x x^T of its inputs from a float-model pass; weight
-squared error per row where no activations exist), a standard proxy for its sensitivity. The solver is the
+being <= target_bpw * sum_t numel_t. err_t(b) is the expected loss increase of round-to-nearest at b bits,
+sum(F * dW^2) with F the diagonal Fisher of the model's loss on the calibration audio (fisher.py; per-layer
+output errors are not comparable across layers); without calibration audio, the weight squared error. The solver is the
 greedy walk along each tensor's lower convex hull of (storage, error), best error reduction per stored bit first
 (the Lagrangian solution at every budget it passes), then a local search that applies the best single or
 paired change (one tensor down, another up) while it lowers the error within the budget; ties break by tensor
@@ -58,14 +58,11 @@ def bits_per_weight(tensors: Iterable[QuantizedTensor]) -> float:
 
 def sensitivity(w2d: np.ndarray, group_size: int, symmetric: bool, stats: Stats,
                 bits_options: Iterable[int] = MIXED_BITS) -> dict[int, float]:
-    """err(b): relative output error |dW x|^2 / |W x|^2 of round-to-nearest at each bit width."""
-    w = torch.from_numpy(w2d)
-    ref = float(stats.row_error(w).sum())
+    """err(b): summed output (or, with IdentityStats, weight) squared error of round-to-nearest at each width."""
     out = {}
     for b in bits_options:
         deq = fake_quant(w2d, QuantSpec(b, group_size, symmetric))
-        err = float(stats.row_error(torch.from_numpy(w2d - deq)).sum())
-        out[b] = err / ref if ref > 0 else 0.0
+        out[b] = float(stats.row_error(torch.from_numpy(w2d - deq)).sum())
     return out
 
 

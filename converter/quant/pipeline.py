@@ -2,7 +2,8 @@
 
 Flow:
   1. bits per tensor: --keep pins first; then either the recipe's bits, or (target_bpw) an allocation by
-     measured sensitivity (mixed.py), from a float-model pass over the calibration audio when there is one;
+     measured sensitivity (mixed.py): the expected loss increase from the diagonal Fisher of the model's loss
+     on the calibration audio (fisher.py), or weight squared error without calibration;
   2. calibrated methods run block-sequentially over a working copy of the torch model (sequential.py with the
      architecture's blocks from calib_whisper.py / calib_wav2vec2.py), the exported arrays loaded into it first
      so exactly those values are quantized;
@@ -29,9 +30,10 @@ from .clip import search_clip
 from .mixed import (AllocationError, MIXED_BITS, allocate_bits, bits_per_weight, fixed_storage, make_candidate,
                     sensitivity)
 from .recipe import FLOAT_KEEP_BITS, Recipe
-from .rtn import QuantSpec, as_2d, rtn
-from .sequential import LOOKUP_WEIGHT, SequentialQuantizer
-from .stats import FullStats, IdentityStats
+from .fisher import diagonal_fisher, fisher_error
+from .rtn import QuantSpec, as_2d, fake_quant, rtn
+from .sequential import SequentialQuantizer
+from .stats import IdentityStats
 
 # architecture (Exporter.architecture) -> module with build(model, exporter, items, tensor_names, split_attention)
 # and optionally prepare(model)
@@ -63,6 +65,7 @@ class _Calibration:
         self.blocks, self.batches, self.info = module.build(self.model, exporter, items, {t.name for t in tensors},
                                                             split_attention)
         self.targets = {t.name: t for b in self.blocks for t in b.targets if t.name in self.loaded}
+        self.module = module
 
     def array(self, name: str) -> np.ndarray:
         return self.params[name].detach().numpy().copy()
@@ -120,14 +123,13 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
         errors: dict[str, dict[int, float]] = {}
         gs, sym = recipe.group_size, recipe.symmetric
         if cal is not None:
-            probe = {t.name: QuantSpec(MIXED_BITS[0], gs, sym) for t in free if t.name in cal.targets}
-
-            def measure(target, st):
-                if target.lookup and isinstance(st, FullStats):
-                    st = st.with_identity(LOOKUP_WEIGHT)
-                errors[target.name] = sensitivity(as_2d(target.module.weight.detach().numpy()), gs, sym, st)
-
-            quantizer(probe).analyze(cal.blocks, cal.batches, measure)
+            wanted = [t for t in free if t.name in cal.targets]
+            fisher = diagonal_fisher({t.name: cal.targets[t.name].module.weight for t in wanted},
+                                     cal.module.losses(cal.model, cal.batches), progress)
+            for t in wanted:
+                w = t.array
+                errors[t.name] = {b: fisher_error(w, fake_quant(as_2d(w), QuantSpec(b, gs, sym)), fisher[t.name])
+                                  for b in MIXED_BITS}
         for t in free:
             if t.name not in errors:
                 w2d = as_2d(t.array)

@@ -219,19 +219,6 @@ class SequentialQuantizer:
         self._block = block
         return [block.forward(b) for b in batches]
 
-    # -- the float pass for mixed precision ---------------------------------------------------------------------
-    @torch.inference_mode()
-    def analyze(self, blocks: list[Block], batches: list, on_stats: Callable[[Target, Stats], None]) -> None:
-        """Run the float model block by block, handing every target's statistics to on_stats."""
-        for block in self._bar(blocks, "measuring sensitivity"):
-            targets = [t for t in block.targets if t.name in self.specs and supports_stats(t.module)]
-            if targets:
-                stats, batches = self.collect(block, batches, targets, stop_early=False)
-                for t in targets:
-                    on_stats(t, stats.pop(t.name))
-            else:
-                batches = self.forward(block, batches)
-
     # -- quantization -----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, blocks: list[Block], batches: list) -> None:

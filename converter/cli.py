@@ -15,8 +15,8 @@ def _parse_keep(ctx, param, values) -> list[tuple[str, int]]:
     out = []
     for v in values:
         pattern, sep, bits = v.rpartition("=")
-        if not sep or not pattern or not bits.isdigit() or not 2 <= int(bits) <= 8:
-            raise click.BadParameter(f"{v!r}: expected PATTERN=BITS with BITS from 2 to 8")
+        if not sep or not pattern or not bits.isdigit() or not (2 <= int(bits) <= 8 or int(bits) in (16, 32)):
+            raise click.BadParameter(f"{v!r}: expected PATTERN=BITS with BITS from 2 to 8, or 16/32 to keep it float")
         out.append((pattern, int(bits)))
     return out
 
@@ -34,7 +34,8 @@ def _parse_keep(ctx, param, values) -> list[tuple[str, int]]:
 @click.option("--target-bpw", type=click.FloatRange(2.0, 9.0), default=None,
               help="Mixed precision: choose bits per tensor to average this many bits per weight (scales included).")
 @click.option("--keep", "keep", multiple=True, callback=_parse_keep, metavar="PATTERN=BITS",
-              help="Pin tensors whose name matches the glob PATTERN to BITS (repeatable), e.g. '*conv1*=8'.")
+              help="Pin tensors whose name matches the glob PATTERN to BITS (repeatable; 16 or 32 keeps them float), "
+                   "e.g. '*conv1*=8'. Below 4 bits, pin Whisper's tied embedding: '*embed_tokens*=8'.")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False), default=None,
               help="Calibration audio: a LibriSpeech-layout directory or any folder of audio files.")
 @click.option("--calib-samples", type=click.IntRange(1), default=128, show_default=True,
@@ -69,9 +70,9 @@ def main(source, output, bits, method, group_size, asym, target_bpw, keep, calib
             recipe = Recipe.from_options(method=method or "rtn", bits=bits, group_size=group_size,
                                          symmetric=not asym, target_bpw=target_bpw, keep=keep,
                                          act_order=act_order, calib_samples=calib_samples, seed=seed)
-            if recipe.needs_calibration:
-                if calib is None:
-                    raise click.UsageError(f"method {recipe.method!r} needs calibration audio: pass --calib DIR")
+            if recipe.needs_calibration and calib is None:
+                raise click.UsageError(f"method {recipe.method!r} needs calibration audio: pass --calib DIR")
+            if calib is not None and recipe.uses_calibration:
                 from .calibrate import select_calibration
 
                 calib_items = select_calibration(calib, calib_samples, seed)

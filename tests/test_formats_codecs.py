@@ -32,7 +32,8 @@ GROUP_KINDS = ["one", "odd", "32", "128", "per-channel", "larger-than-cols"]
 ODD_GROUPS = [3, 5, 7, 9, 13, 17, 33, 63, 65]
 EPS32 = float(np.finfo(np.float32).eps)
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI runs the same examples every time (a new failure is found by running with a --hypothesis-seed)
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 def group_size_for(kind: str, cols: int, pick: int) -> int:
@@ -57,7 +58,9 @@ def shapes(draw) -> tuple[int, ...]:
 
 def weights(shape: tuple[int, ...], seed: int, style: str) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    w = rng.standard_normal(shape).astype(np.float32) * np.float32(10.0 ** rng.integers(-4, 3))
+    # magnitudes from 1e-4 to 10: with a 1000x outlier the widest 2-bit range still fits float16 scales
+    # (ranges that do not are rejected by design; test_quantize_rejects_unrepresentable_ranges covers that)
+    w = rng.standard_normal(shape).astype(np.float32) * np.float32(10.0 ** rng.integers(-4, 2))
     if style == "positive":
         w = np.abs(w)
     elif style == "negative":
@@ -263,3 +266,10 @@ def test_effective_bits_per_weight():
     # a short last group still costs a whole scale; row padding to 8 codes is not counted
     assert payload_bits(Encoding.QASYM, (2, 13), 5, 4) == 2 * 13 * 5 + 2 * 4 * (16 + 5)
     assert payload_bits(Encoding.F16, (3, 5)) == 15 * 16 and payload_bits(Encoding.F32, ()) == 32
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_quantize_rejects_unrepresentable_ranges(symmetric):
+    w = np.array([[1e6, -1e6, 3.0, 0.5]], np.float32)  # 2-bit scale ~6.7e5 > float16's 65504
+    with pytest.raises(ValueError, match="float16"):
+        quantize(w, 2, group_size=0, symmetric=symmetric)

@@ -21,13 +21,14 @@ import datetime
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+from bench_common import machine, versions
+from wavq.runtime.evaluate import peak_rss_mb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -97,19 +98,6 @@ def build_audio(workdir: str, seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------------ worker (child)
 
-def _rss_mb() -> float:
-    """Peak resident set of this process in MiB. /proc's VmHWM belongs to this program alone; ru_maxrss would
-    carry over the parent's peak through fork + exec."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 def worker(engine: str, model_path: str, audio_path: str) -> dict:
     audio = np.load(audio_path)
     seconds = audio.shape[0] / SAMPLE_RATE
@@ -119,7 +107,7 @@ def worker(engine: str, model_path: str, audio_path: str) -> dict:
 
         model = load(model_path)
         model.transcribe(warm)
-        load_rss = _rss_mb()
+        load_rss = peak_rss_mb()
         start = time.perf_counter()
         text = model.transcribe(audio).text  # windows by itself beyond 60 s
         elapsed = time.perf_counter() - start
@@ -141,38 +129,15 @@ def worker(engine: str, model_path: str, audio_path: str) -> dict:
             return proc.decode(ids)
 
         run(warm)
-        load_rss = _rss_mb()
+        load_rss = peak_rss_mb()
         start = time.perf_counter()
         text = run(audio)
         elapsed = time.perf_counter() - start
     return {"engine": engine, "seconds": seconds, "elapsed": elapsed, "rtf": elapsed / seconds,
-            "load_rss_mb": load_rss, "peak_rss_mb": _rss_mb(), "chars": len(text)}
+            "load_rss_mb": load_rss, "peak_rss_mb": peak_rss_mb(), "chars": len(text)}
 
 
 # ------------------------------------------------------------------------------------------------ report
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
-
-
-def versions() -> str:
-    from importlib import metadata
-
-    parts = []
-    for pkg in ("numpy", "torch", "transformers"):
-        try:
-            parts.append(f"{pkg} {metadata.version(pkg)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return ", ".join(parts)
-
 
 def write_report(rows: list[dict], sizes: dict[str, int], out: str, load: tuple[float, float]) -> None:
     lines = [

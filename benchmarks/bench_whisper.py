@@ -24,13 +24,15 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+
+from bench_common import machine, versions
+from wavq.runtime.evaluate import peak_rss_mb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -48,20 +50,6 @@ ENGINES = {
 
 
 # ------------------------------------------------------------------------------------------------- worker
-
-def _peak_rss_mib() -> float:
-    """Peak resident memory of this process. /proc's VmHWM belongs to the current address space; getrusage's
-    ru_maxrss survives exec on Linux, so a worker would inherit its parent's peak (used only without /proc)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024 if sys.platform != "darwin" else rss / 2**20  # KiB on Linux, bytes on macOS
-
 
 def _cpu_seconds() -> float:
     """User + system CPU time of every thread of this process."""
@@ -111,7 +99,7 @@ def worker(args) -> None:
     cpu_s = _cpu_seconds() - cpu0
     with open(args.result, "w") as f:
         json.dump({"load_s": load_s, "warmup_s": warmup_s, "compute_s": compute_s, "cpu_s": cpu_s, "audio_s": audio_s,
-                   "peak_rss_mib": _peak_rss_mib(), "hyps": hyps}, f)
+                   "peak_rss_mib": peak_rss_mb(), "hyps": hyps}, f)
 
 
 # ------------------------------------------------------------------------------------------------- parent
@@ -165,28 +153,6 @@ def wer(refs: list[str], hyps: list[str], norm) -> float:
     pairs = [(norm(r), norm(h)) for r, h in zip(refs, hyps)]
     pairs = [(r, h) for r, h in pairs if r]  # jiwer rejects empty references
     return 100.0 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
-
-
-def versions() -> str:
-    from importlib import metadata
-
-    out = []
-    for pkg in ("numpy", "torch", "transformers"):
-        try:
-            out.append(f"{pkg} {metadata.version(pkg)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return ", ".join(out)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ..runtime.datasets import overlap_warning  # noqa: F401  (re-exported: converter users call it here)
 from .registry import ConversionError
 
 SAMPLE_RATE = 16_000  # Hz: every supported model takes 16 kHz audio
@@ -99,25 +100,3 @@ def select_calibration(path: str | os.PathLike, n: int = 128, seed: int = 0) -> 
 
 def calibration_ids(items: Iterable[CalibItem]) -> list[str]:
     return [it.id for it in items]
-
-
-def overlap_warning(calibration: Iterable[str], evaluation: Iterable[str]) -> str | None:
-    """A warning when evaluation utterances were used for calibration, else None.
-
-    Both arguments are utterance ids (file names without extension; a .wq file lists its calibration ids in
-    meta["quantization"]["calibration"]["ids"]). LibriSpeech ids are <speaker>-<chapter>-<n>: when no utterance
-    is shared but speakers are, that is reported too (milder: the subsets are meant to have disjoint speakers).
-    """
-    calib = {Path(c).stem for c in calibration}
-    evals = [Path(e).stem for e in evaluation]
-    shared = sorted({e for e in evals if e in calib})
-    if shared:
-        return (f"{len(shared)} of {len(evals)} evaluation utterances were used for calibration "
-                f"(e.g. {', '.join(shared[:3])}); their error rates are optimistic")
-    speaker = lambda u: u.split("-")[0] if u.count("-") == 2 else None  # noqa: E731
-    calib_speakers = {speaker(c) for c in calib} - {None}
-    shared_speakers = sorted({speaker(e) for e in evals} & calib_speakers)
-    if shared_speakers:
-        return (f"evaluation and calibration share {len(shared_speakers)} LibriSpeech speaker(s) "
-                f"({', '.join(shared_speakers[:3])}); results may be optimistic")
-    return None

@@ -11,7 +11,7 @@ import click
 
 from ..formats import FormatError, WqFile
 from .audio import AudioError
-from .datasets import DatasetError, find_utterances
+from .datasets import DatasetError, find_utterances, overlap_warning
 
 
 def _user_errors(fn):
@@ -204,6 +204,10 @@ def eval_(model_path, data, subset, limit, beam_size, language, task, cache, jso
     model = load(model_path, cache=cache)
     load_s = time.perf_counter() - t0
     opts = _transcribe_options(model, beam_size, language, task)
+    calib_ids = ((model.meta.get("quantization") or {}).get("calibration") or {}).get("ids") or []
+    overlap = overlap_warning(calib_ids, [u.id for u in utts])
+    if overlap:
+        click.echo(f"warning: {overlap}", err=True)
     with click.progressbar(length=len(utts), label="evaluating", file=sys.stderr,
                            hidden=not sys.stderr.isatty()) as bar:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Iterable
 
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".opus", ".m4a", ".aiff", ".aif")
 
@@ -46,3 +47,30 @@ def find_utterances(root: str | os.PathLike, subset: str | None = None) -> list[
     if not audio:
         raise DatasetError(f"{base}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
     return [Utterance(uid, audio[uid], texts.get(uid)) for uid in sorted(audio)]
+
+
+def _stem(path_or_id: str) -> str:
+    """File name without folder and extension: an utterance id from a path or an id."""
+    return os.path.splitext(os.path.basename(path_or_id))[0]
+
+
+def overlap_warning(calibration: Iterable[str], evaluation: Iterable[str]) -> str | None:
+    """A warning when evaluation utterances were used for calibration, else None.
+
+    Both arguments are utterance ids (file names without extension; a .wq file lists its calibration ids in
+    meta["quantization"]["calibration"]["ids"]). LibriSpeech ids are <speaker>-<chapter>-<n>: when no utterance
+    is shared but speakers are, that is reported too (milder: the subsets are meant to have disjoint speakers).
+    """
+    calib = {_stem(c) for c in calibration}
+    evals = [_stem(e) for e in evaluation]
+    shared = sorted({e for e in evals if e in calib})
+    if shared:
+        return (f"{len(shared)} of {len(evals)} evaluation utterances were used for calibration "
+                f"(e.g. {', '.join(shared[:3])}); their error rates are optimistic")
+    speaker = lambda u: u.split("-")[0] if u.count("-") == 2 else None  # noqa: E731
+    calib_speakers = {speaker(c) for c in calib} - {None}
+    shared_speakers = sorted({speaker(e) for e in evals} & calib_speakers)
+    if shared_speakers:
+        return (f"evaluation and calibration share {len(shared_speakers)} LibriSpeech speaker(s) "
+                f"({', '.join(shared_speakers[:3])}); results may be optimistic")
+    return None

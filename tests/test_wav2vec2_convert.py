@@ -174,3 +174,26 @@ def test_ctc_decoder_matches_tokenizer(tmp_path, lower):
             want = tok.decode(ids.tolist(), output_word_offsets=True)["word_offsets"]
             assert [(w.lower() if lower else w, s, e) for w, s, e in words] == [
                 (o["word"].lower() if lower else o["word"], o["start_offset"], o["end_offset"]) for o in want]
+
+
+def test_eval_cli_reports_wer_and_warns_when_evaluating_calibration_audio(base, tmp_path):
+    from click.testing import CliRunner
+
+    from wavq.converter.calibrate import select_calibration
+    from wavq.converter.quant.recipe import Recipe
+    from wavq.runtime.cli import main
+
+    d, *_ = base
+    samples = os.path.join(os.path.dirname(__file__), os.pardir, "samples")
+    calib = select_calibration(samples, 2, seed=0)
+    convert(str(d / "ckpt"), tmp_path / "c.wq", Recipe(method="clip", bits=8), calib_items=calib)
+    convert(str(d / "ckpt"), tmp_path / "f.wq")
+    runner = CliRunner()
+    used = runner.invoke(main, ["eval", str(tmp_path / "c.wq"), "--data", samples])
+    assert used.exit_code == 0, used.output
+    assert "2 of 4 evaluation utterances were used for calibration" in used.stderr
+    assert any(c.id in used.stderr for c in calib)
+    assert "WER" in used.stdout and "utterances     4" in used.stdout
+    clean = runner.invoke(main, ["eval", str(tmp_path / "f.wq"), "--data", samples])  # no calibration: no warning
+    assert clean.exit_code == 0, clean.output
+    assert "warning" not in clean.stderr

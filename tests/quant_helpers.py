@@ -60,3 +60,23 @@ def same_bytes(a: dict, b: dict) -> bool:
         elif np.asarray(x).tobytes() != np.asarray(y).tobytes():
             return False
     return True
+
+
+def run_awq_with_random_scales(cal, monkeypatch, seed: int):
+    """Run the AWQ stage over `cal`'s blocks with random log-normal scales instead of searched ones and no
+    rounding, so only the folding is exercised. Returns the SequentialQuantizer (modified, input_scales)."""
+    from wavq.converter.quant import sequential
+    from wavq.converter.quant.recipe import parse_method
+
+    rng = np.random.default_rng(seed)
+
+    def random_scales(weights, specs, stats):
+        s = torch.from_numpy(np.exp(rng.standard_normal(stats.cols) * 0.7)).half().float()
+        return s, {"alpha": 0.5, "error_before": 1.0, "error_after": 0.5}
+
+    monkeypatch.setattr(sequential, "search_scales", random_scales)
+    monkeypatch.setattr(sequential.SequentialQuantizer, "_quantize_target", lambda self, t, st: None)
+    q = sequential.SequentialQuantizer(parse_method("awq"), {n: None for n in cal.targets}, damp=0.01,
+                                       act_order=False, true_sequential=True, seed=0)
+    q.run(cal.blocks, cal.batches)
+    return q

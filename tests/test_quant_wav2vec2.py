@@ -17,12 +17,12 @@ transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import wavq.converter.wav2vec2 as w2v_converter  # noqa: E402
-from quant_helpers import apply_to_model  # noqa: E402
+from quant_helpers import apply_to_model, run_awq_with_random_scales  # noqa: E402
 from test_wav2vec2_parity import VARIANTS, build_checkpoint  # noqa: E402
 from wavq.converter import calib_wav2vec2  # noqa: E402
 from wavq.converter.calibrate import CalibItem  # noqa: E402
-from wavq.converter.quant import pipeline, sequential  # noqa: E402
-from wavq.converter.quant.recipe import Recipe, parse_method  # noqa: E402
+from wavq.converter.quant import pipeline  # noqa: E402
+from wavq.converter.quant.recipe import Recipe  # noqa: E402
 from wavq.formats import QuantizedTensor, write_wq  # noqa: E402
 from wavq.runtime.wav2vec2 import Wav2Vec2CTCModel  # noqa: E402
 from wavq.runtime.weights import Weights  # noqa: E402
@@ -70,18 +70,8 @@ def test_block_runner_reproduces_transformers(case, split_attention):
 def test_awq_folding_leaves_the_float_model_unchanged(case, monkeypatch):
     name, exporter, tensors, items = case
     cal = _calibration(exporter, tensors, items, split_attention=False)  # as AWQ runs it
-    rng = np.random.default_rng(2)
-
-    def random_scales(weights, specs, stats):
-        s = torch.from_numpy(np.exp(rng.standard_normal(stats.cols) * 0.7)).half().float()
-        return s, {"alpha": 0.5, "error_before": 1.0, "error_after": 0.5}
-
-    monkeypatch.setattr(sequential, "search_scales", random_scales)
-    monkeypatch.setattr(sequential.SequentialQuantizer, "_quantize_target", lambda self, t, st: None)
-    q = sequential.SequentialQuantizer(parse_method("awq"), {n: None for n in cal.targets}, damp=0.01,
-                                       act_order=False, true_sequential=True, seed=0)
     before = _logits(exporter.model, cal)
-    q.run(cal.blocks, cal.batches)
+    q = run_awq_with_random_scales(cal, monkeypatch, seed=2)
     stable = exporter.dims["do_stable_layer_norm"]
     assert any(n.endswith("attention.v_proj.weight") for n in q.modified)
     assert any(n.endswith("q_proj.input_scale") for n in q.input_scales) == (not stable)

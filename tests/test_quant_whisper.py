@@ -13,12 +13,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from quant_helpers import apply_to_model, same_bytes  # noqa: E402
+from quant_helpers import apply_to_model, run_awq_with_random_scales, same_bytes  # noqa: E402
 from wavq.converter.calib_whisper import WhisperCalibration, sentence_case  # noqa: E402
 from wavq.converter.calibrate import CalibItem  # noqa: E402
-from wavq.converter.quant import pipeline, sequential  # noqa: E402
+from wavq.converter.quant import pipeline  # noqa: E402
 from wavq.converter.quant.mixed import bits_per_weight  # noqa: E402
-from wavq.converter.quant.recipe import Recipe, parse_method  # noqa: E402
+from wavq.converter.quant.recipe import Recipe  # noqa: E402
 from wavq.converter.whisper import WhisperExporter  # noqa: E402
 from wavq.formats import QuantizedTensor  # noqa: E402
 
@@ -96,18 +96,8 @@ def test_awq_folding_leaves_the_float_model_unchanged(tiny, monkeypatch):
     the torch model's outputs do not move."""
     model, exporter, tensors, items = tiny
     cal = _calibration(exporter, tensors, items, split_attention=False)  # as AWQ runs it
-    rng = np.random.default_rng(1)
-
-    def random_scales(weights, specs, stats):
-        s = torch.from_numpy(np.exp(rng.standard_normal(stats.cols) * 0.7)).half().float()
-        return s, {"alpha": 0.5, "error_before": 1.0, "error_after": 0.5}
-
-    monkeypatch.setattr(sequential, "search_scales", random_scales)
-    monkeypatch.setattr(sequential.SequentialQuantizer, "_quantize_target", lambda self, t, st: None)
-    q = sequential.SequentialQuantizer(parse_method("awq"), {n: None for n in cal.targets}, damp=0.01,
-                                       act_order=False, true_sequential=True, seed=0)
     before = _teacher_forced_logits(model, cal)
-    q.run(cal.blocks, cal.batches)
+    q = run_awq_with_random_scales(cal, monkeypatch, seed=1)
     assert any("layer_norm" in n for n in q.modified) and any("v_proj" in n for n in q.modified)
     assert any(n.endswith("fc2.input_scale") for n in q.input_scales)
     assert any("encoder_attn.k_proj" in n for n in q.input_scales)

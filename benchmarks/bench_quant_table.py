@@ -1,0 +1,337 @@
+"""What each bit costs: one Whisper checkpoint converted with every quantization recipe of the results table,
+each .wq evaluated on LibriSpeech test-clean and test-other. Writes benchmarks/results/quant_table_<model>.md.
+
+    python benchmarks/bench_quant_table.py --model openai/whisper-base \\
+        --calib ../shared/librispeech/train-clean-100 --calib-samples 64 \\
+        --clean ../shared/librispeech/test-clean --other ../shared/librispeech/test-other \\
+        --workdir /tmp/wavq-table
+
+How WER is computed: the dequantized weights of each .wq file (exactly the float32 values the numpy runtime
+computes with, AWQ input scales folded into their weight columns) are loaded into transformers'
+WhisperForConditionalGeneration and decoded greedily with generate() in batches. On this 2-core machine that is
+the only way to afford hundreds of utterances per recipe; the numpy runtime is checked against it on the first
+utterances of test-clean for every row (column "runtime = torch"), and f32 parity is tested in tests/.
+
+Every row is saved to <workdir>/<model>/results.json as soon as it is measured, so an interrupted run resumes
+where it stopped (--rows selects rows by label).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import machine, versions  # noqa: E402
+
+from wavq.converter.calibrate import overlap_warning, select_calibration  # noqa: E402
+from wavq.converter.export import convert  # noqa: E402
+from wavq.converter.quant.recipe import Recipe  # noqa: E402
+from wavq.formats import WqFile  # noqa: E402
+from wavq.runtime import load  # noqa: E402
+from wavq.runtime.audio import load_audio  # noqa: E402
+from wavq.runtime.datasets import find_utterances  # noqa: E402
+from wavq.runtime.evaluate import normalizer_for  # noqa: E402
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+MAX_NEW_TOKENS = 200  # a broken model repeats itself to the limit; 200 tokens cover any LibriSpeech utterance
+BATCH = 16
+GROUP = 128
+MIB = 1 << 20
+UNUSABLE_WER = 50.0  # % on test-clean: a model this broken mostly loops or stays silent; no ranking among them
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    label: str
+    kind: str  # f32 | rtn | calibrated
+    width: int | None  # nominal bit width the row competes at (None: f32)
+    recipe: dict | None  # Recipe.from_options keyword arguments; None: unquantized
+
+
+def rows() -> list[Row]:
+    out = [Row("f32", "f32", None, None)]
+    for bits in (8, 6, 5, 4, 3):
+        out.append(Row(f"RTN {bits} g{GROUP}", "rtn", bits, dict(method="rtn", bits=bits, group_size=GROUP)))
+        out.append(Row(f"RTN {bits} per-channel", "rtn", bits, dict(method="rtn", bits=bits, group_size=0)))
+    for bits in (4, 3, 2):
+        out.append(Row(f"GPTQ {bits} g{GROUP}", "calibrated", bits, dict(method="gptq", bits=bits,
+                                                                           group_size=GROUP)))
+    for bits in (4, 3):
+        out.append(Row(f"AWQ {bits} g{GROUP}", "calibrated", bits, dict(method="awq", bits=bits, group_size=GROUP)))
+    # the best combination found at each width: GPTQ rounding with a Fisher-allocated bit width per tensor, at
+    # the budget of the issue's targets (<= 4.3 and <= 3.3 bits per weight including scales)
+    out.append(Row("GPTQ + mixed 4.25 bpw", "calibrated", 4, dict(method="gptq", target_bpw=4.25,
+                                                                  group_size=GROUP)))
+    out.append(Row("GPTQ + mixed 3.25 bpw", "calibrated", 3, dict(method="gptq", target_bpw=3.25,
+                                                                  group_size=GROUP)))
+    for bpw in (3.0, 2.5):
+        out.append(Row(f"GPTQ + mixed {bpw} bpw", "calibrated", int(bpw), dict(method="gptq", target_bpw=bpw,
+                                                                             group_size=GROUP)))
+    return out
+
+
+def spread(utts: list, n: int | None) -> list:
+    """n utterances spread evenly over the sorted list (so over all speakers), or all of them."""
+    if not n or n >= len(utts):
+        return utts
+    idx = np.linspace(0, len(utts) - 1, n).round().astype(int)
+    return [utts[i] for i in idx]
+
+
+class TorchWhisper:
+    """transformers' Whisper with the dequantized weights of a .wq file, greedy batched decoding."""
+
+    def __init__(self, model_id: str):
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+        self.processor = WhisperProcessor.from_pretrained(model_id)
+        self.model = WhisperForConditionalGeneration.from_pretrained(model_id).float().eval()
+        self.params = dict(self.model.named_parameters())
+        self.multilingual = self.model.config.vocab_size >= 51865
+
+    def load_wq(self, path: str) -> None:
+        wq = WqFile(path)
+        names = [n for n in wq.tensors if not n.endswith(".input_scale") and n in self.params]
+        missing = set(self.params) - set(names) - {"proj_out.weight"}  # proj_out is tied to embed_tokens
+        if missing:
+            raise RuntimeError(f"{path}: no tensor for {sorted(missing)[:3]}")
+        with torch.no_grad():
+            for name in names:
+                w = np.array(wq.array(name))
+                scale = name.removesuffix(".weight") + ".input_scale"
+                if name.endswith(".weight") and scale in wq.tensors:  # the runtime divides the input by it: fold into the columns
+                    w = w / wq.array(scale)[None, :]
+                self.params[name].copy_(torch.from_numpy(w).reshape(self.params[name].shape))
+        wq.close()
+
+    def transcribe(self, audios: list[np.ndarray]) -> list[str]:
+        kwargs = dict(max_new_tokens=MAX_NEW_TOKENS)
+        if self.multilingual:
+            kwargs.update(language="en", task="transcribe")
+        texts = []
+        with torch.inference_mode():
+            for i in range(0, len(audios), BATCH):
+                feats = self.processor.feature_extractor(audios[i:i + BATCH], sampling_rate=16000,
+                                                         return_tensors="pt").input_features
+                out = self.model.generate(feats, **kwargs)
+                texts += self.processor.batch_decode(out, skip_special_tokens=True)
+        return texts
+
+
+def wer(refs: list[str], hyps: list[str]) -> tuple[float, int]:
+    import jiwer
+    norm = normalizer_for("whisper")
+    pairs = [(norm(r), norm(h)) for r, h in zip(refs, hyps)]
+    pairs = [(r, h) for r, h in pairs if r]
+    return 100 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]), sum(len(r.split()) for r, _ in pairs)
+
+
+def measure(row: Row, args, torch_model: TorchWhisper, sets: dict, calib_items, model_dir: str) -> dict:
+    path = os.path.join(model_dir, row.label.replace(" ", "_").replace("/", "") + ".wq")
+    t0 = time.perf_counter()
+    recipe = Recipe.from_options(**row.recipe) if row.recipe else None
+    report = convert(args.model, path, recipe, force=True,
+                     calib_items=calib_items if recipe is not None and recipe.uses_calibration else None)
+    convert_s = time.perf_counter() - t0
+    wq = WqFile(path)
+    quant = wq.meta.get("quantization", {})
+    wq.close()
+    calib_ids = quant.get("calibration", {}).get("ids", [])
+    for name, (utts, _) in sets.items():
+        warning = overlap_warning(calib_ids, [u.id for u in utts])
+        if warning:
+            raise SystemExit(f"{row.label}: {warning}")
+    torch_model.load_wq(path)
+    result = {"label": row.label, "kind": row.kind, "width": row.width,
+              "bpw": float(quant.get("bits_per_weight", 32.0)), "file_mib": os.path.getsize(path) / MIB,
+              "convert_s": convert_s, "tensor_bits": quant.get("tensor_bits", {})}
+    t0 = time.perf_counter()
+    for name, (utts, audios) in sets.items():
+        hyps = torch_model.transcribe(audios)
+        result[f"wer_{name}"], result[f"words_{name}"] = wer([u.text for u in utts], hyps)
+        result[f"n_{name}"] = len(utts)
+        if name == "clean":
+            result["torch_hyps_head"] = hyps[:args.runtime_check]
+    result["eval_s"] = time.perf_counter() - t0
+    # the numpy runtime on the same file, first utterances of test-clean: identical text after normalisation?
+    norm = normalizer_for("whisper")
+    model = load(path, cache=True)
+    options = {"max_new_tokens": MAX_NEW_TOKENS}
+    if torch_model.multilingual:
+        options.update(language="en", task="transcribe")
+    same = 0
+    for audio, hyp in zip(sets["clean"][1][:args.runtime_check], result["torch_hyps_head"]):
+        same += norm(model.transcribe(audio, **options).text) == norm(hyp)
+    result["runtime_same"] = same
+    result["runtime_checked"] = min(args.runtime_check, len(sets["clean"][0]))
+    del model
+    if not args.keep_files:
+        os.remove(path)
+    del report
+    return result
+
+
+def fmt_delta(v: float, ref: float | None) -> str:
+    return "—" if ref is None else f"{v - ref:+.2f}"
+
+
+def write_table(args, results: list[dict], calib_n: int, started: str) -> str:
+    base = next((r for r in results if r["kind"] == "f32"), None)
+    lines = [
+        f"# What each bit costs: {args.model}",
+        "",
+        f"Measured {started} on {machine()}; {versions()}.",
+        "",
+        f"Command: `python benchmarks/bench_quant_table.py --model {args.model} --calib-samples {calib_n} "
+        f"--clean-samples {results[0]['n_clean']} --other-samples {results[0]['n_other']} "
+        "--calib LIBRISPEECH/train-clean-100 --clean LIBRISPEECH/test-clean --other LIBRISPEECH/test-other "
+        "--workdir DIR` (LIBRISPEECH: `../shared/librispeech` here).",
+        "",
+        f"- Calibration: {calib_n} utterances of `train-clean-100` (seed 0); none of them is evaluated.",
+        f"- WER: greedy decoding (at most {MAX_NEW_TOKENS} tokens), Whisper English normalizer on both sides, "
+        + ", ".join(f"{results[0]['n_' + n]} utterances of test-{n} ({results[0]['words_' + n]} words)"
+                    for n in ("clean", "other")) + ".",
+        "- WER is computed by transformers' generate() on each file's dequantized weights (what the numpy runtime "
+        "computes with), batched; \"runtime = torch\" counts the first test-clean utterances on which the numpy "
+        "runtime, run on the .wq file itself, gives the same normalized text.",
+        "- bits/weight: codes + float16 scales (+ zero points) over the quantized weights, as `wavq info` reports "
+        "it; norms and biases stay float32 and are in the file size.",
+        "",
+        "| recipe | bits/weight | file MiB | WER clean % | Δ clean | WER other % | Δ other | runtime = torch | "
+        "convert s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['label']} | {r['bpw']:.3f} | {r['file_mib']:.1f} | {r['wer_clean']:.2f} | "
+            f"{fmt_delta(r['wer_clean'], base and base['wer_clean'])} | {r['wer_other']:.2f} | "
+            f"{fmt_delta(r['wer_other'], base and base['wer_other'])} | "
+            f"{r['runtime_same']}/{r['runtime_checked']} | {r['convert_s']:.0f} |")
+    lines += ["", "## Targets", ""] + targets(args.model, results, base)
+    mixed = [r for r in results if "mixed" in r["label"]]
+    if mixed:
+        lines += ["", "## Bits chosen by mixed precision", ""]
+        for r in mixed:
+            counts: dict[int, int] = {}
+            for b in r["tensor_bits"].values():
+                counts[b] = counts.get(b, 0) + 1
+            emb = {n: b for n, b in r["tensor_bits"].items() if "embed_tokens" in n}
+            lines.append(f"- {r['label']}: tensors per width "
+                         + ", ".join(f"{b} bits: {c}" for b, c in sorted(counts.items()))
+                         + (f"; token embedding {next(iter(emb.values()))} bits" if emb else ""))
+    return "\n".join(lines) + "\n"
+
+
+def targets(model: str, results: list[dict], base: dict | None) -> list[str]:
+    if base is None:
+        return ["(no f32 row)"]
+    out = []
+    goals = {"openai/whisper-base": [(4.3, 0.3), (3.3, 1.0)], "openai/whisper-tiny.en": [(4.3, 0.5)]}
+    for bpw, delta in goals.get(model, []):
+        cands = [r for r in results if r["kind"] != "f32" and r["bpw"] <= bpw + 1e-9]
+        if not cands:
+            out.append(f"- ≤ {bpw} bits/weight within +{delta}: no row measured")
+            continue
+        best = min(cands, key=lambda r: r["wer_clean"])
+        d = best["wer_clean"] - base["wer_clean"]
+        out.append(f"- ≤ {bpw} bits/weight within +{delta} WER on test-clean: **{'met' if d <= delta else 'not met'}**"
+                   f" — best is {best['label']} at {best['bpw']:.3f} bits/weight, {best['wer_clean']:.2f} % "
+                   f"({d:+.2f} against f32 {base['wer_clean']:.2f} %)")
+    for width in sorted({r["width"] for r in results if r["kind"] == "calibrated"}, reverse=True):
+        rtn = [r for r in results if r["kind"] == "rtn" and r["width"] == width]
+        budget = max((r["bpw"] for r in rtn), default=0) + 1e-9  # no more storage than RTN's own rows
+        cal = [r for r in results if r["kind"] == "calibrated" and r["width"] == width and r["bpw"] <= budget]
+        if not rtn or not cal:
+            out.append(f"- {width} bits, best calibrated beats RTN: not measured (no "
+                       f"{'RTN' if not rtn else 'calibrated'} row at this width)")
+            continue
+        b_rtn = min(rtn, key=lambda r: r["wer_clean"])
+        b_cal = min(cal, key=lambda r: r["wer_clean"])
+        ok = b_cal["wer_clean"] < b_rtn["wer_clean"]
+        also = "; on test-other too" if b_cal["wer_other"] < b_rtn["wer_other"] else "; not on test-other"
+        if b_cal["wer_clean"] > UNUSABLE_WER:
+            also += f", but both are unusable (WER above {UNUSABLE_WER:.0f} %)"
+        out.append(f"- {width} bits (≤ {budget:.3f} bits/weight), best calibrated beats RTN on test-clean: "
+                   f"**{'met' if ok else 'not met'}**{also if ok else ''} — {b_cal['label']} "
+                   f"{b_cal['wer_clean']:.2f} / {b_cal['wer_other']:.2f} % against {b_rtn['label']} "
+                   f"{b_rtn['wer_clean']:.2f} / {b_rtn['wer_other']:.2f} % (clean / other)")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="openai/whisper-tiny.en")
+    ap.add_argument("--calib", required=True)
+    ap.add_argument("--calib-samples", type=int, default=128)
+    ap.add_argument("--clean", required=True, help="LibriSpeech test-clean folder")
+    ap.add_argument("--clean-samples", type=int, default=None, help="spread subset (default: all)")
+    ap.add_argument("--other", required=True, help="LibriSpeech test-other folder")
+    ap.add_argument("--other-samples", type=int, default=None)
+    ap.add_argument("--rows", default=None, help="comma-separated labels to (re)measure; default all")
+    ap.add_argument("--runtime-check", type=int, default=5, help="test-clean utterances run on the numpy runtime")
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--keep-files", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--output", default=None)
+    ap.add_argument("--table-only", action="store_true", help="rewrite the table from the saved results")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    slug = args.model.rstrip("/").split("/")[-1]
+    model_dir = os.path.join(args.workdir, slug)
+    os.makedirs(model_dir, exist_ok=True)
+    store = os.path.join(model_dir, "results.json")
+    saved = {}
+    if os.path.exists(store):
+        with open(store) as f:
+            saved = {r["label"]: r for r in json.load(f)}
+    calib = select_calibration(args.calib, args.calib_samples, 0)
+    if args.table_only:
+        args.rows = ""
+    sets = {}
+    for name, root, n in (("clean", args.clean, args.clean_samples), ("other", args.other, args.other_samples)):
+        utts = spread(find_utterances(root), n)
+        sets[name] = (utts, [] if args.table_only else [load_audio(u.path) for u in utts])
+    torch_model = None if args.table_only else TorchWhisper(args.model)
+    wanted = set(args.rows.split(",")) if args.rows is not None else None
+    started = datetime.date.today().isoformat()
+    # the rows the targets depend on first, so an interrupted run has the ones that matter
+    first = ["f32", f"RTN 4 g{GROUP}", f"GPTQ 4 g{GROUP}", "GPTQ + mixed 4.25 bpw", f"RTN 3 g{GROUP}",
+             f"GPTQ 3 g{GROUP}", "GPTQ + mixed 3.25 bpw", f"AWQ 4 g{GROUP}", "GPTQ + mixed 3.0 bpw",
+             "GPTQ + mixed 2.5 bpw", f"GPTQ 2 g{GROUP}", f"AWQ 3 g{GROUP}", f"RTN 5 g{GROUP}", "RTN 4 per-channel",
+             "RTN 3 per-channel", f"RTN 8 g{GROUP}", f"RTN 6 g{GROUP}"]
+    for row in sorted(rows(), key=lambda r: first.index(r.label) if r.label in first else len(first)):
+        if row.label in saved and (wanted is None or row.label not in wanted):
+            continue
+        if wanted is not None and row.label not in wanted:
+            continue
+        r = measure(row, args, torch_model, sets, calib, model_dir)
+        saved[row.label] = r
+        print(f"{row.label}: bpw {r['bpw']:.3f} WER {r['wer_clean']:.2f}/{r['wer_other']:.2f} "
+              f"runtime {r['runtime_same']}/{r['runtime_checked']} convert {r['convert_s']:.0f}s "
+              f"eval {r['eval_s']:.0f}s", file=sys.stderr, flush=True)
+        with open(store, "w") as f:
+            json.dump(list(saved.values()), f, indent=1)
+    order = [r.label for r in rows()]
+    results = [saved[label] for label in order if label in saved]
+    text = write_table(args, results, len(calib), started)
+    output = args.output or os.path.join(RESULTS_DIR, f"quant_table_{slug}.md")
+    with open(output, "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

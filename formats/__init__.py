@@ -1,6 +1,6 @@
 """The .wq container: constants, codecs, bit packing, and the one reader and writer (numpy + msgpack only)."""
 
-from .codecs import QuantizedTensor, dequantize, quantize, quantize_with_scales, rtn_scales
+from .codecs import QuantizedTensor, apply_decomposition, dequantize, quantize, quantize_with_scales, rtn_scales
 from .constants import CONTAINER_VERSION, LAYOUT_REVISION, Encoding
 from .errors import (
     AlignmentError,

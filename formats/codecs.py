@@ -2,7 +2,9 @@
 
 A weight of any rank is quantized as its 2-D view (rows = shape[0], cols = product of the rest), in groups
 of `group_size` consecutive columns (the input dimension) per row; the last group of a row may be shorter.
-Dequantization is w = (q - zero) * scale, zero = 2**(bits-1) for symmetric codes.
+Dequantization is w = (q - zero) * scale, zero = 2**(bits-1) for symmetric codes. A "decomposed" tensor
+(SPEC.md section 5.3) also stores a float32 offset added to every row and a few columns kept in float16,
+which replace whatever the codes of those columns say (`apply_decomposition`).
 
 Algorithms that choose codes and scales themselves (GPTQ, AWQ, clipping search) build a QuantizedTensor
 directly, using `quantize_with_scales` to turn their float scales into codes; this module never searches.
@@ -38,7 +40,12 @@ def resolve_group_size(cols: int, group_size: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class QuantizedTensor:
-    """Unpacked integer codes with their group scales (and zero points when asymmetric)."""
+    """Unpacked integer codes with their group scales (and zero points when asymmetric).
+
+    Decomposed (offset given): the dequantized 2-D view gets `offset` added to every row, then its
+    `outlier_columns` are replaced by `outliers` (SPEC.md section 5.3). The codes at those columns are stored
+    but ignored.
+    """
 
     shape: tuple[int, ...]
     bits: int
@@ -46,6 +53,9 @@ class QuantizedTensor:
     codes: np.ndarray  # uint8 (rows, cols), each < 2**bits
     scales: np.ndarray  # float16 (rows, n_groups)
     zeros: np.ndarray | None = None  # uint8 (rows, n_groups) for asymmetric codes, None for symmetric
+    offset: np.ndarray | None = None  # float32 (cols,): added to every row of the 2-D view; None = not decomposed
+    outlier_columns: np.ndarray | None = None  # int64 (k,), k >= 0, strictly increasing, each < cols
+    outliers: np.ndarray | None = None  # float16 (rows, k): the values of those columns
 
     def __post_init__(self) -> None:
         rows, cols = view_2d_shape(self.shape)
@@ -60,14 +70,68 @@ class QuantizedTensor:
             raise ValueError(f"scales must be float16 {(rows, ng)}, got {self.scales.dtype} {self.scales.shape}")
         if self.zeros is not None and (self.zeros.shape != (rows, ng) or self.zeros.dtype != np.uint8):
             raise ValueError(f"zeros must be uint8 {(rows, ng)}")
+        validate_decomposition(self.shape, self.offset, self.outlier_columns, self.outliers)
 
     @property
     def symmetric(self) -> bool:
         return self.zeros is None
 
     @property
+    def decomposed(self) -> bool:
+        """True when the tensor stores an offset row and float outlier columns (layout revision 2)."""
+        return self.offset is not None
+
+    @property
     def encoding(self) -> Encoding:
         return Encoding.QSYM if self.symmetric else Encoding.QASYM
+
+
+def validate_decomposition(shape: tuple[int, ...], offset: np.ndarray | None, outlier_columns: np.ndarray | None,
+                           outliers: np.ndarray | None) -> None:
+    """ValueError unless the three decomposition fields fit a quantized tensor of `shape` (all None, or: offset
+    float32 (cols,), outlier_columns int64 (k,) strictly increasing in 0..cols-1, outliers float16 (rows, k)).
+
+    QuantizedTensor checks this when built; the writer checks again because numpy arrays stay mutable.
+    Values are not checked for finiteness here (the writer and reader do that, as for scales).
+    """
+    rows, cols = view_2d_shape(shape)
+    if offset is None:
+        if outlier_columns is not None or outliers is not None:
+            raise ValueError("outlier_columns and outliers need an offset (a tensor without one is not decomposed)")
+        return
+    if outlier_columns is None or outliers is None:
+        raise ValueError("a decomposed tensor (offset given) needs outlier_columns and outliers (k may be 0)")
+    for what, arr in (("offset", offset), ("outlier_columns", outlier_columns), ("outliers", outliers)):
+        if not isinstance(arr, np.ndarray):
+            raise ValueError(f"{what} must be a numpy array, got {type(arr).__name__}")
+    if offset.shape != (cols,) or offset.dtype != np.float32:
+        raise ValueError(f"offset must be float32 {(cols,)}, got {offset.dtype} {offset.shape}")
+    if outlier_columns.ndim != 1 or outlier_columns.dtype != np.int64:
+        raise ValueError(f"outlier_columns must be int64 (k,), got {outlier_columns.dtype} {outlier_columns.shape}")
+    k = outlier_columns.shape[0]
+    if outliers.shape != (rows, k) or outliers.dtype != np.float16:
+        raise ValueError(f"outliers must be float16 {(rows, k)}, got {outliers.dtype} {outliers.shape}")
+    if k and (outlier_columns[0] < 0 or outlier_columns[-1] >= cols or (np.diff(outlier_columns) <= 0).any()):
+        raise ValueError(f"outlier_columns must be strictly increasing column indices in 0..{cols - 1}, "
+                         f"got {outlier_columns[:20].tolist()}")
+
+
+def apply_decomposition(w2d: np.ndarray, offset: np.ndarray, outlier_columns: np.ndarray,
+                        outliers_rows: np.ndarray) -> np.ndarray:
+    """Steps 2 and 3 of decomposed dequantization (SPEC.md 5.3), in place on a float32 row range; returns it.
+
+    `w2d` holds rows [a, b) of (q - zero) * scale; `outliers_rows` the same rows of the outlier values. Every
+    reader path applies exactly this, so a full read, a row slice and codecs.dequantize agree bit for bit.
+    """
+    rows, cols = w2d.shape
+    k = outlier_columns.shape[0]
+    if w2d.dtype != np.float32 or offset.shape != (cols,) or outliers_rows.shape != (rows, k):
+        raise ValueError(f"apply_decomposition: float32 rows {w2d.dtype} {w2d.shape} do not fit an offset of "
+                         f"{offset.shape} and outliers of {outliers_rows.shape}")
+    np.add(w2d, offset.astype(np.float32, copy=False), out=w2d)  # float32 addition, rounded once
+    if k:
+        w2d[:, outlier_columns] = outliers_rows.astype(np.float32)  # float16 -> float32 is exact
+    return w2d
 
 
 def _grouped(x: np.ndarray, group_size: int) -> tuple[np.ndarray, int]:
@@ -185,8 +249,10 @@ def dequantize_rows(
 
 
 def dequantize(qt: QuantizedTensor) -> np.ndarray:
-    """float32 array of the original shape."""
+    """float32 array of the original shape (SPEC.md 5.2, and 5.3 for a decomposed tensor)."""
     out = dequantize_rows(qt.codes, qt.scales, qt.zeros, qt.bits, qt.group_size)
+    if qt.decomposed:
+        apply_decomposition(out, qt.offset, qt.outlier_columns, qt.outliers)
     return out.reshape(qt.shape)
 
 
@@ -196,11 +262,15 @@ _DEQUANT_BLOCK_ELEMENTS = 1 << 16
 
 def dequantize_packed(
     packed: np.ndarray, scales: np.ndarray, packed_zeros: np.ndarray | None, bits: int, cols: int, group_size: int,
+    *, offset: np.ndarray | None = None, outlier_columns: np.ndarray | None = None,
+    outliers: np.ndarray | None = None,
 ) -> np.ndarray:
     """float32 (rows, cols) straight from packed code rows, in cache-sized row blocks.
 
     Equal to dequantize_rows(unpack_codes(...)) bit for bit, several times faster: for 2, 4 and 8 bits the codes
     are shifted and masked straight into the float output, and each block is scaled while it is still in cache.
+    With `offset` (a decomposed tensor; `outliers` holds the same rows as `packed`), each block also gets
+    apply_decomposition while in cache, so the result equals codecs.dequantize bit for bit.
     """
     from . import packing  # codecs does not otherwise depend on the bit layout
 
@@ -241,4 +311,6 @@ def dequantize_packed(
         else:
             o -= z if zg is None else _expand(zg, group_size, cols)
             o *= _expand(s, group_size, cols)
+        if offset is not None:
+            apply_decomposition(o, offset, outlier_columns, outliers[r0:r1])
     return out

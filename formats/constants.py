@@ -13,8 +13,12 @@ SUPPORTED_CONTAINER_VERSIONS = (1,)
 
 # The layout revision (header key "layout_revision") changes when the meaning of tensor entries or of an
 # encoding changes while the container stays the same (e.g. a new code order inside a packed block).
-LAYOUT_REVISION = 1
-SUPPORTED_LAYOUT_REVISIONS = (1,)
+# LAYOUT_REVISION is the newest this code knows. Writers write the lowest revision that can express a file
+# (SPEC.md section 9), so a file without decomposed tensors stays readable by revision-1 readers.
+LAYOUT_REVISION = 2
+SUPPORTED_LAYOUT_REVISIONS = (1, 2)
+BASE_LAYOUT_REVISION = 1  # what a file holding no decomposed tensor is written as
+DECOMPOSED_LAYOUT_REVISION = 2  # first revision with the "outlier_columns" entry key (decomposed tensors)
 
 # <4s magic><u32 container_version><u64 header_len><u32 header_crc32><u32 flags>, little-endian, 24 bytes.
 PREFIX = struct.Struct("<4sIQII")
@@ -52,6 +56,8 @@ RESERVED_ENCODINGS_END = 32  # values below this that Encoding lacks are reserve
 
 FLOAT_ENCODINGS = {Encoding.F32: "<f4", Encoding.F16: "<f2"}
 SCALE_DTYPE = "<f2"  # one IEEE binary16 scale per group
+OFFSET_DTYPE = "<f4"  # decomposed tensors: one binary32 offset per column of the 2-D view
+OUTLIER_DTYPE = "<f2"  # decomposed tensors: binary16 values of the columns kept in float
 QUANT_ENCODINGS = (Encoding.QSYM, Encoding.QASYM)
 
 

@@ -7,28 +7,46 @@ import math
 import numpy as np
 
 from . import codecs, packing
-from .constants import FLOAT_ENCODINGS, SCALE_DTYPE, Encoding, align
+from .constants import FLOAT_ENCODINGS, OFFSET_DTYPE, OUTLIER_DTYPE, SCALE_DTYPE, Encoding, align
+
+
+def part_names(encoding: Encoding, outliers: int | None = None) -> list[str]:
+    """Names of a tensor's parts in storage order: "values" for float tensors; "codes", "scales", ["zeros"],
+    then for a decomposed tensor (outliers = k, its number of float columns) "offset" and, if k > 0, "outliers"."""
+    if encoding in FLOAT_ENCODINGS:
+        return ["values"]
+    names = ["codes", "scales"] + (["zeros"] if encoding == Encoding.QASYM else [])
+    if outliers is not None:
+        names.append("offset")
+        if outliers:  # k = 0 stores no (rows, 0) part: nothing to place
+            names.append("outliers")
+    return names
 
 
 def tensor_parts(encoding: Encoding, shape: tuple[int, ...], bits: int | None = None,
-                 group_size: int | None = None) -> list[tuple[int, int]]:
-    """(offset relative to the tensor start, byte length) of each part, in storage order.
+                 group_size: int | None = None, outliers: int | None = None) -> list[tuple[int, int]]:
+    """(offset relative to the tensor start, byte length) of each part, in the order of part_names.
 
-    Float tensors have one part. Quantized tensors have packed codes, float16 scales (rows x groups) and,
-    for QASYM, packed zero points; every part starts on the 64-byte alignment.
+    Float tensors have one part. Quantized tensors have packed codes, float16 scales (rows x groups), for QASYM
+    packed zero points, and when decomposed (outliers = k, not None) a float32 offset per column and, if k > 0,
+    float16 outlier values (rows x k); every part starts on the 64-byte alignment.
     """
     if encoding in FLOAT_ENCODINGS:
         n = math.prod(int(d) for d in shape)  # Python ints: a hostile shape cannot overflow; () -> 1
         return [(0, n * np.dtype(FLOAT_ENCODINGS[encoding]).itemsize)]
     rows, cols = codecs.view_2d_shape(shape)
     ng = codecs.n_groups(cols, group_size)
-    sizes = [rows * packing.row_bytes(cols, bits), rows * ng * np.dtype(SCALE_DTYPE).itemsize]
-    if encoding == Encoding.QASYM:
-        sizes.append(rows * packing.row_bytes(ng, bits))
+    size = {
+        "codes": rows * packing.row_bytes(cols, bits),
+        "scales": rows * ng * np.dtype(SCALE_DTYPE).itemsize,
+        "zeros": rows * packing.row_bytes(ng, bits),
+        "offset": cols * np.dtype(OFFSET_DTYPE).itemsize,
+        "outliers": rows * (outliers or 0) * np.dtype(OUTLIER_DTYPE).itemsize,
+    }
     parts, off = [], 0
-    for n in sizes:
-        parts.append((off, n))
-        off = align(off + n)
+    for name in part_names(encoding, outliers):
+        parts.append((off, size[name]))
+        off = align(off + size[name])
     return parts
 
 

@@ -1,8 +1,9 @@
 """The one .wq reader. It validates everything it is about to trust before handing out a byte.
 
-Opening a file reads the prefix and the header only; tensor data stays in an np.memmap and is read (and its
-CRC32 and scales checked, once) when a tensor is first used. SPEC.md section 7 lists every rejection; any input
-bytes produce a FormatError subclass or a valid file, never another exception (tests/test_formats_fuzz.py).
+Opening a file reads the prefix and the header only; tensor data stays in an np.memmap and is read when a tensor
+is first used, after its CRC32 and the finiteness of its scales (and offset and float columns) are checked, once.
+SPEC.md section 7 lists every rejection; any input bytes produce a FormatError subclass or a valid file, never
+another exception (tests/test_formats_fuzz.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from . import codecs, packing
 from .constants import (
     ALIGNMENT,
+    DECOMPOSED_LAYOUT_REVISION,
     FLOAT_ENCODINGS,
     MAGIC,
     MAX_BITS,
@@ -28,6 +30,8 @@ from .constants import (
     MAX_NAME_LEN,
     MAX_NDIM,
     MIN_BITS,
+    OFFSET_DTYPE,
+    OUTLIER_DTYPE,
     PREFIX,
     PREFIX_FLAGS,
     PREFIX_SIZE,
@@ -57,11 +61,12 @@ from .errors import (
     UnknownEncodingError,
     UnsupportedVersionError,
 )
-from .layout import tensor_nbytes, tensor_parts
+from .layout import part_names, tensor_nbytes, tensor_parts
 
 _HEADER_KEYS = frozenset({"layout_revision", "meta", "tensors", "data_size"})
 _ENTRY_KEYS = frozenset({"name", "encoding", "shape", "offset", "nbytes", "crc32"})
 _QUANT_KEYS = frozenset({"bits", "group_size"})
+_DECOMPOSED_KEY = "outlier_columns"  # layout revision 2: present iff the quantized tensor is decomposed
 _EXOTIC = (msgpack.ExtType, msgpack.Timestamp)  # msgpack values that are not plain data
 
 
@@ -75,6 +80,7 @@ class TensorInfo:
     crc32: int
     bits: int | None = None
     group_size: int | None = None
+    outlier_columns: tuple[int, ...] | None = None  # decomposed tensors only: the float columns (may be empty)
 
     @property
     def numel(self) -> int:
@@ -85,8 +91,22 @@ class TensorInfo:
         return self.encoding in QUANT_ENCODINGS
 
     @property
+    def decomposed(self) -> bool:
+        return self.outlier_columns is not None
+
+    @property
+    def n_outlier_columns(self) -> int | None:
+        """k, the number of float columns of a decomposed tensor; None when not decomposed (the `outliers`
+        argument of layout.tensor_parts and stats.payload_bits)."""
+        return None if self.outlier_columns is None else len(self.outlier_columns)
+
+    @property
+    def part_names(self) -> list[str]:
+        return part_names(self.encoding, self.n_outlier_columns)
+
+    @property
     def parts(self) -> list[tuple[int, int]]:
-        return tensor_parts(self.encoding, self.shape, self.bits, self.group_size)
+        return tensor_parts(self.encoding, self.shape, self.bits, self.group_size, self.n_outlier_columns)
 
 
 def _is_int(v: Any) -> bool:
@@ -252,9 +272,12 @@ class WqFile:
                 0 <= e["encoding"] < RESERVED_ENCODINGS_END) else ""
             raise UnknownEncodingError(self.path, f"{where}: unknown encoding {e['encoding']}{hint}") from None
         allowed = _ENTRY_KEYS
-        bits = group_size = None
+        bits = group_size = outlier_columns = None
+        if encoding not in QUANT_ENCODINGS and _DECOMPOSED_KEY in e:
+            raise MalformedHeaderError(
+                self.path, f"{where}: {_DECOMPOSED_KEY!r} is defined for quantized encodings only, not {encoding.name}")
         if encoding in QUANT_ENCODINGS:
-            allowed = _ENTRY_KEYS | _QUANT_KEYS
+            allowed = _ENTRY_KEYS | _QUANT_KEYS | {_DECOMPOSED_KEY}
             bits, group_size = e.get("bits"), e.get("group_size")
             if not _is_int(bits) or not MIN_BITS <= bits <= MAX_BITS:
                 raise MalformedHeaderError(
@@ -267,6 +290,8 @@ class WqFile:
             if not _is_int(group_size) or not 1 <= group_size <= cols:
                 raise MalformedHeaderError(
                     self.path, f"{where}: group size {_short(group_size)} outside 1..{cols}")
+            if _DECOMPOSED_KEY in e:
+                outlier_columns = self._parse_outlier_columns(where, e[_DECOMPOSED_KEY], cols)
         extra = set(e) - allowed
         if extra:
             raise MalformedHeaderError(self.path, f"{where}: unknown keys {sorted(extra)} for {encoding.name}")
@@ -279,13 +304,34 @@ class WqFile:
             raise AlignmentError(self.path, f"{where}: offset {offset} is not a multiple of {ALIGNMENT}")
         if not 0 <= crc < (1 << 32):
             raise MalformedHeaderError(self.path, f"{where}: crc32 out of range")
-        info = TensorInfo(name, encoding, tuple(shape), offset, nbytes, crc, bits, group_size)
+        info = TensorInfo(name, encoding, tuple(shape), offset, nbytes, crc, bits, group_size, outlier_columns)
         expected = tensor_nbytes(info.parts)
         if nbytes != expected:
+            k = info.n_outlier_columns
+            extra = "" if k is None else f" with an offset row and {k} float column{'' if k == 1 else 's'}"
             raise ShapeMismatchError(
                 self.path, f"{where}: {nbytes} bytes stored, shape {tuple(shape)} as {encoding.name}"
-                f"{'' if bits is None else f' {bits}-bit'} needs {expected}")
+                f"{'' if bits is None else f' {bits}-bit'}{extra} needs {expected}")
         return info
+
+    def _parse_outlier_columns(self, where: str, value: Any, cols: int) -> tuple[int, ...]:
+        """The float columns of a decomposed tensor: strictly increasing uints below cols (SPEC.md 5.3)."""
+        if self.layout_revision < DECOMPOSED_LAYOUT_REVISION:
+            raise MalformedHeaderError(
+                self.path, f"{where}: key {_DECOMPOSED_KEY!r} exists only from layout revision "
+                f"{DECOMPOSED_LAYOUT_REVISION}; this file is revision {self.layout_revision}")
+        # type() rather than isinstance: msgpack gives exactly int for integers and bool (an int subclass) for
+        # booleans, which are not column indices. map/min/max run in C, so a long hostile list stays cheap.
+        if not isinstance(value, list) or not set(map(type, value)) <= {int} or (value and min(value) < 0):
+            raise MalformedHeaderError(
+                self.path, f"{where}: {_DECOMPOSED_KEY} {_short(value)} is not an array of non-negative integers")
+        if value and max(value) >= cols:
+            raise MalformedHeaderError(
+                self.path, f"{where}: outlier column {max(value)} is outside 0..{cols - 1}")
+        idx = np.array(value, dtype=np.int64)  # fits: every index is below cols <= MAX_ELEMENTS
+        if (np.diff(idx) <= 0).any():
+            raise MalformedHeaderError(self.path, f"{where}: outlier columns are not strictly increasing")
+        return tuple(value)
 
     # ---- access -----------------------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -307,7 +353,8 @@ class WqFile:
         return self._mm[start : start + n]
 
     def check(self, name: str) -> None:
-        """Verify one tensor (once per open file): its CRC32, then that its scales are finite."""
+        """Verify one tensor (once per open file): its CRC32, then that its scales (and, when decomposed, its
+        offset and outlier values) are finite."""
         if name in self._verified:
             return
         info = self.info(name)
@@ -315,9 +362,12 @@ class WqFile:
         if crc != info.crc32:
             raise ChecksumError(self.path, f"tensor {name!r} is corrupt (checksum mismatch)", tensor=name)
         if info.quantized:
-            rel, n = info.parts[1]
-            if not np.isfinite(self._bytes(info, rel, n).view(SCALE_DTYPE)).all():
-                raise InvalidValueError(self.path, f"tensor {name!r} has a non-finite scale", tensor=name)
+            spans = dict(zip(info.part_names, info.parts))
+            for part, dtype, what in (("scales", SCALE_DTYPE, "a non-finite scale"),
+                                      ("offset", OFFSET_DTYPE, "a non-finite offset"),
+                                      ("outliers", OUTLIER_DTYPE, "a non-finite outlier value")):
+                if part in spans and not np.isfinite(self._bytes(info, *spans[part]).view(dtype)).all():
+                    raise InvalidValueError(self.path, f"tensor {name!r} has {what}", tensor=name)
         self._verified.add(name)
 
     def verify(self) -> list[ChecksumError | InvalidValueError]:
@@ -331,32 +381,50 @@ class WqFile:
         return problems
 
     def raw(self, name: str) -> list[np.ndarray]:
-        """Zero-copy views of a tensor's parts (float data; or packed codes, scales, zero points)."""
+        """Zero-copy views of a tensor's stored parts, in storage order (TensorInfo.part_names): float data; or
+        packed codes, scales, [zero points], and for a decomposed tensor the offset and, if k > 0, the outliers."""
+        return list(self._part_views(name).values())
+
+    def _part_views(self, name: str) -> dict[str, np.ndarray]:
+        """part name -> zero-copy view, typed and shaped (explicit sizes, not -1: rows may be 0)."""
         info = self.info(name)
         self.check(name)
-        views = [self._bytes(info, rel, n) for rel, n in info.parts]
+        views = {part: self._bytes(info, rel, n) for part, (rel, n) in zip(info.part_names, info.parts)}
         if info.encoding in FLOAT_ENCODINGS:
-            return [views[0].view(FLOAT_ENCODINGS[info.encoding]).reshape(info.shape)]
+            return {"values": views["values"].view(FLOAT_ENCODINGS[info.encoding]).reshape(info.shape)}
         rows, cols = codecs.view_2d_shape(info.shape)
         ng = codecs.n_groups(cols, info.group_size)
-        # explicit sizes, not -1: rows may be 0
-        out = [views[0].reshape(rows, packing.row_bytes(cols, info.bits)), views[1].view(SCALE_DTYPE).reshape(rows, ng)]
-        if info.encoding == Encoding.QASYM:
-            out.append(views[2].reshape(rows, packing.row_bytes(ng, info.bits)))
-        return out
+        shaped = {"codes": lambda v: v.reshape(rows, packing.row_bytes(cols, info.bits)),
+                  "scales": lambda v: v.view(SCALE_DTYPE).reshape(rows, ng),
+                  "zeros": lambda v: v.reshape(rows, packing.row_bytes(ng, info.bits)),
+                  "offset": lambda v: v.view(OFFSET_DTYPE),
+                  "outliers": lambda v: v.view(OUTLIER_DTYPE).reshape(rows, info.n_outlier_columns)}
+        return {part: shaped[part](v) for part, v in views.items()}
+
+    def _decomposition(self, info: TensorInfo, views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """offset / outlier_columns / outliers of a decomposed tensor as QuantizedTensor holds them ({} when
+        not decomposed); k = 0 stores no outliers part, so it becomes an empty (rows, 0) array."""
+        if not info.decomposed:
+            return {}
+        rows = info.shape[0]
+        return {"offset": np.asarray(views["offset"], dtype=np.float32),
+                "outlier_columns": np.array(info.outlier_columns, dtype=np.int64).reshape(-1),
+                "outliers": np.asarray(views["outliers"], dtype=np.float16) if "outliers" in views
+                else np.zeros((rows, 0), np.float16)}
 
     def quantized(self, name: str) -> codecs.QuantizedTensor:
-        """The unpacked codes of a quantized tensor."""
+        """The unpacked codes of a quantized tensor (with its offset and float columns when decomposed)."""
         info = self.info(name)
         if not info.quantized:
             raise TypeError(f"{name!r} is stored as {info.encoding.name}, not quantized")
-        parts = self.raw(name)
+        views = self._part_views(name)
         cols = codecs.view_2d_shape(info.shape)[1]
         ng = codecs.n_groups(cols, info.group_size)
-        zeros = packing.unpack_codes(parts[2], info.bits, ng) if len(parts) == 3 else None
+        zeros = packing.unpack_codes(views["zeros"], info.bits, ng) if "zeros" in views else None
         return codecs.QuantizedTensor(info.shape, info.bits, info.group_size,
-                                      packing.unpack_codes(parts[0], info.bits, cols),
-                                      np.asarray(parts[1], dtype=np.float16), zeros)
+                                      packing.unpack_codes(views["codes"], info.bits, cols),
+                                      np.asarray(views["scales"], dtype=np.float16), zeros,
+                                      **self._decomposition(info, views))
 
     def array(self, name: str, rows: slice | None = None, dtype=np.float32) -> np.ndarray:
         """A tensor as a float array of its stored shape (dequantized if needed); `rows` selects along dim 0.
@@ -366,14 +434,18 @@ class WqFile:
         if rows is not None and not isinstance(rows, slice):
             raise TypeError(f"rows must be a slice or None, got {type(rows).__name__}")
         info = self.info(name)
-        parts = self.raw(name)
+        views = self._part_views(name)
         sel = slice(None) if rows is None else rows
         if not info.quantized:
-            data = parts[0][sel] if info.shape else parts[0]
+            data = views["values"][sel] if info.shape else views["values"]
             return data if data.dtype == np.dtype(dtype) else data.astype(dtype)
         r_cols = codecs.view_2d_shape(info.shape)[1]
-        zeros = parts[2][sel] if len(parts) == 3 else None
-        w = codecs.dequantize_packed(parts[0][sel], parts[1][sel], zeros, info.bits, r_cols, info.group_size)
+        zeros = views["zeros"][sel] if "zeros" in views else None
+        dec = self._decomposition(info, views)
+        if dec:
+            dec["outliers"] = dec["outliers"][sel]  # the rows of the codes: the fused loop applies them per block
+        w = codecs.dequantize_packed(views["codes"][sel], views["scales"][sel], zeros, info.bits, r_cols,
+                                     info.group_size, **dec)
         return w.reshape((w.shape[0],) + info.shape[1:]).astype(dtype, copy=False)
 
     def close(self) -> None:

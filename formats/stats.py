@@ -7,14 +7,18 @@ import math
 import numpy as np
 
 from . import codecs
-from .constants import FLOAT_ENCODINGS, Encoding
+from .constants import FLOAT_ENCODINGS, OFFSET_DTYPE, OUTLIER_DTYPE, Encoding
 
 SCALE_BITS = 16  # every group stores one float16 scale
+OFFSET_BITS = 8 * np.dtype(OFFSET_DTYPE).itemsize  # a decomposed tensor stores one float32 offset per column
+OUTLIER_BITS = 8 * np.dtype(OUTLIER_DTYPE).itemsize  # ... and one float16 per row for each float column
 
 
 def payload_bits(encoding: Encoding, shape: tuple[int, ...], bits: int | None = None,
-                 group_size: int | None = None) -> int:
-    """Bits of information a tensor stores: codes, scales and zero points (row padding and alignment excluded).
+                 group_size: int | None = None, outliers: int | None = None) -> int:
+    """Bits of information a tensor stores: codes, scales and zero points (row padding and alignment excluded);
+    for a decomposed tensor (`outliers` = k, its number of float columns; None = not decomposed) also the
+    offset row and the float columns. The codes of the float columns are still stored, so they still count.
 
     Effective bits per weight of a quantized tensor = payload_bits / numel.
     """
@@ -24,12 +28,17 @@ def payload_bits(encoding: Encoding, shape: tuple[int, ...], bits: int | None = 
     rows, cols = codecs.view_2d_shape(shape)
     groups = rows * codecs.n_groups(cols, group_size)
     zero_bits = bits if encoding == Encoding.QASYM else 0
-    return numel * bits + groups * (SCALE_BITS + zero_bits)
+    total = numel * bits + groups * (SCALE_BITS + zero_bits)
+    if outliers is not None:
+        total += OFFSET_BITS * cols + OUTLIER_BITS * rows * outliers
+    return total
 
 
-def bits_per_weight(bits: int, group_size: int, symmetric: bool, shape: tuple[int, ...]) -> float:
-    """Effective bits per weight of one quantized tensor of `shape` (group_size 0 = per-channel)."""
+def bits_per_weight(bits: int, group_size: int, symmetric: bool, shape: tuple[int, ...],
+                    outliers: int | None = None) -> float:
+    """Effective bits per weight of one quantized tensor of `shape` (group_size 0 = per-channel); `outliers` is
+    the number k of float columns of a decomposed tensor (None = not decomposed)."""
     rows, cols = codecs.view_2d_shape(shape)
     enc = Encoding.QSYM if symmetric else Encoding.QASYM
     gs = codecs.resolve_group_size(cols, group_size)
-    return payload_bits(enc, tuple(shape), bits, gs) / (rows * cols)
+    return payload_bits(enc, tuple(shape), bits, gs, outliers) / (rows * cols)

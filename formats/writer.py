@@ -14,15 +14,18 @@ import numpy as np
 from . import codecs, packing
 from .constants import (
     ALIGNMENT,
+    BASE_LAYOUT_REVISION,
     CONTAINER_VERSION,
+    DECOMPOSED_LAYOUT_REVISION,
     FLOAT_ENCODINGS,
-    LAYOUT_REVISION,
     MAGIC,
     MAX_DIM,
     MAX_ELEMENTS,
     MAX_HEADER_LEN,
     MAX_NAME_LEN,
     MAX_NDIM,
+    OFFSET_DTYPE,
+    OUTLIER_DTYPE,
     PREFIX,
     PREFIX_FLAGS,
     PREFIX_SIZE,
@@ -31,7 +34,7 @@ from .constants import (
     align,
 )
 from .errors import OutputExistsError
-from .layout import tensor_parts
+from .layout import part_names, tensor_parts
 
 # msgpack integers are 64-bit: signed down to -2**63, unsigned up to 2**64 - 1.
 _MSGPACK_INT_MIN = -(1 << 63)
@@ -64,7 +67,7 @@ def canonical(obj: Any) -> Any:
 
 
 def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encoding | None):
-    """(entry fields, list of part byte arrays) for one tensor."""
+    """(entry fields, list of part byte arrays in storage order) for one tensor."""
     if isinstance(tensor, codecs.QuantizedTensor):
         if encoding is not None and encoding != tensor.encoding:
             raise ValueError(f"a {'symmetric' if tensor.symmetric else 'asymmetric'} QuantizedTensor is stored "
@@ -72,12 +75,25 @@ def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encodin
         _check_shape(tensor.shape)
         if not np.isfinite(tensor.scales).all():
             raise ValueError("quantized tensor has non-finite scales")
-        parts = [packing.pack_codes(tensor.codes, tensor.bits), tensor.scales.astype(SCALE_DTYPE)]
-        if tensor.zeros is not None:
-            parts.append(packing.pack_codes(tensor.zeros, tensor.bits))
         fields = {"encoding": int(tensor.encoding), "shape": list(tensor.shape), "bits": tensor.bits,
                   "group_size": tensor.group_size}
-        return fields, parts
+        arrays = {"codes": packing.pack_codes(tensor.codes, tensor.bits), "scales": tensor.scales.astype(SCALE_DTYPE)}
+        if tensor.zeros is not None:
+            arrays["zeros"] = packing.pack_codes(tensor.zeros, tensor.bits)
+        k = None
+        if tensor.decomposed:
+            # again, not only in QuantizedTensor: its arrays are mutable, and the writer never produces a file
+            # its reader would reject (unordered or out-of-range columns, non-finite values)
+            codecs.validate_decomposition(tensor.shape, tensor.offset, tensor.outlier_columns, tensor.outliers)
+            if not np.isfinite(tensor.offset).all():
+                raise ValueError("quantized tensor has a non-finite offset")
+            if not np.isfinite(tensor.outliers).all():
+                raise ValueError("quantized tensor has non-finite outlier values")
+            k = int(tensor.outlier_columns.shape[0])
+            fields["outlier_columns"] = tensor.outlier_columns.tolist()  # plain ints for msgpack
+            arrays["offset"] = np.ascontiguousarray(tensor.offset, dtype=OFFSET_DTYPE)
+            arrays["outliers"] = np.ascontiguousarray(tensor.outliers, dtype=OUTLIER_DTYPE)
+        return fields, [arrays[n] for n in part_names(tensor.encoding, k)]
     arr = np.asarray(tensor)
     if encoding is None:
         encoding = Encoding.F16 if arr.dtype == np.float16 else Encoding.F32
@@ -120,7 +136,8 @@ class WqWriter:
 
     def add(self, name: str, tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encoding | None = None) -> None:
         """Append one tensor (stored in call order). Plain arrays become F32, or F16 when they are float16 or
-        `encoding` says so; a QuantizedTensor is stored as QSYM or QASYM."""
+        `encoding` says so; a QuantizedTensor is stored as QSYM or QASYM (decomposed ones with their offset and
+        float columns, which makes the file layout revision 2)."""
         if self._state != "open":
             raise RuntimeError(f"cannot add tensor {name!r}: writer is {self._state}")
         if not isinstance(name, str) or not name or len(name.encode("utf-8", "replace")) > MAX_NAME_LEN:
@@ -132,8 +149,9 @@ class WqWriter:
         if name in self._names:
             raise ValueError(f"duplicate tensor name {name!r}")
         fields, parts = _encode_parts(tensor, encoding)
+        k = len(fields["outlier_columns"]) if "outlier_columns" in fields else None
         expected = tensor_parts(Encoding(fields["encoding"]), tuple(fields["shape"]), fields.get("bits"),
-                                fields.get("group_size"))
+                                fields.get("group_size"), k)
         crc = 0
         start = self._size
         try:
@@ -156,6 +174,14 @@ class WqWriter:
         self._names.add(name)
         self._entries.append({"name": name, **fields, "offset": start, "nbytes": total, "crc32": crc})
 
+    @property
+    def layout_revision(self) -> int:
+        """The lowest revision that expresses the tensors added so far (SPEC.md section 9): a file without
+        decomposed tensors stays revision 1, so readers that predate revision 2 still read it."""
+        if any("outlier_columns" in e for e in self._entries):
+            return DECOMPOSED_LAYOUT_REVISION
+        return BASE_LAYOUT_REVISION
+
     def close(self) -> str:
         """Write the file. Returns its path. On any failure no file (and no temporary file) is left."""
         if self._state != "open":
@@ -163,7 +189,7 @@ class WqWriter:
         tmp = None
         try:
             header = msgpack.packb(
-                canonical({"layout_revision": LAYOUT_REVISION, "meta": self.meta, "tensors": self._entries,
+                canonical({"layout_revision": self.layout_revision, "meta": self.meta, "tensors": self._entries,
                            "data_size": self._size}),
                 use_bin_type=True,
             )

@@ -23,7 +23,11 @@ def encoding_label(info) -> str:
     for d in info.shape[1:]:
         cols *= d
     group = "per-channel" if info.group_size >= cols else f"g{info.group_size}"
-    return f"Q{info.bits} {kind} {group}"
+    label = f"Q{info.bits} {kind} {group}"
+    k = info.n_outlier_columns
+    if k is not None:  # decomposed: an offset row, and k columns stored as float16 instead of codes
+        label += " +offset" + (f" +{k} float col{'' if k == 1 else 's'}" if k else "")
+    return label
 
 
 @dataclasses.dataclass
@@ -32,7 +36,7 @@ class Summary:
     file_size: int
     n_params: int  # every stored model tensor (extra arrays under "preprocess." excluded)
     n_quantized: int
-    quantized_bpw: float  # effective bits per quantized weight, scales and zero points included
+    quantized_bpw: float  # effective bits per quantized weight: scales, zero points, offsets, float columns included
     overall_bpw: float  # whole file (header, floats, padding included) per model parameter
     by_role: dict  # role -> [count, params, bytes]
     by_encoding: dict  # label -> [count, params, bytes]
@@ -53,7 +57,7 @@ def summarize(f: WqFile) -> Summary:
         n_params += info.numel
         if info.quantized:
             n_quant += info.numel
-            qbits += payload_bits(info.encoding, info.shape, info.bits, info.group_size)
+            qbits += payload_bits(info.encoding, info.shape, info.bits, info.group_size, info.n_outlier_columns)
     return Summary(
         architecture=str(f.meta.get("architecture", "?")),
         file_size=f.file_size,

@@ -1,4 +1,5 @@
-"""Helpers for the .wq format tests: a small valid file, and a way to rebuild a file from a modified header.
+"""Helpers for the .wq format tests: small valid files (revision 1, and revision 2 with decomposed tensors), and a
+way to rebuild a file from a modified header.
 
 `rebuild` writes prefix + header + padding + data with a *correct* header CRC (unless told otherwise), so a test
 that edits one header field reaches the check it targets instead of stopping at the header checksum.
@@ -6,6 +7,7 @@ that edits one header field reaches the check it targets instead of stopping at 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import tempfile
@@ -36,14 +38,46 @@ def sample_tensors() -> dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=None)
-def sample_bytes() -> bytes:
-    """Bytes of a valid file holding sample_tensors()."""
+def decompose(qt: QuantizedTensor, offset, columns, outliers) -> QuantizedTensor:
+    """qt with an offset row and float outlier columns (a decomposed tensor, layout revision 2)."""
+    return dataclasses.replace(qt, offset=np.asarray(offset, np.float32),
+                               outlier_columns=np.asarray(columns, np.int64).reshape(-1),
+                               outliers=np.asarray(outliers, np.float16))
+
+
+def decomposed_tensors() -> dict[str, Any]:
+    """A decomposed QASYM tensor with k = 3, a decomposed 3-D QSYM tensor with k = 0, a plain quantized and a
+    float tensor: the revision-2 sample."""
+    rng = np.random.default_rng(4321)
+    asym, _ = quantize(rng.standard_normal((6, 20)).astype(np.float32), 4, group_size=8, symmetric=False)
+    sym, _ = quantize(rng.standard_normal((3, 4, 3)).astype(np.float32), 3, group_size=5, symmetric=True)
+    plain, _ = quantize(rng.standard_normal((4, 9)).astype(np.float32), 5, group_size=4, symmetric=True)
+    return {
+        "d.asym": decompose(asym, rng.standard_normal(20), [2, 11, 19], rng.standard_normal((6, 3)) * 30),
+        "d.sym0": decompose(sym, rng.standard_normal(12), [], np.zeros((3, 0))),
+        "q.plain": plain,
+        "f.f32": rng.standard_normal((2, 3)).astype(np.float32),
+    }
+
+
+def _file_bytes(meta: dict, tensors: dict[str, Any]) -> bytes:
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "sample.wq")
-        write_wq(path, SAMPLE_META, sample_tensors())
+        write_wq(path, meta, tensors)
         with open(path, "rb") as f:
             return f.read()
+
+
+@functools.lru_cache(maxsize=None)
+def sample_bytes() -> bytes:
+    """Bytes of a valid (layout revision 1) file holding sample_tensors()."""
+    return _file_bytes(SAMPLE_META, sample_tensors())
+
+
+@functools.lru_cache(maxsize=None)
+def decomposed_bytes() -> bytes:
+    """Bytes of a valid (layout revision 2) file holding decomposed_tensors()."""
+    return _file_bytes(SAMPLE_META, decomposed_tensors())
 
 
 def split(buf: bytes) -> tuple[dict, dict, bytes]:
@@ -99,8 +133,15 @@ def read_everything(path: str) -> None:
         f.verify()
 
 
+def _same_bits(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Both absent, or equal in dtype, shape and every bit (so -0.0 differs from 0.0)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
 def quantized_codes_equal(a: QuantizedTensor, b: QuantizedTensor) -> bool:
-    same_zeros = (a.zeros is None and b.zeros is None) or (
-        a.zeros is not None and b.zeros is not None and np.array_equal(a.zeros, b.zeros))
-    return (a.shape == b.shape and a.bits == b.bits and a.group_size == b.group_size and same_zeros
-            and np.array_equal(a.codes, b.codes) and np.array_equal(a.scales.view(np.uint16), b.scales.view(np.uint16)))
+    """Same shape, width, group size, codes, scales, zero points and decomposition (offset, columns, outliers)."""
+    return (a.shape == b.shape and a.bits == b.bits and a.group_size == b.group_size
+            and all(_same_bits(getattr(a, f), getattr(b, f))
+                    for f in ("codes", "scales", "zeros", "offset", "outlier_columns", "outliers")))

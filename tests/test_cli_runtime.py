@@ -41,6 +41,34 @@ def test_info_reports_bits_and_breakdown(model_file):
     assert "source=unit-test" in r.output
 
 
+def test_info_reports_decomposed_tensors(tmp_path):
+    """A decomposed tensor is labelled with its offset and float columns, and both count in bits per weight."""
+    import dataclasses
+
+    from wavq.formats.constants import Encoding
+    from wavq.formats.stats import payload_bits
+
+    rng = np.random.default_rng(1)
+    emb, _ = quantize(rng.normal(size=(100, 64)).astype(np.float32), 4, 32, False)
+    emb = dataclasses.replace(emb, offset=rng.normal(size=64).astype(np.float32),
+                              outlier_columns=np.array([5, 17], np.int64),
+                              outliers=rng.normal(size=(100, 2)).astype(np.float16))
+    fc, _ = quantize(rng.normal(size=(8, 64)).astype(np.float32), 3, 0, True)
+    fc0 = dataclasses.replace(fc, offset=np.zeros(64, np.float32), outlier_columns=np.zeros(0, np.int64),
+                              outliers=np.zeros((8, 0), np.float16))
+    path = tmp_path / "d.wq"
+    write_wq(path, {"architecture": "whisper"}, {"emb": emb, "fc": fc0, "plain": fc})
+    r = CliRunner().invoke(main, ["info", "--tensors", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "Q4 asym g32 +offset +2 float cols" in r.output
+    assert "Q3 sym per-channel +offset" in r.output and "Q3 sym per-channel +offset +" not in r.output
+    bits = (payload_bits(Encoding.QASYM, (100, 64), 4, 32, 2) + payload_bits(Encoding.QSYM, (8, 64), 3, 64, 0)
+            + payload_bits(Encoding.QSYM, (8, 64), 3, 64))
+    assert bits == (100 * 64 * 4 + 100 * 2 * 20 + 32 * 64 + 16 * 100 * 2) + (8 * 64 * 3 + 8 * 16 + 32 * 64) + (
+        8 * 64 * 3 + 8 * 16)
+    assert f"{bits / (116 * 64):.3f}" in r.output
+
+
 def test_info_json(model_file):
     import json
 

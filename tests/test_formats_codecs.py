@@ -1,10 +1,12 @@
 """Codec and packing round trips over every bit width, group-size kind, sign mode and awkward shapes.
 
 Bit packing and file round trips are checked bit-exactly; dequantization against the bound the codec reports.
+Decomposed tensors (offset row + float outlier columns, SPEC.md 5.3) round-trip through files bit-exactly too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,17 +14,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from formats_helpers import quantized_codes_equal
+from formats_helpers import decompose, quantized_codes_equal
 from wavq.formats import (
     Encoding,
     QuantizedTensor,
     WqFile,
+    apply_decomposition,
     dequantize,
     quantize,
     quantize_with_scales,
     rtn_scales,
     write_wq,
 )
+from wavq.formats import codecs
 from wavq.formats.codecs import error_bound, n_groups, resolve_group_size
 from wavq.formats.packing import pack_codes, row_bytes, unpack_codes
 from wavq.formats.stats import bits_per_weight, payload_bits
@@ -247,15 +251,144 @@ def test_grid_quantize_write_read(scratch, bits, symmetric, kind, shape):
     check_file_round_trip(scratch / "grid.wq", qt, bits)
 
 
+@pytest.mark.parametrize("k", [None, 0, 2], ids=["plain", "offset-only", "2-float-cols"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
-def test_zero_row_tensor_round_trip(scratch, symmetric):
+def test_zero_row_tensor_round_trip(scratch, symmetric, k):
     qt, err = quantize(np.zeros((0, 13), np.float32), 3, group_size=4, symmetric=symmetric)
     assert err == 0.0
+    if k is not None:
+        qt = decompose(qt, np.arange(13), [3, 12][:k], np.zeros((0, k)))
     path = scratch / "empty.wq"
     write_wq(path, {}, {"w": qt}, force=True)
     with WqFile(path) as f:
         assert f.array("w").shape == (0, 13)
-        assert f.quantized("w").codes.shape == (0, 13)
+        assert quantized_codes_equal(f.quantized("w"), qt)
+        assert f.verify() == []
+
+
+# ---- decomposed tensors (SPEC.md 5.3) ------------------------------------------------------------------------
+def random_decomposed(shape, bits, group_size, symmetric, seed, k: int) -> QuantizedTensor:
+    """random_quantized plus an offset row and k float columns (k < 0: every column), values of all magnitudes."""
+    qt = random_quantized(shape, bits, group_size, symmetric, seed)
+    rng = np.random.default_rng(seed ^ 0x5EED)
+    rows, cols = qt.codes.shape
+    k = cols if k < 0 else min(k, cols)
+    columns = np.sort(rng.choice(cols, size=k, replace=False)).astype(np.int64)
+    offset = (rng.standard_normal(cols) * 10.0 ** rng.integers(-4, 3)).astype(np.float32)
+    offset[rng.random(cols) < 0.1] = 0
+    # float16 values: the container stores outliers as float16, so the test keeps them representable
+    outliers = (rng.standard_normal((rows, k)) * 10.0 ** rng.integers(-2, 3)).astype(np.float16)
+    return decompose(qt, offset, columns, outliers)
+
+
+def reference_decomposed(qt: QuantizedTensor) -> np.ndarray:
+    """SPEC.md 5.3 written out on its own: plain dequantization, + offset (float32), then the float columns."""
+    plain = dequantize(QuantizedTensor(qt.shape, qt.bits, qt.group_size, qt.codes, qt.scales, qt.zeros))
+    rows, cols = qt.codes.shape
+    w = plain.reshape(rows, cols) + qt.offset  # float32 + float32: numpy rounds once
+    for i, c in enumerate(qt.outlier_columns.tolist()):
+        w[:, c] = qt.outliers[:, i].astype(np.float32)
+    return w.reshape(qt.shape)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("bits", BITS)
+@SETTINGS
+@given(shape=shapes(), kind=st.sampled_from(GROUP_KINDS), pick=st.integers(0, 1000), seed=st.integers(0, 2**32 - 1),
+       k=st.one_of(st.integers(0, 6), st.just(-1)))
+def test_decomposed_write_read_exact(scratch, bits, symmetric, shape, kind, pick, seed, k):
+    """Codes, scales, zeros, offset, columns and outliers come back bit for bit; array() (whole and row slices,
+    through the fused dequantizer) equals codecs.dequantize, which equals the formula of SPEC.md 5.3."""
+    qt = random_decomposed(shape, bits, group_size_for(kind, math.prod(shape[1:]), pick), symmetric, seed, k)
+    assert qt.decomposed
+    np.testing.assert_array_equal(dequantize(qt), reference_decomposed(qt))
+    check_file_round_trip(scratch / f"dec{bits}{symmetric}.wq", qt, seed)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_fused_dequantizer_applies_the_decomposition_per_block(scratch, monkeypatch, bits):
+    """Blocks of a few rows: each block must get its own rows of the outliers (and the whole offset)."""
+    monkeypatch.setattr(codecs, "_DEQUANT_BLOCK_ELEMENTS", 3 * 24)  # 3 rows of 24 columns per block
+    qt = random_decomposed((17, 24), bits, 8, bits % 2 == 0, bits, 3)
+    path = scratch / "blocks.wq"
+    write_wq(path, {}, {"w": qt}, force=True)
+    with WqFile(path) as f:
+        np.testing.assert_array_equal(f.array("w"), dequantize(qt))
+        np.testing.assert_array_equal(f.array("w", rows=slice(2, 16, 3)), dequantize(qt)[2:16:3])
+
+
+def test_decomposition_formula():
+    """Step 2 adds in float32 (rounded once), step 3 assigns: the codes of outlier columns do not matter."""
+    codes = np.array([[0, 1, 2, 3], [3, 2, 1, 0]], np.uint8)
+    qt = QuantizedTensor((2, 4), 2, 4, codes, np.array([[1.0], [0.5]], np.float16), None)  # zero point 2
+    offset = np.array([1e8, 0.25, -1.0, 3.0], np.float32)
+    d = decompose(qt, offset, [3], [[7.5], [-0.125]])
+    want = np.array([[np.float32(1e8) - 2, -0.75, -1.0, 7.5], [1e8 + 0.5, 0.25, -1.5, -0.125]], np.float32)
+    np.testing.assert_array_equal(dequantize(d), want)
+    other_codes = decompose(dataclasses.replace(qt, codes=codes[:, [0, 1, 2, 0]]), offset, [3], [[7.5], [-0.125]])
+    np.testing.assert_array_equal(dequantize(other_codes), want)
+    # k = 0: offset only; every column float: codes ignored entirely
+    np.testing.assert_array_equal(dequantize(decompose(qt, offset, [], np.zeros((2, 0)))),
+                                  dequantize(qt) + offset)
+    every = decompose(qt, offset, [0, 1, 2, 3], np.arange(8).reshape(2, 4))
+    np.testing.assert_array_equal(dequantize(every), np.arange(8, dtype=np.float32).reshape(2, 4))
+
+
+def test_apply_decomposition_works_on_row_ranges():
+    qt = random_decomposed((9, 13), 4, 4, False, 7, 2)
+    full = dequantize(qt)
+    plain = dequantize(QuantizedTensor(qt.shape, qt.bits, qt.group_size, qt.codes, qt.scales, qt.zeros))
+    rows = plain[3:7].copy()
+    out = apply_decomposition(rows, qt.offset, qt.outlier_columns, qt.outliers[3:7])
+    assert out is rows  # in place
+    np.testing.assert_array_equal(rows, full[3:7])
+    with pytest.raises(ValueError, match="do not fit"):
+        apply_decomposition(plain[3:7].copy(), qt.offset, qt.outlier_columns, qt.outliers[3:8])
+    with pytest.raises(ValueError, match="do not fit"):
+        apply_decomposition(plain.astype(np.float64), qt.offset, qt.outlier_columns, qt.outliers)
+
+
+def _bad_decomposition(case: str) -> dict:
+    """Keyword arguments for QuantizedTensor((3, 5), ...) with one decomposition field wrong."""
+    ok = {"offset": np.zeros(5, np.float32), "outlier_columns": np.array([1, 4], np.int64),
+          "outliers": np.zeros((3, 2), np.float16)}
+    bad = {
+        "offset only": {"offset": ok["offset"]},
+        "columns without offset": {"outlier_columns": ok["outlier_columns"]},
+        "outliers without offset": {"outliers": ok["outliers"]},
+        "offset float64": {"offset": np.zeros(5)},
+        "offset short": {"offset": np.zeros(4, np.float32)},
+        "offset a list": {"offset": [0.0] * 5},
+        "columns int32": {"outlier_columns": np.array([1, 4], np.int32)},
+        "columns 2-D": {"outlier_columns": np.array([[1, 4]], np.int64)},
+        "columns decreasing": {"outlier_columns": np.array([4, 1], np.int64)},
+        "columns repeated": {"outlier_columns": np.array([1, 1], np.int64)},
+        "column negative": {"outlier_columns": np.array([-1, 4], np.int64)},
+        "column too large": {"outlier_columns": np.array([1, 5], np.int64)},
+        "outliers float32": {"outliers": np.zeros((3, 2), np.float32)},
+        "outliers wrong k": {"outliers": np.zeros((3, 3), np.float16)},
+        "outliers wrong rows": {"outliers": np.zeros((2, 2), np.float16)},
+    }[case]
+    if case.endswith("without offset") or case == "offset only":
+        return bad
+    return {**ok, **bad}
+
+
+@pytest.mark.parametrize("case", [
+    "offset only", "columns without offset", "outliers without offset", "offset float64", "offset short",
+    "offset a list", "columns int32", "columns 2-D", "columns decreasing", "columns repeated", "column negative",
+    "column too large", "outliers float32", "outliers wrong k", "outliers wrong rows",
+])
+def test_quantized_tensor_validates_the_decomposition(case):
+    base = dict(shape=(3, 5), bits=3, group_size=2, codes=np.zeros((3, 5), np.uint8),
+                scales=np.ones((3, 3), np.float16))
+    with pytest.raises(ValueError, match="offset|outlier"):
+        QuantizedTensor(**base, **_bad_decomposition(case))
+    plain = QuantizedTensor(**base)
+    assert not plain.decomposed
+    empty = QuantizedTensor(**base, offset=np.zeros(5, np.float32), outlier_columns=np.zeros(0, np.int64),
+                            outliers=np.zeros((3, 0), np.float16))
+    assert empty.decomposed
 
 
 # ---- accounting (SPEC.md section 12) ------------------------------------------------------------------------
@@ -266,6 +399,19 @@ def test_effective_bits_per_weight():
     # a short last group still costs a whole scale; row padding to 8 codes is not counted
     assert payload_bits(Encoding.QASYM, (2, 13), 5, 4) == 2 * 13 * 5 + 2 * 4 * (16 + 5)
     assert payload_bits(Encoding.F16, (3, 5)) == 15 * 16 and payload_bits(Encoding.F32, ()) == 32
+
+
+def test_effective_bits_per_weight_decomposed():
+    """A decomposed tensor adds 32 * cols (offset) + 16 * rows * k (float columns); SPEC.md section 12's example."""
+    rows, cols = 51865, 384  # Whisper's token embedding (tiny / base width 384)
+    plain = payload_bits(Encoding.QASYM, (rows, cols), 4, 128)
+    assert payload_bits(Encoding.QASYM, (rows, cols), 4, 128, outliers=None) == plain
+    assert payload_bits(Encoding.QASYM, (rows, cols), 4, 128, outliers=0) == plain + 32 * cols
+    assert payload_bits(Encoding.QASYM, (rows, cols), 4, 128, outliers=4) == plain + 32 * cols + 16 * rows * 4
+    assert payload_bits(Encoding.QASYM, (rows, cols), 4, 128, outliers=4) == 86_108_188
+    assert bits_per_weight(4, 128, False, (rows, cols), outliers=4) == 86_108_188 / (rows * cols)
+    assert round(bits_per_weight(4, 128, False, (rows, cols), 4), 4) == 4.3235
+    assert bits_per_weight(4, 128, True, (384, 1536), 0) == 4 + 16 / 128 + 32 / 384
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

@@ -17,18 +17,20 @@ import zlib
 
 import pytest
 
-from formats_helpers import read_everything, rebuild, sample_bytes, split, tensor_span
+from formats_helpers import decomposed_bytes, read_everything, rebuild, sample_bytes, split, tensor_span
 from wavq.formats import ChecksumError, FormatError, WqFile
 
 CASES = int(os.environ.get("WAVQ_FUZZ_CASES", "4000"))
 SEED = int(os.environ.get("WAVQ_FUZZ_SEED", "20240601"))
 TIME_LIMIT_S = 150  # the whole campaign; a hang fails the test instead of stalling CI
 CASE_LIMIT_S = 2.0  # any single file taking this long to reject is a bug (quadratic check, huge allocation)
-GOLDEN = pathlib.Path(__file__).parent / "data" / "golden_v1.wq"
+DATA = pathlib.Path(__file__).parent / "data"
+GOLDENS = [DATA / "golden_v1.wq", DATA / "golden_v2.wq"]  # layout revisions 1 and 2 (decomposed tensors)
 
 VALUES = [None, True, False, 0, 1, -1, 2, 63, 64, 65, 255, 2**31, 2**32, 2**40 + 1, 2**48, 2**63 - 1, 2**64 - 1,
           -(2**63), 0.0, 1.5, -0.0, math.nan, math.inf, "", "x", "q.sym3", "\u00e9", b"", b"\x00\xff", [], [0],
-          [1, 2], [3, 0], [2**40, 2**40], [2**20, 2**20, 2**20], [0] * 9, [1] * 200, {}, {"a": 1}, {"name": "x"}]
+          [1, 2], [3, 0], [2**40, 2**40], [2**20, 2**20, 2**20], [0] * 9, [1] * 200, {}, {"a": 1}, {"name": "x"},
+          [0, 1, 2, 3], [0, 9], [9, 1], [True], [-1], list(range(200))]
 
 
 def _random_value(rng: random.Random):
@@ -45,7 +47,7 @@ def mutate_header(rng: random.Random, buf: bytes) -> bytes:
     if action < 0.1 and target:
         del target[rng.choice(list(target))]
     elif action < 0.2:
-        target[rng.choice(["extra", "bits", "group_size", "shape", "x"])] = _random_value(rng)
+        target[rng.choice(["extra", "bits", "group_size", "shape", "x", "outlier_columns"])] = _random_value(rng)
     elif target:
         key = rng.choice(list(target))
         old = target[key]
@@ -58,6 +60,8 @@ def mutate_header(rng: random.Random, buf: bytes) -> bytes:
     tensors = header.get("tensors")
     if rng.random() < 0.1 and isinstance(tensors, list):
         rng.shuffle(tensors)
+    if rng.random() < 0.1 and isinstance(header.get("layout_revision"), int):
+        header["layout_revision"] = rng.choice([1, 2, 3])  # revision 1 with decomposed tensors, 2 without
     return rebuild(header, data)
 
 
@@ -143,7 +147,7 @@ def alarm():
 
 def test_fuzz_only_format_errors(tmp_path, alarm):
     rng = random.Random(SEED)
-    bases = [sample_bytes(), GOLDEN.read_bytes()]
+    bases = [sample_bytes(), decomposed_bytes()] + [p.read_bytes() for p in GOLDENS]
     outcomes: collections.Counter = collections.Counter()
     failures = []
     slowest = 0.0
@@ -169,13 +173,15 @@ def test_fuzz_only_format_errors(tmp_path, alarm):
     # the campaign must reach deep checks, not stop at the magic or the checksum every time
     reached = set(outcomes)
     for expected in ("ok", "ChecksumError", "MalformedHeaderError", "TruncatedFileError", "BadMagicError",
-                     "HeaderBoundsError", "UnsupportedVersionError", "ShapeMismatchError", "OutOfBoundsError"):
+                     "HeaderBoundsError", "UnsupportedVersionError", "ShapeMismatchError", "OutOfBoundsError",
+                     "InvalidValueError"):
         assert expected in reached, f"fuzz never produced {expected}: {dict(outcomes)}"
 
 
-def test_every_truncation_of_the_sample(tmp_path):
+@pytest.mark.parametrize("source", ["sample", "decomposed"])
+def test_every_truncation_of_the_sample(tmp_path, source):
     """Not sampled: every prefix of the file is rejected as a FormatError (and never read successfully)."""
-    buf = sample_bytes()
+    buf = sample_bytes() if source == "sample" else decomposed_bytes()
     path = tmp_path / "cut.wq"
     for cut in range(len(buf)):
         path.write_bytes(buf[:cut])
@@ -183,9 +189,10 @@ def test_every_truncation_of_the_sample(tmp_path):
             read_everything(str(path))
 
 
-def test_corrupt_tensor_surfaces_as_checksum_error_naming_it(tmp_path):
+@pytest.mark.parametrize("source", ["sample", "decomposed"])
+def test_corrupt_tensor_surfaces_as_checksum_error_naming_it(tmp_path, source):
     rng = random.Random(SEED)
-    buf = sample_bytes()
+    buf = sample_bytes() if source == "sample" else decomposed_bytes()
     _, header, _ = split(buf)
     names = [e["name"] for e in header["tensors"] if e["nbytes"]]
     for case in range(200):

@@ -1,16 +1,19 @@
-"""Golden bytes: a tiny deterministic .wq file pins the byte layout (SPEC.md section 13).
+"""Golden bytes: tiny deterministic .wq files, one per layout revision, pin the byte layout (SPEC.md section 13).
 
-An accidental layout change fails here loudly. To change the layout on purpose:
+golden_v1.wq holds no decomposed tensor, so the writer must still produce it as layout revision 1, byte for byte;
+golden_v2.wq holds decomposed tensors (revision 2). An accidental layout change fails here loudly. To change the
+layout on purpose:
     WAVQ_REGEN_GOLDEN=1 python -m pytest tests/test_formats_golden.py
-rewrites tests/data/golden_v1.wq and prints its SHA-256; put that in GOLDEN_SHA256, bump the container version
-or layout revision (formats/constants.py) and add a row to the version history in formats/SPEC.md.
+rewrites the golden files and prints their SHA-256; put those in GOLDENS, bump the container version or layout
+revision (formats/constants.py) and add a row to the version history in formats/SPEC.md.
 
-The file is also decoded here by a deliberately naive, independent implementation of SPEC.md (Python ints,
+The files are also decoded here by a deliberately naive, independent implementation of SPEC.md (Python ints,
 struct, one loop per code), so the document and the code cannot drift apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -22,10 +25,10 @@ import msgpack
 import numpy as np
 import pytest
 
+from formats_helpers import quantized_codes_equal
 from wavq.formats import Encoding, QuantizedTensor, WqFile, dequantize, write_wq
 
-GOLDEN = pathlib.Path(__file__).parent / "data" / "golden_v1.wq"
-GOLDEN_SHA256 = "8f23ae6920baa346a69559dbb5199e29ab3d1c808521e87d4dfa280a48269413"
+DATA = pathlib.Path(__file__).parent / "data"
 REGEN = os.environ.get("WAVQ_REGEN_GOLDEN") == "1"
 
 META = {
@@ -64,22 +67,64 @@ def golden_tensors() -> dict:
     }
 
 
-def test_writer_reproduces_golden_bytes(tmp_path):
+META_V2 = {
+    "architecture": "golden",
+    "dims": {"n_state": 10, "eps": 1e-5},
+    "quantization": {"method": "rtn", "bits": [3, 4, 5], "decomposed": ["decoder.embed_tokens.weight"]},
+    "provenance": {"source": "synthetic", "revision": 2},
+}
+
+
+def _decomposed(qt: QuantizedTensor, columns: list[int], k: int) -> QuantizedTensor:
+    rows, cols = qt.codes.shape
+    # Offsets: multiples of 1/16 in -7/16 .. 7/16, exact in float32. Outliers: multiples of 3/8 up to 24, exact in
+    # float16 and larger than the coded range, as a real outlier column would be.
+    offset = (((np.arange(cols) * k) % 15 - 7) / 16).astype(np.float32)
+    outliers = (((np.arange(rows * len(columns)).reshape(rows, len(columns)) * k) % 129 - 64) * 3 / 8)
+    return dataclasses.replace(qt, offset=offset, outlier_columns=np.array(columns, np.int64).reshape(-1),
+                               outliers=outliers.astype(np.float16))
+
+
+def golden_v2_tensors() -> dict:
+    return {
+        # the embedding case: asymmetric, k = 2 (one column inside the short last group), last group of 2
+        "decoder.embed_tokens.weight": _decomposed(_qt((6, 10), 4, 4, False, 3), [1, 9], 7),
+        "encoder.conv1.weight": _decomposed(_qt((3, 2, 5), 3, 3, True, 5), [], 5),  # 3-D, k = 0: offset only
+        "encoder.layers.0.fc1.weight": _qt((4, 11), 5, 11, False, 7),  # a plain quantized tensor next to them
+        "encoder.layer_norm.weight": ((np.arange(5) - 2) / 4).astype(np.float16),
+    }
+
+
+# layout revision -> (file, its SHA-256, metadata, tensors)
+GOLDENS = {
+    1: (DATA / "golden_v1.wq", "8f23ae6920baa346a69559dbb5199e29ab3d1c808521e87d4dfa280a48269413", META,
+        golden_tensors),
+    2: (DATA / "golden_v2.wq", "b36a73c46a6919b1bf755072dde82fd2d68859a14e4028f75d85391ef78210b0", META_V2,
+        golden_v2_tensors),
+}
+REVISIONS = pytest.mark.parametrize("revision", sorted(GOLDENS))
+
+
+@REVISIONS
+def test_writer_reproduces_golden_bytes(tmp_path, revision):
+    path, _, meta, tensors = GOLDENS[revision]
     out = tmp_path / "golden.wq"
-    write_wq(out, META, golden_tensors())
+    write_wq(out, meta, tensors())
     data = out.read_bytes()
     if REGEN:
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_bytes(data)
-        pytest.skip(f"rewrote {GOLDEN}; sha256 = {hashlib.sha256(data).hexdigest()} -> update GOLDEN_SHA256, "
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        pytest.skip(f"rewrote {path}; sha256 = {hashlib.sha256(data).hexdigest()} -> update GOLDENS, "
                     "bump the version and add a SPEC.md version-history row")
-    assert data == GOLDEN.read_bytes(), (
-        "the writer no longer produces the golden bytes: the .wq layout changed. If intended, see this file's "
-        "docstring (regenerate, bump the version, update SPEC.md)")
+    assert data == path.read_bytes(), (
+        f"the writer no longer produces the bytes of {path.name}: the .wq layout changed. If intended, see this "
+        "file's docstring (regenerate, bump the version, update SPEC.md)")
 
 
-def test_golden_sha256():
-    assert hashlib.sha256(GOLDEN.read_bytes()).hexdigest() == GOLDEN_SHA256
+@REVISIONS
+def test_golden_sha256(revision):
+    path, sha, _, _ = GOLDENS[revision]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
 
 
 # ---- an independent decoder of SPEC.md ------------------------------------------------------------------
@@ -97,15 +142,18 @@ def _spec_unpack(row: bytes, bits: int, n: int) -> list[int]:
     return out[:n]
 
 
-def _spec_decode(buf: bytes) -> tuple[dict, dict]:
-    """(meta, name -> float32 array) following SPEC.md only."""
+def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
+    """(meta, name -> float32 array, layout revision) following SPEC.md only."""
     magic, version, header_len, header_crc, flags = struct.unpack_from("<4sIQII", buf, 0)
     assert (magic, version, flags) == (b"WAVQ", 1, 0)
     header_bytes = buf[24 : 24 + header_len]
     assert zlib.crc32(header_bytes) == header_crc
     header = msgpack.unpackb(header_bytes, raw=False)
     assert list(header) == sorted(header), "map keys are sorted"
-    assert header["layout_revision"] == 1
+    revision = header["layout_revision"]
+    assert revision in (1, 2)
+    decomposed_any = any("outlier_columns" in e for e in header["tensors"])
+    assert revision == (2 if decomposed_any else 1), "section 9: the lowest revision that expresses the file"
     data_start = _align64(24 + header_len)
     assert set(buf[24 + header_len : data_start]) <= {0}
     assert len(buf) == data_start + header["data_size"]
@@ -127,6 +175,20 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict]:
         rb, zrb = -(-cols // 8) * b, -(-ng // 8) * b
         scale_at = _align64(rows * rb)
         zero_at = _align64(scale_at + rows * ng * 2)
+        end = (zero_at + rows * zrb) if e["encoding"] == 3 else (scale_at + rows * ng * 2)
+        # SPEC.md 5.3: a decomposed tensor (revision 2 only) appends offset[cols] (f32), then outliers[rows][k] (f16)
+        columns = e.get("outlier_columns")
+        if columns is not None:
+            assert revision == 2 and e["encoding"] in (2, 3)
+            assert all(type(c) is int for c in columns) and columns == sorted(set(columns))
+            assert all(0 <= c < cols for c in columns)
+            k = len(columns)
+            offset_at = _align64(end)
+            offset = struct.unpack_from("<%df" % cols, t, offset_at)
+            end = offset_at + cols * 4
+            if k:
+                outlier_at = _align64(end)
+                end = outlier_at + rows * k * 2
         w = np.zeros((rows, cols), np.float32)
         for r in range(rows):
             q = _spec_unpack(t[r * rb : (r + 1) * rb], b, cols)
@@ -136,38 +198,61 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict]:
             else:
                 z = _spec_unpack(t[zero_at + r * zrb : zero_at + (r + 1) * zrb], b, ng)
             for c in range(cols):
-                w[r, c] = np.float32((q[c] - z[c // g]) * s[c // g])  # exact in float64, rounded once
-        end = (zero_at + rows * zrb) if e["encoding"] == 3 else (scale_at + rows * ng * 2)
+                v = np.float32((q[c] - z[c // g]) * s[c // g])  # exact in float64, rounded once
+                if columns is not None:
+                    # float32 + float32 done in float64 and rounded once to float32 equals the float32 sum
+                    # (float64 has more than 2 * 24 + 2 bits, so the double rounding is harmless)
+                    v = np.float32(float(v) + offset[c])
+                w[r, c] = v
+            if columns:
+                values = struct.unpack_from("<%de" % k, t, outlier_at + r * k * 2)
+                for i, c in enumerate(columns):
+                    w[r, c] = values[i]  # assignment: the codes of an outlier column are ignored
         assert end == e["nbytes"]
         out[e["name"]] = w.reshape(shape)
-    return header["meta"], out
+    return header["meta"], out, revision
 
 
-def test_golden_decodes_per_spec():
-    meta, arrays = _spec_decode(GOLDEN.read_bytes())
-    assert meta == META
-    expected = golden_tensors()
+@REVISIONS
+def test_golden_decodes_per_spec(revision):
+    path, _, meta_expected, tensors = GOLDENS[revision]
+    meta, arrays, file_revision = _spec_decode(path.read_bytes())
+    assert meta == meta_expected and file_revision == revision
+    expected = tensors()
     assert list(arrays) == list(expected), "tensors keep insertion order"
     for name, t in expected.items():
         want = dequantize(t) if isinstance(t, QuantizedTensor) else np.asarray(t, np.float32)
         np.testing.assert_array_equal(arrays[name], want, err_msg=name)
 
 
-def test_golden_reads_back():
-    expected = golden_tensors()
-    with WqFile(GOLDEN) as f:
-        assert f.meta == META
+def test_golden_v2_outlier_columns_take_the_stored_values():
+    """The v2 file exercises every step of SPEC.md 5.3: the offset changes values, the float columns replace them."""
+    _, arrays, _ = _spec_decode(GOLDENS[2][0].read_bytes())
+    t = golden_v2_tensors()["decoder.embed_tokens.weight"]
+    plain = dequantize(QuantizedTensor(t.shape, t.bits, t.group_size, t.codes, t.scales, t.zeros))
+    got = arrays["decoder.embed_tokens.weight"]
+    np.testing.assert_array_equal(got[:, [1, 9]], t.outliers.astype(np.float32))
+    others = [c for c in range(10) if c not in (1, 9)]
+    np.testing.assert_array_equal(got[:, others], (plain + t.offset)[:, others])
+    assert (t.offset != 0).any() and (got[:, [1, 9]] != (plain + t.offset)[:, [1, 9]]).all()
+
+
+@REVISIONS
+def test_golden_reads_back(revision):
+    path, _, meta, tensors = GOLDENS[revision]
+    expected = tensors()
+    with WqFile(path) as f:
+        assert f.meta == meta and f.layout_revision == revision
         assert f.verify() == []
         for name, t in expected.items():
             info = f.info(name)
             if isinstance(t, QuantizedTensor):
                 assert info.encoding == t.encoding and info.bits == t.bits and info.group_size == t.group_size
-                q = f.quantized(name)
-                np.testing.assert_array_equal(q.codes, t.codes)
-                np.testing.assert_array_equal(q.scales.view(np.uint16), t.scales.view(np.uint16))
-                if t.zeros is not None:
-                    np.testing.assert_array_equal(q.zeros, t.zeros)
-                np.testing.assert_array_equal(f.array(name), dequantize(t))
+                assert info.outlier_columns == (None if t.outlier_columns is None else tuple(t.outlier_columns))
+                assert quantized_codes_equal(f.quantized(name), t)
+                full = f.array(name)
+                np.testing.assert_array_equal(full, dequantize(t))
+                np.testing.assert_array_equal(f.array(name, rows=slice(1, 3)), full[1:3])
             else:
                 assert info.encoding == (Encoding.F16 if t.dtype == np.float16 else Encoding.F32)
                 np.testing.assert_array_equal(f.array(name), t.astype(np.float32))

@@ -8,7 +8,17 @@ import msgpack
 import numpy as np
 import pytest
 
-from formats_helpers import fix_tensor_crc, rebuild, sample_bytes, sample_tensors, split, tensor_span
+from formats_helpers import (
+    decomposed_bytes,
+    decomposed_tensors,
+    fix_tensor_crc,
+    quantized_codes_equal,
+    rebuild,
+    sample_bytes,
+    sample_tensors,
+    split,
+    tensor_span,
+)
 from wavq.formats import (
     AlignmentError,
     BadMagicError,
@@ -29,7 +39,9 @@ from wavq.formats import (
     WqFile,
     dequantize,
 )
-from wavq.formats.constants import MAX_DIM, MAX_HEADER_LEN, MAX_NAME_LEN, PREFIX_SIZE, align
+from wavq.formats import reader as reader_module
+from wavq.formats.constants import MAX_DIM, MAX_HEADER_LEN, MAX_NAME_LEN, PREFIX_SIZE, Encoding, align
+from wavq.formats.layout import part_names, tensor_parts
 
 
 @pytest.fixture
@@ -45,6 +57,12 @@ def put(tmp_path):
 def parts():
     """Fresh (header, data) of the sample file, to edit."""
     _, header, data = split(sample_bytes())
+    return header, data
+
+
+def decomposed_parts():
+    """Fresh (header, data) of the revision-2 sample (decomposed tensors), to edit."""
+    _, header, data = split(decomposed_bytes())
     return header, data
 
 
@@ -226,7 +244,7 @@ def test_meta_not_plain(put, meta):
     rejects(put, rebuild(raw, data), MalformedHeaderError, "plain msgpack")
 
 
-@pytest.mark.parametrize("revision", [0, 2, 99])
+@pytest.mark.parametrize("revision", [0, 3, 99])
 def test_unsupported_layout_revision(put, revision):
     header, data = parts()
     header["layout_revision"] = revision
@@ -489,3 +507,155 @@ def test_rows_must_be_a_slice(put):
     with WqFile(put(sample_bytes())) as f:
         with pytest.raises(TypeError, match="slice"):
             f.array("q.sym3", rows=1)
+
+
+# ---- decomposed tensors (layout revision 2, SPEC.md 5.3) -------------------------------------------------------
+def part_at(buf: bytes, name: str, part: str) -> int:
+    """File offset of one part ("offset", "outliers", ...) of a tensor."""
+    start, _, e = tensor_span(buf, name)
+    enc = Encoding(e["encoding"])
+    k = len(e["outlier_columns"]) if "outlier_columns" in e else None
+    spans = dict(zip(part_names(enc, k), tensor_parts(enc, tuple(e["shape"]), e.get("bits"), e.get("group_size"), k)))
+    return start + spans[part][0]
+
+
+def test_decomposed_sample_reads_back(put):
+    with WqFile(put(decomposed_bytes())) as f:
+        assert f.layout_revision == 2 and f.verify() == []
+        assert f.info("d.asym").outlier_columns == (2, 11, 19) and f.info("d.sym0").outlier_columns == ()
+        assert f.info("q.plain").outlier_columns is None and f.info("f.f32").outlier_columns is None
+        for name, t in decomposed_tensors().items():
+            if not hasattr(t, "codes"):
+                np.testing.assert_array_equal(f.array(name), t)
+                continue
+            assert quantized_codes_equal(f.quantized(name), t)
+            full = f.array(name)
+            np.testing.assert_array_equal(full, dequantize(t))
+            for sel in (slice(1, 3), slice(None, None, 2), slice(-1, None), slice(2, 1)):
+                np.testing.assert_array_equal(f.array(name, rows=sel), full[sel], err_msg=f"{name} {sel}")
+
+
+def test_writer_uses_the_lowest_revision():
+    assert split(sample_bytes())[1]["layout_revision"] == 1
+    assert split(decomposed_bytes())[1]["layout_revision"] == 2
+
+
+def test_revision_2_file_without_decomposed_tensors_is_valid(put):
+    header, data = parts()
+    header["layout_revision"] = 2
+    with WqFile(put(rebuild(header, data))) as f:
+        assert f.layout_revision == 2 and f.verify() == []
+        np.testing.assert_array_equal(f.array("q.sym3"), dequantize(sample_tensors()["q.sym3"]))
+
+
+def test_revision_1_reader_reads_plain_files_and_rejects_decomposed_ones(put, monkeypatch):
+    """Why the writer writes the lowest revision: a reader that predates revision 2 still reads files without
+    decomposed tensors, and refuses (rather than misreads) the others."""
+    monkeypatch.setattr(reader_module, "SUPPORTED_LAYOUT_REVISIONS", (1,))
+    with WqFile(put(sample_bytes())) as f:
+        assert f.verify() == []
+    rejects(put, decomposed_bytes(), UnsupportedVersionError, "layout revision 2")
+
+
+@pytest.mark.parametrize("name", ["f.f32", "f.f16"])
+def test_outlier_columns_on_a_float_encoding(put, name):
+    header, data = parts() if name == "f.f16" else decomposed_parts()
+    entry(header, name)["outlier_columns"] = [0]
+    header["layout_revision"] = 2
+    rejects(put, rebuild(header, data), MalformedHeaderError, f"'{name}'.*quantized encodings only")
+
+
+@pytest.mark.parametrize("source", ["decomposed file relabelled", "key added to a revision-1 file"])
+def test_outlier_columns_in_a_revision_1_file(put, source):
+    if source == "decomposed file relabelled":
+        header, data = decomposed_parts()
+        header["layout_revision"] = 1
+        name = "d.asym"
+    else:
+        header, data = parts()
+        entry(header, "q.sym3")["outlier_columns"] = []
+        name = "q.sym3"
+    rejects(put, rebuild(header, data), MalformedHeaderError, f"'{name}'.*layout revision 2.*revision 1")
+
+
+@pytest.mark.parametrize("value", [
+    5, "2,11,19", None, {}, [2.0, 11, 19], [True, 11, 19], [2, False, 19], ["2", 11, 19], [-1, 11, 19],
+    [2, 11, [19]], b"\x02",
+], ids=lambda v: repr(v)[:20])
+def test_outlier_columns_not_an_array_of_uints(put, value):
+    header, data = decomposed_parts()
+    entry(header, "d.asym")["outlier_columns"] = value
+    rejects(put, rebuild(header, data), MalformedHeaderError, "'d.asym'.*not an array of non-negative integers")
+
+
+@pytest.mark.parametrize("value", [[11, 2, 19], [2, 2, 19], [2, 19, 19], [19, 11, 2]])
+def test_outlier_columns_not_strictly_increasing(put, value):
+    header, data = decomposed_parts()
+    entry(header, "d.asym")["outlier_columns"] = value
+    rejects(put, rebuild(header, data), MalformedHeaderError, "'d.asym'.*not strictly increasing")
+
+
+@pytest.mark.parametrize("value", [[2, 11, 20], [2, 11, 2**40], [2, 11, 2**64 - 1]])
+def test_outlier_column_outside_the_columns(put, value):
+    header, data = decomposed_parts()  # d.asym has 20 columns
+    entry(header, "d.asym")["outlier_columns"] = value
+    rejects(put, rebuild(header, data), MalformedHeaderError, r"'d.asym'.*outside 0\.\.19")
+
+
+@pytest.mark.parametrize("name,edit", [
+    ("d.asym", "fewer columns"), ("d.asym", "more columns"), ("d.asym", "key removed"), ("d.asym", "nbytes+1"),
+    ("d.sym0", "key removed"), ("d.sym0", "one column"), ("q.plain", "key added"),
+])
+def test_decomposed_nbytes_does_not_match(put, name, edit):
+    header, data = decomposed_parts()
+    e = entry(header, name)
+    if edit == "fewer columns":
+        e["outlier_columns"] = [2, 11]
+    elif edit == "more columns":
+        e["outlier_columns"] = [2, 5, 11, 19]
+    elif edit == "key removed":
+        del e["outlier_columns"]
+    elif edit == "nbytes+1":
+        e["nbytes"] += 1
+    elif edit == "one column":
+        e["outlier_columns"] = [0]
+    else:
+        e["outlier_columns"] = []
+    rejects(put, rebuild(header, data), ShapeMismatchError, f"'{name}'.*needs")
+
+
+@pytest.mark.parametrize("part,what", [("offset", "non-finite offset"), ("outliers", "non-finite outlier value")])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_decomposition_values(put, part, what, bad):
+    buf = bytearray(decomposed_bytes())
+    at = part_at(bytes(buf), "d.asym", part)
+    dtype = np.float32 if part == "offset" else np.float16
+    size = np.dtype(dtype).itemsize
+    buf[at + 3 * size : at + 4 * size] = np.array(bad, dtype).tobytes()  # one value inside the part
+    path = put(fix_tensor_crc(bytes(buf), "d.asym"))
+    with WqFile(path) as f:  # opening reads only the header
+        for use in (f.array, f.quantized, lambda n: f.array(n, rows=slice(0, 1))):
+            with pytest.raises(InvalidValueError, match=f"'d.asym' has a {what}") as info:
+                use("d.asym")
+            assert info.value.tensor == "d.asym" and path in str(info.value)
+        assert [p.tensor for p in f.verify()] == ["d.asym"]
+        f.array("d.sym0")  # the other tensors stay readable
+
+
+@pytest.mark.parametrize("part", ["offset", "outliers"])
+def test_checksum_covers_the_decomposition_parts(put, part):
+    buf = bytearray(decomposed_bytes())
+    buf[part_at(bytes(buf), "d.asym", part) + 1] ^= 0x04
+    with WqFile(put(bytes(buf))) as f:
+        with pytest.raises(ChecksumError, match="d.asym"):
+            f.array("d.asym")
+        assert [p.tensor for p in f.verify()] == ["d.asym"]
+
+
+def test_raw_lists_the_stored_parts(put):
+    with WqFile(put(decomposed_bytes())) as f:
+        asym = f.raw("d.asym")  # codes, scales, zeros, offset, outliers
+        assert [a.shape for a in asym[3:]] == [(20,), (6, 3)]
+        assert asym[3].dtype == np.float32 and asym[4].dtype == np.float16
+        assert len(f.raw("d.sym0")) == 3  # codes, scales, offset: k = 0 stores no outliers part
+        assert len(f.raw("q.plain")) == 2

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 import pytest
 
-from formats_helpers import SAMPLE_META, sample_tensors
+from formats_helpers import SAMPLE_META, decompose, decomposed_tensors, sample_tensors
 from wavq.formats import (
     Encoding,
     OutputExistsError,
@@ -143,6 +144,35 @@ def test_bad_tensors_rejected(tmp_path):
         with pytest.raises(ValueError, match="at most 8 dimensions"):
             w.add("d", np.zeros((1,) * 9, np.float32))
         w.add("q", qt)  # the writer is still usable after rejected calls
+
+
+def test_bad_decomposed_tensors_rejected(tmp_path):
+    qt, _ = quantize(np.random.default_rng(0).standard_normal((3, 10)).astype(np.float32), 4, 4, symmetric=False)
+    good = decompose(qt, np.zeros(10), [2, 7], np.ones((3, 2)))
+    with WqWriter(tmp_path / "m.wq", {}) as w:
+        for field, bad, match in (("offset", np.full(10, np.nan, np.float32), "non-finite offset"),
+                                  ("outliers", np.full((3, 2), np.inf, np.float16), "non-finite outlier")):
+            with pytest.raises(ValueError, match=match):
+                w.add("d", dataclasses.replace(good, **{field: bad}))
+        # numpy arrays stay mutable after QuantizedTensor checked them: the writer checks again
+        mutated = decompose(qt, np.zeros(10), [2, 7], np.ones((3, 2)))
+        mutated.outlier_columns[:] = [7, 2]
+        with pytest.raises(ValueError, match="strictly increasing"):
+            w.add("d", mutated)
+        with pytest.raises(ValueError, match="not F16"):
+            w.add("d", good, Encoding.F16)
+        assert w.layout_revision == 1  # nothing decomposed was added
+        w.add("d", good)  # still usable
+        assert w.layout_revision == 2
+    with WqFile(tmp_path / "m.wq") as f:
+        assert f.layout_revision == 2 and list(f.tensors) == ["d"] and f.info("d").outlier_columns == (2, 7)
+
+
+def test_decomposed_same_inputs_same_bytes(tmp_path):
+    a, b = tmp_path / "a.wq", tmp_path / "b.wq"
+    write_wq(a, SAMPLE_META, decomposed_tensors())
+    write_wq(b, SAMPLE_META, decomposed_tensors())
+    assert a.read_bytes() == b.read_bytes()
 
 
 def test_float_encodings(tmp_path):

@@ -30,12 +30,18 @@ def _parse_keep(ctx, param, values) -> list[tuple[str, int]]:
               help="rtn, gptq, awq, or a '+' combination such as awq+clip+gptq; 'clip' adds range clipping search.")
 @click.option("--group-size", type=click.IntRange(0), default=128, show_default=True,
               help="Input columns per scale; 0 = one scale per output channel.")
-@click.option("--asym", is_flag=True, help="Asymmetric codes with a zero point per group (default symmetric).")
+@click.option("--asym/--sym", default=True, show_default="--asym",
+              help="Asymmetric codes with a zero point per group, or symmetric codes (zero point fixed at the middle "
+                   "code; 1/32 bit per weight less at group 128, but a larger error on Whisper's skewed groups).")
 @click.option("--target-bpw", type=click.FloatRange(2.0, 9.0), default=None,
               help="Mixed precision: choose bits per tensor to average this many bits per weight (scales included).")
 @click.option("--keep", "keep", multiple=True, callback=_parse_keep, metavar="PATTERN=BITS",
               help="Pin tensors whose name matches the glob PATTERN to BITS (repeatable; 16 or 32 keeps them float), "
                    "e.g. '*conv1*=8'. Below 4 bits, pin Whisper's tied embedding: '*embed_tokens*=8'.")
+@click.option("--embedding-outliers", type=click.IntRange(0, 64), default=4, show_default=True,
+              help="Store token-embedding tables as a float32 mean row + this many float16 outlier columns + codes of "
+                   "the rest (0: plain codes). Costs 32 + 16 * K bits per row; cuts Whisper's embedding error "
+                   "several-fold.")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False), default=None,
               help="Calibration audio: a LibriSpeech-layout directory or any folder of audio files.")
 @click.option("--calib-samples", type=click.IntRange(1), default=128, show_default=True,
@@ -47,8 +53,8 @@ def _parse_keep(ctx, param, values) -> list[tuple[str, int]]:
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of SOURCE.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def main(source, output, bits, method, group_size, asym, target_bpw, keep, calib, calib_samples, act_order, seed,
-         dtype, revision, force, quiet) -> None:
+def main(source, output, bits, method, group_size, asym, target_bpw, keep, embedding_outliers, calib, calib_samples,
+         act_order, seed, dtype, revision, force, quiet) -> None:
     """Convert SOURCE (a Hugging Face hub id or local model directory) to a .wq file.
 
     \b
@@ -59,8 +65,8 @@ def main(source, output, bits, method, group_size, asym, target_bpw, keep, calib
     from .export import convert
 
     quantize = bits is not None or target_bpw is not None
-    if not quantize and (method or keep or asym or calib or act_order):
-        raise click.UsageError("--method, --keep, --asym, --calib and --act-order need --bits or --target-bpw")
+    if not quantize and (method or keep or calib or act_order):
+        raise click.UsageError("--method, --keep, --calib and --act-order need --bits or --target-bpw")
     recipe = None
     calib_items = None
     try:
@@ -69,7 +75,8 @@ def main(source, output, bits, method, group_size, asym, target_bpw, keep, calib
 
             recipe = Recipe.from_options(method=method or "rtn", bits=bits, group_size=group_size,
                                          symmetric=not asym, target_bpw=target_bpw, keep=keep,
-                                         act_order=act_order, calib_samples=calib_samples, seed=seed)
+                                         act_order=act_order, calib_samples=calib_samples, seed=seed,
+                                         outlier_columns=embedding_outliers)
             if recipe.needs_calibration and calib is None:
                 raise click.UsageError(f"method {recipe.method!r} needs calibration audio: pass --calib DIR")
             if calib is not None and recipe.uses_calibration:

@@ -4,6 +4,7 @@ determinism, and the output contract of quantize_tensors."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 
 import msgpack
@@ -20,7 +21,7 @@ from wavq.converter.quant import pipeline  # noqa: E402
 from wavq.converter.quant.mixed import bits_per_weight  # noqa: E402
 from wavq.converter.quant.recipe import Recipe  # noqa: E402
 from wavq.converter.whisper import WhisperExporter  # noqa: E402
-from wavq.formats import QuantizedTensor  # noqa: E402
+from wavq.formats import QuantizedTensor, dequantize  # noqa: E402
 
 SOT, EOT, VOCAB = 90, 91, 96
 SR = 16_000
@@ -179,3 +180,52 @@ def test_teacher_forcing_uses_transcripts(tiny):
     assert tokens[0] == [SOT] + CharTokenizer().encode(" Hello there") + [EOT]
     assert all(t[0] == SOT and t[-1] == EOT for t in tokens)
     assert sentence_case("MISTER QUILTER  IS") == "Mister quilter is" and sentence_case("Already ok") == "Already ok"
+
+
+def test_decomposed_embedding_cuts_logits_error_and_reads_back_in_the_runtime(tiny, tmp_path):
+    """Give the random model's tied embedding Whisper's real structure (a large shared mean row, one outlier
+    column); the decomposed table then quantizes with a smaller logits error, and the runtime, reading the
+    written file, reconstructs exactly the weights the converter calibrated with."""
+    from wavq.formats import WqFile, write_wq
+    from wavq.runtime.info import summarize
+    from wavq.runtime.weights import Weights
+
+    model, exporter, tensors, items = tiny
+    emb = "model.decoder.embed_tokens.weight"
+    rng = np.random.default_rng(5)
+    planted = {}
+    for t in tensors:
+        if t.name == emb:
+            w = t.array + rng.standard_normal(t.array.shape[1]).astype(np.float32) * 0.2
+            w[:, 7] += 1.5 + rng.standard_normal(t.array.shape[0]).astype(np.float32) * 0.5
+            planted[t.name] = w
+    tensors2 = [dataclasses.replace(t, array=planted.get(t.name, t.array)) for t in tensors]
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        ref.model.decoder.embed_tokens.weight.copy_(torch.from_numpy(planted[emb]))
+    exporter2 = copy.copy(exporter)
+    exporter2.model = ref
+    cal = _calibration(exporter2, tensors2, items)
+    errs, outs = {}, {}
+    for k in (0, 4):
+        out, info = pipeline.quantize_tensors(exporter2, tensors2, Recipe(method="gptq", bits=3, group_size=32,
+                                                                          outlier_columns=k), items)
+        errs[k], outs[k] = _quantized_logits_error(ref, cal, out), (out, info)
+    assert errs[4] < 0.7 * errs[0], errs
+    out, info = outs[4]
+    qt = out[emb]
+    assert qt.decomposed and 7 in qt.outlier_columns and len(qt.outlier_columns) == 4
+    assert not outs[0][0][emb].decomposed
+    assert all(not v.decomposed for n, v in out.items() if isinstance(v, QuantizedTensor) and n != emb)
+
+    path = tmp_path / "m.wq"
+    write_wq(path, {"architecture": "test"}, out)
+    with WqFile(path) as f:
+        assert summarize(f).quantized_bpw == pytest.approx(info["bits_per_weight"], rel=1e-5)
+    w = Weights.open(path)
+    full = dequantize(qt)
+    idx = np.array([[0, 5, 5], [VOCAB - 1, 2, 7]])
+    np.testing.assert_array_equal(w.take(emb, idx), full[idx])
+    np.testing.assert_array_equal(w.rows(emb, 3, 11), full[3:11])
+    np.testing.assert_array_equal(w[emb], full)
+    w.close()

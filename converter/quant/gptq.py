@@ -12,6 +12,10 @@ column, from the already-updated weights (as the reference does). With act-order
 order of decreasing Hessian diagonal, so groups of the natural order would be reached piecemeal; their scales
 are then computed up front from the weights as given ("static groups"), and each permuted column uses the scale
 of its natural group. Per-channel scales (group_size 0) are always computed up front.
+
+Decomposed tensors (decompose.py): GPTQ runs on W - offset. The float columns take part like any other column,
+but their "quantizer" is float16 rounding of the full value (their codes stay at the zero code), so the error
+compensation flows into them and they store their updated values; they are left out of every group's range.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 
 from ...formats import QuantizedTensor, rtn_scales
 from ...formats.codecs import n_groups
+from .decompose import Decomposition, decompose
 from .rtn import QuantSpec
 
 GPTQ_BLOCK = 128  # columns per lazy batch update
@@ -50,16 +55,26 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor |
 
 
 def gptq(w: np.ndarray, hessian: torch.Tensor, spec: QuantSpec, damp: float, act_order: bool = False,
-         clip: np.ndarray | None = None) -> QuantizedTensor | None:
+         clip: np.ndarray | None = None, decomposition: Decomposition | None = None) -> QuantizedTensor | None:
     """GPTQ codes for `w` (any rank >= 2, quantized as its 2-D view) given H = mean x x^T of its inputs.
 
-    `clip` (rows, n_groups) shrinks each group's range like round-to-nearest's clip. Returns None when the
-    dampened Hessian cannot be factored even after DAMP_RETRIES increases (the caller falls back to RTN).
+    `clip` (rows, n_groups) shrinks each group's range like round-to-nearest's clip. A decomposed spec uses
+    `decomposition` (by default chosen from the weight alone). Returns None when the dampened Hessian cannot be
+    factored even after DAMP_RETRIES increases (the caller falls back to RTN).
     """
     shape = tuple(int(d) for d in w.shape)
     rows = shape[0]
     w2d = np.ascontiguousarray(w, dtype=np.float32).reshape(rows, -1)
     cols = w2d.shape[1]
+    dec = None
+    if spec.outliers:
+        dec = decomposition or decompose(w2d, spec.outliers)
+        w2d = w2d - dec.offset[None, :]
+    floating = np.zeros(cols, dtype=bool)  # float16 columns of a decomposed tensor
+    if dec is not None:
+        floating[dec.columns] = True
+    outlier_t = np.empty((len(dec.columns) if dec is not None else 0, rows), dtype=np.float16)
+    slot = {int(c): j for j, c in enumerate(dec.columns)} if dec is not None else {}
     bits, sym = spec.bits, spec.symmetric
     gs = spec.resolve(cols)
     ng = n_groups(cols, gs)
@@ -73,7 +88,7 @@ def gptq(w: np.ndarray, hessian: torch.Tensor, spec: QuantSpec, damp: float, act
     scale_t = np.empty((ng, rows), dtype=np.float32)  # float32 scales / zero points the loop uses, transposed
     zero_t = np.full((ng, rows), 1 << (bits - 1), dtype=np.float32)
     if static:
-        scales[:], z = rtn_scales(w2d, bits, gs, sym, clip_all)
+        scales[:], z = rtn_scales(np.where(floating[None, :], np.float32(0), w2d), bits, gs, sym, clip_all)
         scale_t[:] = scales.T
         if not sym:
             zeros[:] = z
@@ -108,7 +123,8 @@ def gptq(w: np.ndarray, hessian: torch.Tensor, spec: QuantSpec, damp: float, act
             g = group_of[col]
             if not static and col % gs == 0:
                 width = min(gs, cols - col)
-                s16, z8 = rtn_scales(w1[i : i + width].T, bits, width, sym, clip_all[:, g : g + 1])
+                ranged = np.where(floating[col : col + width, None], np.float32(0), w1[i : i + width])
+                s16, z8 = rtn_scales(ranged.T, bits, width, sym, clip_all[:, g : g + 1])
                 scales[:, g] = s16[:, 0]
                 scale_t[g] = s16[:, 0].astype(np.float32)
                 if not sym:
@@ -116,14 +132,23 @@ def gptq(w: np.ndarray, hessian: torch.Tensor, spec: QuantSpec, damp: float, act
                     zero_t[g] = z8[:, 0].astype(np.float32)
             s, z = scale_t[g], zero_t[g]
             w = w1[i]
-            # exactly formats.codecs.quantize_with_scales, one column at a time
-            q = np.clip(np.rint(w / np.where(s == 0, np.float32(1), s)) + z, 0, maxq)
-            codes_t[col] = q
-            e = (w - (q - z) * s) / hinv1[i, i]
+            natural = int(perm[col])
+            if floating[natural]:  # stored as float16 of the full value; its code decodes to 0
+                off = dec.offset[natural]
+                v = (w + off).astype(np.float16)
+                outlier_t[slot[natural]] = v
+                codes_t[col] = z
+                e = (w - (v.astype(np.float32) - off)) / hinv1[i, i]
+            else:
+                # exactly formats.codecs.quantize_with_scales, one column at a time
+                q = np.clip(np.rint(w / np.where(s == 0, np.float32(1), s)) + z, 0, maxq)
+                codes_t[col] = q
+                e = (w - (q - z) * s) / hinv1[i, i]
             w1[i + 1 :] -= np.outer(hinv1[i, i + 1 :], e)
             err1[i] = e
         wt[i2:] -= hinv[i1:i2, i2:].T @ err1
 
     codes = np.empty((rows, cols), dtype=np.uint8)
     codes[:, perm] = codes_t.T  # back to the natural column order
-    return QuantizedTensor(shape, bits, gs, codes, scales, zeros)
+    qt = QuantizedTensor(shape, bits, gs, codes, scales, zeros)
+    return qt if dec is None else dec.attach(qt, outlier_t.T)

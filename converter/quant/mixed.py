@@ -5,7 +5,8 @@ Bits per weight (bpw) counts exactly what a .wq file stores for its quantized te
     bpw = sum_t (bits_t * numel_t + 16 * n_scales_t + [asymmetric] bits_t * n_scales_t) / sum_t numel_t
 
 over every quantized tensor t, with n_scales_t = rows * ceil(cols / group_size) of its 2-D view (one float16
-scale, and for asymmetric codes one zero point of bits_t bits, per group). Float tensors (norms, biases,
+scale, and for asymmetric codes one zero point of bits_t bits, per group); a decomposed embedding table adds its
+float32 offset row and float16 outlier columns (32 * cols + 16 * rows * k). Float tensors (norms, biases,
 positions, tensors kept float) are not counted; neither are the container's alignment padding and header.
 The per-tensor count is formats.stats.payload_bits, which `wavq info` uses too.
 
@@ -39,29 +40,31 @@ EXCHANGE_ROUNDS = 1000  # bound on the local-search moves after the hull walk (e
 MIXED_BITS = tuple(range(MIN_BITS, MAX_BITS + 1))
 
 
-def storage_bits(shape: tuple[int, ...], bits: int, group_size: int, symmetric: bool) -> int:
-    """Bits a .wq stores for one quantized tensor: codes, float16 scales, and zero points when asymmetric
-    (formats.stats.payload_bits, the count `wavq info` uses)."""
+def storage_bits(shape: tuple[int, ...], bits: int, group_size: int, symmetric: bool, outliers: int = 0) -> int:
+    """Bits a .wq stores for one quantized tensor: codes, float16 scales, zero points when asymmetric, and the
+    offset row and `outliers` float columns when decomposed (formats.stats.payload_bits, as `wavq info`)."""
     cols = view_2d_shape(shape)[1]
     encoding = Encoding.QSYM if symmetric else Encoding.QASYM
-    return payload_bits(encoding, tuple(shape), bits, resolve_group_size(cols, group_size))
+    return payload_bits(encoding, tuple(shape), bits, resolve_group_size(cols, group_size),
+                        outliers=outliers if outliers > 0 else None)
 
 
 def bits_per_weight(tensors: Iterable[QuantizedTensor]) -> float:
     """Effective bits per weight over quantized tensors (0.0 when there are none)."""
     total = numel = 0
     for qt in tensors:
-        total += storage_bits(qt.shape, qt.bits, qt.group_size, qt.symmetric)
+        total += payload_bits(qt.encoding, tuple(qt.shape), qt.bits, qt.group_size,
+                              outliers=len(qt.outlier_columns) if qt.decomposed else None)
         numel += int(np.prod(qt.shape))
     return total / numel if numel else 0.0
 
 
 def sensitivity(w2d: np.ndarray, group_size: int, symmetric: bool, stats: Stats,
-                bits_options: Iterable[int] = MIXED_BITS) -> dict[int, float]:
+                bits_options: Iterable[int] = MIXED_BITS, outliers: int = 0) -> dict[int, float]:
     """err(b): summed output (or, with IdentityStats, weight) squared error of round-to-nearest at each width."""
     out = {}
     for b in bits_options:
-        deq = fake_quant(w2d, QuantSpec(b, group_size, symmetric))
+        deq = fake_quant(w2d, QuantSpec(b, group_size, symmetric, outliers))
         out[b] = float(stats.row_error(torch.from_numpy(w2d - deq)).sum())
     return out
 
@@ -169,17 +172,16 @@ def _exchange(candidates: list[Candidate], bits: list[int], left: int) -> list[i
     return [options[k] for k in cur]
 
 
-def fixed_storage(items: Mapping[str, tuple[tuple[int, ...], int]], group_size: int,
-                  symmetric: bool) -> tuple[int, int]:
-    """(stored bits, weights) of pinned tensors given name -> (shape, bits)."""
+def fixed_storage(items: Mapping[str, tuple], group_size: int, symmetric: bool) -> tuple[int, int]:
+    """(stored bits, weights) of pinned tensors given name -> (shape, bits) or (shape, bits, outlier columns)."""
     total = numel = 0
-    for shape, b in items.values():
-        total += storage_bits(shape, b, group_size, symmetric)
+    for shape, b, *rest in items.values():
+        total += storage_bits(shape, b, group_size, symmetric, *rest)
         numel += int(np.prod(shape))
     return total, numel
 
 
 def make_candidate(name: str, shape: tuple[int, ...], group_size: int, symmetric: bool,
-                   error: dict[int, float]) -> Candidate:
-    cost = {b: storage_bits(shape, b, group_size, symmetric) for b in error}
+                   error: dict[int, float], outliers: int = 0) -> Candidate:
+    cost = {b: storage_bits(shape, b, group_size, symmetric, outliers) for b in error}
     return Candidate(name, int(np.prod(shape)), cost, dict(error))

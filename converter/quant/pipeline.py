@@ -27,6 +27,7 @@ import torch
 from ...formats import QuantizedTensor
 from ..registry import ConversionError, ExportTensor
 from .clip import search_clip
+from .decompose import decompose
 from .mixed import (AllocationError, MIXED_BITS, allocate_bits, bits_per_weight, fixed_storage, make_candidate,
                     sensitivity)
 from .recipe import FLOAT_KEEP_BITS, Recipe
@@ -118,6 +119,9 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
         return SequentialQuantizer(plan, specs, damp=recipe.damp, act_order=recipe.act_order,
                                    true_sequential=recipe.true_sequential, seed=recipe.seed, progress=progress)
 
+    # embedding tables are stored decomposed (offset row + float columns + codes of the residual)
+    outliers = {t.name: recipe.outlier_columns if t.kind == "embedding" else 0 for t in quantizable}
+
     # -- bits per tensor ------------------------------------------------------------------------------------
     if recipe.target_bpw is not None:
         errors: dict[str, dict[int, float]] = {}
@@ -128,15 +132,16 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
                                      cal.module.losses(cal.model, cal.batches), progress)
             for t in wanted:
                 w = t.array
-                errors[t.name] = {b: fisher_error(w, fake_quant(as_2d(w), QuantSpec(b, gs, sym)), fisher[t.name])
+                errors[t.name] = {b: fisher_error(w, fake_quant(as_2d(w), QuantSpec(b, gs, sym, outliers[t.name])),
+                                                  fisher[t.name])
                                   for b in MIXED_BITS}
         for t in free:
             if t.name not in errors:
                 w2d = as_2d(t.array)
-                errors[t.name] = sensitivity(w2d, gs, sym, IdentityStats(w2d.shape[1]))
-        candidates = [make_candidate(t.name, t.array.shape, gs, sym, errors[t.name]) for t in free]
+                errors[t.name] = sensitivity(w2d, gs, sym, IdentityStats(w2d.shape[1]), outliers=outliers[t.name])
+        candidates = [make_candidate(t.name, t.array.shape, gs, sym, errors[t.name], outliers[t.name]) for t in free]
         shapes = {t.name: t.array.shape for t in quantizable}
-        fixed_bits, fixed_numel = fixed_storage({n: (shapes[n], b) for n, b in pinned.items()}, gs, sym)
+        fixed_bits, fixed_numel = fixed_storage({n: (shapes[n], b, outliers[n]) for n, b in pinned.items()}, gs, sym)
         try:
             bits = allocate_bits(candidates, recipe.target_bpw, fixed_bits, fixed_numel)
         except AllocationError as e:
@@ -144,7 +149,7 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
     else:
         bits = {t.name: recipe.bits for t in free}
     bits.update(pinned)
-    specs = {name: QuantSpec(b, recipe.group_size, recipe.symmetric) for name, b in bits.items()}
+    specs = {name: QuantSpec(b, recipe.group_size, recipe.symmetric, outliers[name]) for name, b in bits.items()}
 
     # -- quantize -------------------------------------------------------------------------------------------
     results: dict[str, QuantizedTensor] = {}
@@ -158,10 +163,11 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
         if t.name in specs and t.name not in results:
             spec = specs[t.name]
             clip = None
+            decomposition = decompose(as_2d(t.array), spec.outliers) if spec.outliers else None
             if plan.clip:
-                w2d = as_2d(t.array)
-                clip = search_clip(w2d, spec, IdentityStats(w2d.shape[1]))[0]
-            results[t.name] = rtn(t.array, spec, clip)
+                w2d = as_2d(t.array) if decomposition is None else decomposition.residual(as_2d(t.array))
+                clip = search_clip(w2d, spec.plain, IdentityStats(w2d.shape[1]))[0]
+            results[t.name] = rtn(t.array, spec, clip, decomposition)
             uncalibrated.append(t.name)
 
     # -- assemble -------------------------------------------------------------------------------------------

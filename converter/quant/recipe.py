@@ -24,6 +24,8 @@ SCALERS = ("awq", "clip")
 FLOAT_KEEP_BITS = (16, 32)  # --keep PATTERN=16|32: leave matching tensors unquantized (stored in the file dtype)
 DEFAULT_DAMP = 0.01  # GPTQ dampening, as a fraction of the mean Hessian diagonal (the GPTQ paper's default)
 DEFAULT_CALIB_SAMPLES = 128
+DEFAULT_OUTLIER_COLUMNS = 4  # float16 columns of a decomposed embedding table (decompose.py)
+MAX_OUTLIER_COLUMNS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +70,7 @@ class Recipe:
     method: str = "rtn"  # see the module docstring; normalised to the canonical order, e.g. "awq+clip+gptq"
     bits: int | None = 4  # bits per weight code (2..8); None only with target_bpw
     group_size: int = 128  # input columns per scale; 0 = one scale per output channel
-    symmetric: bool = True
+    symmetric: bool = False  # asymmetric by default: Whisper's weight groups are skewed (half the error)
     clip: bool = False  # same as adding "+clip" to the method
     target_bpw: float | None = None  # mixed precision: average bits per quantized weight, scales included
     keep: tuple[tuple[str, int], ...] = ()  # (fnmatch pattern, bits); the last matching pattern wins
@@ -77,6 +79,8 @@ class Recipe:
     calib_samples: int = DEFAULT_CALIB_SAMPLES
     seed: int = 0
     true_sequential: bool = True  # re-collect a layer's inputs after the layers before it in its block are quantized
+    # embedding tables are stored decomposed (offset row + this many float16 columns + codes); 0 = plain codes
+    outlier_columns: int = DEFAULT_OUTLIER_COLUMNS
 
     def __post_init__(self) -> None:
         plan = parse_method(self.method, self.clip)
@@ -100,6 +104,8 @@ class Recipe:
         if not 0 < self.damp < 1:
             raise ValueError(f"GPTQ dampening must be between 0 and 1 (fraction of the mean Hessian diagonal), "
                              f"got {self.damp}")
+        if not 0 <= self.outlier_columns <= MAX_OUTLIER_COLUMNS:
+            raise ValueError(f"embedding outlier columns must be 0..{MAX_OUTLIER_COLUMNS}, got {self.outlier_columns}")
         if self.calib_samples < 1:
             raise ValueError(f"calibration samples must be >= 1, got {self.calib_samples}")
 
@@ -149,4 +155,5 @@ class Recipe:
             "calib_samples": self.calib_samples,
             "seed": self.seed,
             "true_sequential": self.true_sequential,
+            "outlier_columns": self.outlier_columns,
         }

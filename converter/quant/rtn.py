@@ -10,8 +10,9 @@ import dataclasses
 
 import numpy as np
 
-from ...formats import QuantizedTensor, quantize, quantize_with_scales, rtn_scales
+from ...formats import QuantizedTensor, dequantize, quantize, quantize_with_scales, rtn_scales
 from ...formats.codecs import dequantize_rows, resolve_group_size, view_2d_shape
+from .decompose import Decomposition, decompose
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,9 +22,15 @@ class QuantSpec:
     bits: int
     group_size: int  # as requested (0 = per output channel); resolve() gives the columns per group used
     symmetric: bool = True
+    outliers: int = 0  # > 0: decomposed (decompose.py): offset row + this many float16 columns + codes
 
     def resolve(self, cols: int) -> int:
         return resolve_group_size(cols, self.group_size)
+
+    @property
+    def plain(self) -> "QuantSpec":
+        """The same codes without decomposition (what the residual of a decomposed tensor is quantized with)."""
+        return dataclasses.replace(self, outliers=0)
 
 
 def as_2d(w: np.ndarray) -> np.ndarray:
@@ -32,8 +39,16 @@ def as_2d(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w, dtype=np.float32).reshape(rows, cols)
 
 
-def rtn(w: np.ndarray, spec: QuantSpec, clip: np.ndarray | None = None) -> QuantizedTensor:
-    """Round-to-nearest codes for `w` (any rank >= 2); `clip` (rows, n_groups) shrinks each group's range."""
+def rtn(w: np.ndarray, spec: QuantSpec, clip: np.ndarray | None = None,
+        decomposition: Decomposition | None = None) -> QuantizedTensor:
+    """Round-to-nearest codes for `w` (any rank >= 2); `clip` (rows, n_groups) shrinks each group's range.
+
+    A decomposed spec quantizes the residual of `decomposition` (by default chosen from the weight alone)."""
+    if spec.outliers:
+        w2d = as_2d(w)
+        dec = decomposition or decompose(w2d, spec.outliers)
+        qt = rtn(dec.residual(w2d).reshape(w.shape), spec.plain, clip)
+        return dec.attach(qt, dec.outliers(w2d))
     if clip is None:
         return quantize(w, spec.bits, spec.group_size, spec.symmetric)[0]
     w2d = as_2d(w)
@@ -54,6 +69,10 @@ def grouped(x2d: np.ndarray, group_size: int) -> np.ndarray:
 
 def fake_quant(w2d: np.ndarray, spec: QuantSpec, clip: np.ndarray | float = 1.0) -> np.ndarray:
     """float32 (rows, cols): what round-to-nearest would store for w2d, dequantized (for searches)."""
+    if spec.outliers:
+        clip_arr = None if np.ndim(clip) == 0 and float(clip) == 1.0 else np.broadcast_to(
+            np.asarray(clip, dtype=np.float32), (w2d.shape[0], -(-w2d.shape[1] // spec.resolve(w2d.shape[1]))))
+        return dequantize(rtn(w2d, spec, clip_arr))
     gs = spec.resolve(w2d.shape[1])
     scales, zeros = rtn_scales(w2d, spec.bits, gs, spec.symmetric, clip)
     codes = quantize_with_scales(w2d, scales, zeros, spec.bits, gs)

@@ -27,6 +27,7 @@ import torch
 from ...formats import QuantizedTensor, dequantize
 from .awq import add_input_scale, scale_columns, search_scales
 from .clip import search_clip
+from .decompose import decompose
 from .gptq import gptq
 from .recipe import Plan
 from .rtn import QuantSpec, as_2d, rtn
@@ -285,14 +286,18 @@ class SequentialQuantizer:
             st = IdentityStats(w2d.shape[1])
         elif t.lookup and isinstance(st, FullStats):
             st = st.with_identity(LOOKUP_WEIGHT)
-        clip = search_clip(w2d, spec, st)[0] if self.plan.clip else None
+        dec = None
+        if spec.outliers:  # decomposed: columns chosen by the error they would cause on these inputs
+            hdiag = torch.diagonal(st.hessian).numpy() if isinstance(st, FullStats) else None
+            dec = decompose(w2d, spec.outliers, hdiag)
+        clip = search_clip(w2d if dec is None else dec.residual(w2d), spec.plain, st)[0] if self.plan.clip else None
         qt = None
         if self.plan.rounder == "gptq" and isinstance(st, FullStats):
-            qt = gptq(w, st.hessian, spec, self.damp, self.act_order, clip)
+            qt = gptq(w, st.hessian, spec, self.damp, self.act_order, clip, dec)
             if qt is None:
                 self.gptq_failed.append(t.name)
         if qt is None:
-            qt = rtn(w, spec, clip)
+            qt = rtn(w, spec, clip, dec)
         deq = dequantize(qt)
         with torch.no_grad():
             t.module.weight.copy_(torch.from_numpy(deq))

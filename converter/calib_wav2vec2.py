@@ -180,3 +180,8 @@ def losses(model, batches: list[AudioBatch]):
             return torch.nn.functional.cross_entropy(model(x).logits[0], target, reduction="sum")
 
         yield loss
+
+
+def outputs(model, b: AudioBatch) -> list[torch.Tensor]:
+    """Frame logits (T, V) of the batch's utterance, for distillation (tune.py)."""
+    return [model(b.x[0]).logits[0]]

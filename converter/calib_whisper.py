@@ -343,3 +343,11 @@ def losses(model, batches: list[EncoderBatch]):
                 return torch.nn.functional.cross_entropy(logits[0], ids[0, 1:], reduction="sum")
 
             yield loss
+
+
+def outputs(model, b: EncoderBatch) -> list[torch.Tensor]:
+    """Teacher-forced logits (L - 1, V) of each utterance of an initial batch, for distillation (tune.py)."""
+    n = max(len(t) for t in b.tokens)
+    ids = torch.tensor([t + [t[-1]] * (n - len(t)) for t in b.tokens])  # right padding: causal, changes nothing
+    logits = model(input_features=b.x, decoder_input_ids=ids[:, :-1]).logits  # (B, n - 1, V)
+    return [logits[j, : len(t) - 1] for j, t in enumerate(b.tokens)]

@@ -27,7 +27,8 @@ def _parse_keep(ctx, param, values) -> list[tuple[str, int]]:
 @click.option("--bits", type=click.IntRange(2, 8), default=None,
               help="Quantize weights to this many bits (2-8). Without --bits or --target-bpw: no quantization.")
 @click.option("--method", default=None, show_default="rtn when quantizing",
-              help="rtn, gptq, awq, or a '+' combination such as awq+clip+gptq; 'clip' adds range clipping search.")
+              help="rtn, gptq, awq, or a '+' combination such as awq+clip+gptq; 'clip' adds range clipping search, "
+                   "'tune' (e.g. gptq+tune) then distils the float model into the scales and norms.")
 @click.option("--group-size", type=click.IntRange(0), default=128, show_default=True,
               help="Input columns per scale; 0 = one scale per output channel.")
 @click.option("--asym/--sym", default=True, show_default="--asym",

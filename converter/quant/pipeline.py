@@ -40,6 +40,7 @@ from .stats import IdentityStats
 # and optionally prepare(model)
 CALIBRATION_MODULES = {"whisper": "..calib_whisper", "wav2vec2-ctc": "..calib_wav2vec2"}
 ERROR_DIGITS = 6  # significant digits of the per-tensor errors reported in the metadata
+TUNED_KINDS = ("norm", "bias")  # float tensors the tune stage fits along with the scales
 
 
 class QuantResult(NamedTuple):
@@ -170,6 +171,18 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
             results[t.name] = rtn(t.array, spec, clip, decomposition)
             uncalibrated.append(t.name)
 
+    # -- tune -----------------------------------------------------------------------------------------------
+    tuned_floats: dict[str, np.ndarray] = {}
+    tune_report = None
+    if plan.tune:
+        from .tune import teacher_targets, tune
+
+        teacher = teacher_targets(exporter.model.float().eval(), cal.batches, cal.module.outputs)
+        tuned, tuned_floats, tune_report = tune(
+            cal.model, results, [t.name for t in tensors if t.kind in TUNED_KINDS], cal.batches,
+            cal.module.outputs, teacher, seed=recipe.seed, progress=progress)
+        results.update(tuned)
+
     # -- assemble -------------------------------------------------------------------------------------------
     out: dict[str, Any] = {}
     for t in tensors:
@@ -178,6 +191,8 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
             scale_name = t.name.rsplit(".", 1)[0] + ".input_scale"
             if q is not None and scale_name in q.input_scales:
                 out[scale_name] = q.input_scales[scale_name]
+        elif t.name in tuned_floats:
+            out[t.name] = tuned_floats[t.name]
         elif q is not None and t.name in q.modified:
             out[t.name] = cal.array(t.name)
         else:
@@ -200,6 +215,8 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
             info["input_scales"] = sorted(q.input_scales)
         if q.gptq_failed:
             info["gptq_fallback_rtn"] = q.gptq_failed
+    if tune_report is not None:
+        info["tune"] = tune_report
     if uncalibrated and (cal is not None or recipe.needs_calibration):
         info["uncalibrated"] = uncalibrated
     return QuantResult(out, info)

@@ -1,12 +1,13 @@
 """What to quantize and how: the Recipe the CLI builds and the pipeline follows.
 
 Method syntax: stages joined by '+', e.g. "rtn", "gptq", "awq", "awq+gptq", "awq+clip", "clip+gptq",
-"awq+clip+gptq". Three kinds of stage, always applied in this order whatever order they are written in:
+"awq+clip+gptq", "gptq+tune". Stages are always applied in this order, whatever order they are written in:
   awq   activation-aware per-input-channel scaling (searched on calibration activations, folded into the
         preceding operation where the graph allows);
   clip  per-group range clipping search (minimises the group's output error on calibration activations, or the
         weight error when there is no calibration audio);
-  rtn | gptq   the rounding stage: round-to-nearest, or GPTQ's Hessian-based error compensation.
+  rtn | gptq   the rounding stage: round-to-nearest, or GPTQ's Hessian-based error compensation;
+  tune  after rounding, distil the float model into the quantized one's scales and float tensors (tune.py).
 A method without a rounding stage rounds to nearest ("awq" = "awq+rtn"). "none" exports float weights.
 `Recipe.clip=True` is the same as adding "+clip".
 """
@@ -21,6 +22,7 @@ from ...formats.constants import MAX_BITS, MIN_BITS
 
 ROUNDERS = ("rtn", "gptq")
 SCALERS = ("awq", "clip")
+TUNERS = ("tune",)
 FLOAT_KEEP_BITS = (16, 32)  # --keep PATTERN=16|32: leave matching tensors unquantized (stored in the file dtype)
 DEFAULT_DAMP = 0.01  # GPTQ dampening, as a fraction of the mean Hessian diagonal (the GPTQ paper's default)
 DEFAULT_CALIB_SAMPLES = 128
@@ -35,10 +37,12 @@ class Plan:
     awq: bool
     clip: bool
     rounder: str  # "rtn" | "gptq"
+    tune: bool = False
 
     @property
     def name(self) -> str:
-        return "+".join([s for s, on in (("awq", self.awq), ("clip", self.clip)) if on] + [self.rounder])
+        return "+".join([s for s, on in (("awq", self.awq), ("clip", self.clip)) if on] + [self.rounder]
+                        + (["tune"] if self.tune else []))
 
 
 def parse_method(method: str, clip: bool = False) -> Plan | None:
@@ -49,7 +53,7 @@ def parse_method(method: str, clip: bool = False) -> Plan | None:
             raise ValueError("method 'none' exports float weights; it cannot be combined with clip")
         return None
     parts = [p.strip() for p in text.split("+")]
-    known = ROUNDERS + SCALERS
+    known = ROUNDERS + SCALERS + TUNERS
     bad = [p for p in parts if p not in known]
     if not text or bad:
         raise ValueError(
@@ -60,7 +64,8 @@ def parse_method(method: str, clip: bool = False) -> Plan | None:
     rounders = [p for p in parts if p in ROUNDERS]
     if len(rounders) > 1:
         raise ValueError(f"method {method!r} has two rounding stages ({' and '.join(rounders)}); pick one")
-    return Plan(awq="awq" in parts, clip=clip or "clip" in parts, rounder=rounders[0] if rounders else "rtn")
+    return Plan(awq="awq" in parts, clip=clip or "clip" in parts, rounder=rounders[0] if rounders else "rtn",
+                tune="tune" in parts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,9 +127,9 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        """True when the method cannot run without calibration audio (GPTQ, AWQ)."""
+        """True when the method cannot run without calibration audio (GPTQ, AWQ, tuning)."""
         plan = self.plan
-        return plan is not None and (plan.awq or plan.rounder == "gptq")
+        return plan is not None and (plan.awq or plan.rounder == "gptq" or plan.tune)
 
     @property
     def uses_calibration(self) -> bool:

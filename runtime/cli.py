@@ -71,14 +71,15 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
         click.echo("dims:          " + ", ".join(f"{k}={v}" for k, v in dims.items()))
     click.echo(f"parameters:    {s.n_params:,} ({s.n_quantized:,} quantized)")
     if s.n_quantized:
-        click.echo(f"bits/weight:   {s.quantized_bpw:.3f} over quantized tensors (codes + scales + zero points)")
+        click.echo(f"bits/weight:   {s.quantized_bpw:.3f} over quantized tensors (codes, scales, zero points, "
+                   "offset rows and float columns)")
     click.echo(f"bits/param:    {s.overall_bpw:.3f} over the whole file")
     click.echo("by role:")
     for role, (count, params, nbytes) in sorted(s.by_role.items(), key=lambda kv: -kv[1][2]):
-        click.echo(f"  {role:<28} {count:>5} tensors {params:>13,} params {_mib(nbytes):>12}")
+        click.echo(f"  {role:<38} {count:>5} tensors {params:>13,} params {_mib(nbytes):>12}")
     click.echo("by encoding:")
     for label, (count, params, nbytes) in sorted(s.by_encoding.items(), key=lambda kv: -kv[1][2]):
-        click.echo(f"  {label:<28} {count:>5} tensors {params:>13,} params {_mib(nbytes):>12}")
+        click.echo(f"  {label:<38} {count:>5} tensors {params:>13,} params {_mib(nbytes):>12}")
     q = dict(meta.get("quantization") or {})
     allocation = q.pop("tensor_bits", None) or {}
     if q:
@@ -97,7 +98,7 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
     if tensors:
         click.echo("tensors:")
         for name, shape, label, nbytes in rows:
-            click.echo(f"  {name:<60} {str(tuple(shape)):<18} {label:<20} {nbytes:>10,} B")
+            click.echo(f"  {name:<60} {str(tuple(shape)):<18} {label:<38} {nbytes:>10,} B")
 
 
 @main.command()

@@ -160,13 +160,22 @@ def test_same_inputs_give_identical_bytes(tiny):
     assert same_bytes(a, b) and ia == ib
 
 
-def test_mixed_precision_with_calibration_meets_target(tiny):
+def test_mixed_precision_with_calibration_meets_target(tiny, tmp_path):
+    """The allocation meets the target as `wavq info` counts it on the written file (decomposed embedding's
+    offset row and float columns included)."""
+    from wavq.formats import WqFile, write_wq
+    from wavq.runtime.info import summarize
+
     _, exporter, tensors, items = tiny
     out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq", bits=None, target_bpw=3.6,
                                                                      group_size=32), items)
     bpw = bits_per_weight(v for v in out.values() if isinstance(v, QuantizedTensor))
     assert 3.45 < bpw <= 3.6 and info["bits_per_weight"] == pytest.approx(bpw, rel=1e-5)
     assert len(set(info["tensor_bits"].values())) > 1
+    assert out["model.decoder.embed_tokens.weight"].decomposed
+    write_wq(tmp_path / "m.wq", {"architecture": "test"}, out)
+    with WqFile(tmp_path / "m.wq") as f:
+        assert 3.45 < summarize(f).quantized_bpw <= 3.6
 
 
 def test_teacher_forcing_uses_transcripts(tiny):

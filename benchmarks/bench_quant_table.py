@@ -62,23 +62,31 @@ class Row:
 
 def rows() -> list[Row]:
     out = [Row("f32", "f32", None, None)]
+    # the baseline: symmetric codes (zero point at the middle code), no embedding decomposition, like Q4_0
+    plain = dict(method="rtn", symmetric=True, outlier_columns=0)
     for bits in (8, 6, 5, 4, 3):
-        out.append(Row(f"RTN {bits} g{GROUP}", "rtn", bits, dict(method="rtn", bits=bits, group_size=GROUP)))
-        out.append(Row(f"RTN {bits} per-channel", "rtn", bits, dict(method="rtn", bits=bits, group_size=0)))
+        out.append(Row(f"RTN {bits} g{GROUP}", "rtn", bits, dict(plain, bits=bits, group_size=GROUP)))
+        out.append(Row(f"RTN {bits} per-channel", "rtn", bits, dict(plain, bits=bits, group_size=0)))
+    # what asymmetric codes, then the decomposed embedding, add without any calibration (wavq's RTN default)
+    for bits in (4, 3):
+        out.append(Row(f"RTN {bits} g{GROUP} asym", "rtn", bits, dict(plain, bits=bits, group_size=GROUP,
+                                                                      symmetric=False)))
+    out.append(Row(f"RTN 4 g{GROUP} asym + emb. outliers", "rtn", 4, dict(method="rtn", bits=4,
+                                                                         group_size=GROUP)))
+    # calibrated methods with wavq's defaults (asymmetric, decomposed embedding)
     for bits in (4, 3, 2):
         out.append(Row(f"GPTQ {bits} g{GROUP}", "calibrated", bits, dict(method="gptq", bits=bits,
                                                                            group_size=GROUP)))
     for bits in (4, 3):
         out.append(Row(f"AWQ {bits} g{GROUP}", "calibrated", bits, dict(method="awq", bits=bits, group_size=GROUP)))
-    # the best combination found at each width: GPTQ rounding with a Fisher-allocated bit width per tensor, at
-    # the budget of the issue's targets (<= 4.3 and <= 3.3 bits per weight including scales)
-    out.append(Row("GPTQ + mixed 4.25 bpw", "calibrated", 4, dict(method="gptq", target_bpw=4.25,
-                                                                  group_size=GROUP)))
-    out.append(Row("GPTQ + mixed 3.25 bpw", "calibrated", 3, dict(method="gptq", target_bpw=3.25,
-                                                                  group_size=GROUP)))
+    # the best combination found on held-out train-clean-100 utterances (never on test-*): activation-order
+    # GPTQ, then distillation tuning; below 3 bits with a Fisher-allocated width per tensor. (Uniform 4 and 3 bits
+    # already fit the issue's 4.3 and 3.3 bits/weight budgets; on tiny.en a mixed 4.3 allocation was worse.)
+    best = dict(method="gptq+tune", act_order=True, group_size=GROUP)
+    for bits in (4, 3):
+        out.append(Row(f"GPTQ+tune {bits} g{GROUP} act-order", "calibrated", bits, dict(best, bits=bits)))
     for bpw in (3.0, 2.5):
-        out.append(Row(f"GPTQ + mixed {bpw} bpw", "calibrated", int(bpw), dict(method="gptq", target_bpw=bpw,
-                                                                             group_size=GROUP)))
+        out.append(Row(f"GPTQ+tune mixed {bpw} bpw", "calibrated", int(bpw), dict(best, bits=None, target_bpw=bpw)))
     return out
 
 
@@ -137,13 +145,31 @@ def wer(refs: list[str], hyps: list[str]) -> tuple[float, int]:
     return 100 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]), sum(len(r.split()) for r, _ in pairs)
 
 
+def _convert_child(model: str, path: str, recipe_kwargs: dict | None, calib_items, threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    recipe = Recipe.from_options(**recipe_kwargs) if recipe_kwargs else None
+    convert(model, path, recipe, force=True,
+            calib_items=calib_items if recipe is not None and recipe.uses_calibration else None)
+
+
+def convert_measured(row: Row, args, path: str, calib_items) -> tuple[float, float]:
+    """Convert in a fresh process (what wavq-convert costs on its own): wall seconds and peak RSS in MiB."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    t0 = time.perf_counter()
+    proc = ctx.Process(target=_convert_child, args=(args.model, path, row.recipe, calib_items, args.threads))
+    proc.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(f"{row.label}: conversion failed (status {status})")
+    return seconds, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
 def measure(row: Row, args, torch_model: TorchWhisper, sets: dict, calib_items, model_dir: str) -> dict:
     path = os.path.join(model_dir, row.label.replace(" ", "_").replace("/", "") + ".wq")
-    t0 = time.perf_counter()
-    recipe = Recipe.from_options(**row.recipe) if row.recipe else None
-    report = convert(args.model, path, recipe, force=True,
-                     calib_items=calib_items if recipe is not None and recipe.uses_calibration else None)
-    convert_s = time.perf_counter() - t0
+    convert_s, convert_rss = convert_measured(row, args, path, calib_items)
     wq = WqFile(path)
     quant = wq.meta.get("quantization", {})
     wq.close()
@@ -155,7 +181,7 @@ def measure(row: Row, args, torch_model: TorchWhisper, sets: dict, calib_items, 
     torch_model.load_wq(path)
     result = {"label": row.label, "kind": row.kind, "width": row.width,
               "bpw": float(quant.get("bits_per_weight", 32.0)), "file_mib": os.path.getsize(path) / MIB,
-              "convert_s": convert_s, "tensor_bits": quant.get("tensor_bits", {})}
+              "convert_s": convert_s, "convert_rss_mib": convert_rss, "tensor_bits": quant.get("tensor_bits", {})}
     t0 = time.perf_counter()
     for name, (utts, audios) in sets.items():
         hyps = torch_model.transcribe(audios)
@@ -178,7 +204,6 @@ def measure(row: Row, args, torch_model: TorchWhisper, sets: dict, calib_items, 
     del model
     if not args.keep_files:
         os.remove(path)
-    del report
     return result
 
 
@@ -205,19 +230,31 @@ def write_table(args, results: list[dict], calib_n: int, started: str) -> str:
         "- WER is computed by transformers' generate() on each file's dequantized weights (what the numpy runtime "
         "computes with), batched; \"runtime = torch\" counts the first test-clean utterances on which the numpy "
         "runtime, run on the .wq file itself, gives the same normalized text.",
-        "- bits/weight: codes + float16 scales (+ zero points) over the quantized weights, as `wavq info` reports "
-        "it; norms and biases stay float32 and are in the file size.",
+        "- bits/weight: codes + float16 scales (+ zero points, + the decomposed embedding's float32 offset row "
+        "and float16 columns) over the quantized weights, as `wavq info` reports it; norms and biases stay "
+        "float32 and are in the file size.",
+        "- Recipes: RTN rows without a suffix are the plain baseline (symmetric codes, no embedding "
+        "decomposition); \"asym\" adds zero points; \"emb. outliers\" stores the token embedding as a mean row + "
+        "4 float16 columns + codes of the rest. GPTQ, AWQ and tune rows use wavq's defaults (asymmetric, "
+        "decomposed embedding); \"+tune\" distils the float model into the scales and norms after rounding; "
+        "\"mixed B bpw\" chooses 2-8 bits per tensor for B bits per weight in all.",
+        "- convert s / peak MiB: wall time and peak resident memory of the conversion in a fresh process (rows "
+        "without a peak were converted inside the benchmark process, before it measured them apart).",
         "",
         "| recipe | bits/weight | file MiB | WER clean % | Δ clean | WER other % | Δ other | runtime = torch | "
-        "convert s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "convert s | convert peak MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        rss = f"{r['convert_rss_mib']:.0f}" if "convert_rss_mib" in r else "—"  # rows measured before it was
         lines.append(
             f"| {r['label']} | {r['bpw']:.3f} | {r['file_mib']:.1f} | {r['wer_clean']:.2f} | "
             f"{fmt_delta(r['wer_clean'], base and base['wer_clean'])} | {r['wer_other']:.2f} | "
             f"{fmt_delta(r['wer_other'], base and base['wer_other'])} | "
-            f"{r['runtime_same']}/{r['runtime_checked']} | {r['convert_s']:.0f} |")
+            f"{r['runtime_same']}/{r['runtime_checked']} | {r['convert_s']:.0f} | {rss} |")
+    missing = [r.label for r in rows() if r.label not in {m["label"] for m in results}]
+    if missing:
+        lines += ["", "Not measured yet (the script resumes where it stopped): " + ", ".join(missing) + "."]
     lines += ["", "## Targets", ""] + targets(args.model, results, base)
     mixed = [r for r in results if "mixed" in r["label"]]
     if mixed:
@@ -249,12 +286,12 @@ def targets(model: str, results: list[dict], base: dict | None) -> list[str]:
                    f" — best is {best['label']} at {best['bpw']:.3f} bits/weight, {best['wer_clean']:.2f} % "
                    f"({d:+.2f} against f32 {base['wer_clean']:.2f} %)")
     for width in sorted({r["width"] for r in results if r["kind"] == "calibrated"}, reverse=True):
+        # same nominal width; the calibrated rows' zero points and decomposed embedding cost up to ~0.12 bit/weight
+        # more than the plain RTN rows, which both rows' bits/weight show
         rtn = [r for r in results if r["kind"] == "rtn" and r["width"] == width]
-        budget = max((r["bpw"] for r in rtn), default=0) + 1e-9  # no more storage than RTN's own rows
-        cal = [r for r in results if r["kind"] == "calibrated" and r["width"] == width and r["bpw"] <= budget]
-        if not rtn or not cal:
-            out.append(f"- {width} bits, best calibrated beats RTN: not measured (no "
-                       f"{'RTN' if not rtn else 'calibrated'} row at this width)")
+        cal = [r for r in results if r["kind"] == "calibrated" and r["width"] == width]
+        if not rtn:
+            out.append(f"- {width} bits, best calibrated beats RTN: not measured (no RTN row at this width)")
             continue
         b_rtn = min(rtn, key=lambda r: r["wer_clean"])
         b_cal = min(cal, key=lambda r: r["wer_clean"])
@@ -262,10 +299,11 @@ def targets(model: str, results: list[dict], base: dict | None) -> list[str]:
         also = "; on test-other too" if b_cal["wer_other"] < b_rtn["wer_other"] else "; not on test-other"
         if b_cal["wer_clean"] > UNUSABLE_WER:
             also += f", but both are unusable (WER above {UNUSABLE_WER:.0f} %)"
-        out.append(f"- {width} bits (≤ {budget:.3f} bits/weight), best calibrated beats RTN on test-clean: "
+        out.append(f"- {width} bits, best calibrated beats RTN on test-clean: "
                    f"**{'met' if ok else 'not met'}**{also if ok else ''} — {b_cal['label']} "
-                   f"{b_cal['wer_clean']:.2f} / {b_cal['wer_other']:.2f} % against {b_rtn['label']} "
-                   f"{b_rtn['wer_clean']:.2f} / {b_rtn['wer_other']:.2f} % (clean / other)")
+                   f"({b_cal['bpw']:.3f} bits/weight) {b_cal['wer_clean']:.2f} / {b_cal['wer_other']:.2f} % "
+                   f"against {b_rtn['label']} ({b_rtn['bpw']:.3f}) {b_rtn['wer_clean']:.2f} / "
+                   f"{b_rtn['wer_other']:.2f} % (clean / other)")
     return out
 
 
@@ -308,10 +346,9 @@ def main() -> None:
     wanted = set(args.rows.split(",")) if args.rows is not None else None
     started = datetime.date.today().isoformat()
     # the rows the targets depend on first, so an interrupted run has the ones that matter
-    first = ["f32", f"RTN 4 g{GROUP}", f"GPTQ 4 g{GROUP}", "GPTQ + mixed 4.25 bpw", f"RTN 3 g{GROUP}",
-             f"GPTQ 3 g{GROUP}", "GPTQ + mixed 3.25 bpw", f"AWQ 4 g{GROUP}", "GPTQ + mixed 3.0 bpw",
-             "GPTQ + mixed 2.5 bpw", f"GPTQ 2 g{GROUP}", f"AWQ 3 g{GROUP}", f"RTN 5 g{GROUP}", "RTN 4 per-channel",
-             "RTN 3 per-channel", f"RTN 8 g{GROUP}", f"RTN 6 g{GROUP}"]
+    first = ["f32", f"RTN 4 g{GROUP}", f"GPTQ+tune 4 g{GROUP} act-order", f"RTN 3 g{GROUP}", f"GPTQ 4 g{GROUP}",
+             f"GPTQ+tune 3 g{GROUP} act-order", f"AWQ 4 g{GROUP}", f"GPTQ 3 g{GROUP}", f"AWQ 3 g{GROUP}", "GPTQ+tune mixed 3.0 bpw", "GPTQ+tune mixed 2.5 bpw", f"GPTQ 2 g{GROUP}",
+             f"RTN 5 g{GROUP}", "RTN 4 per-channel", "RTN 3 per-channel", f"RTN 8 g{GROUP}", f"RTN 6 g{GROUP}"]
     for row in sorted(rows(), key=lambda r: first.index(r.label) if r.label in first else len(first)):
         if row.label in saved and (wanted is None or row.label not in wanted):
             continue
@@ -330,6 +367,8 @@ def main() -> None:
     output = args.output or os.path.join(RESULTS_DIR, f"quant_table_{slug}.md")
     with open(output, "w") as f:
         f.write(text)
+    with open(os.path.splitext(output)[0] + ".json", "w") as f:  # every measured number, for plots and sweeps
+        json.dump(results, f, indent=1)
     print(text)
 
 

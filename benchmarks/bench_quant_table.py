@@ -90,6 +90,20 @@ def rows() -> list[Row]:
     return out
 
 
+def measure_order(row: Row) -> tuple:
+    """f32 and plain RTN 4/3 g128 first (every comparison needs them), then the best calibrated rows, then the
+    other calibrated rows, by decreasing width, and the RTN rows nothing is compared against last."""
+    key = row.recipe or {}
+    baseline = row.kind == "rtn" and key.get("group_size") == GROUP and key.get("symmetric") and row.width in (4, 3)
+    if row.kind == "f32" or baseline:
+        return (0, -(row.width or 99))
+    if row.kind == "calibrated":
+        best = "tune" in key.get("method", "")
+        mixed = key.get("target_bpw") is not None
+        return (1 if best and not mixed else 2 if not mixed else 3, -row.width)
+    return (4, -row.width, key.get("group_size") == 0, not key.get("symmetric", False))
+
+
 def spread(utts: list, n: int | None) -> list:
     """n utterances spread evenly over the sorted list (so over all speakers), or all of them."""
     if not n or n >= len(utts):
@@ -346,10 +360,7 @@ def main() -> None:
     wanted = set(args.rows.split(",")) if args.rows is not None else None
     started = datetime.date.today().isoformat()
     # the rows the targets depend on first, so an interrupted run has the ones that matter
-    first = ["f32", f"RTN 4 g{GROUP}", f"GPTQ+tune 4 g{GROUP} act-order", f"RTN 3 g{GROUP}", f"GPTQ 4 g{GROUP}",
-             f"GPTQ+tune 3 g{GROUP} act-order", f"AWQ 4 g{GROUP}", f"GPTQ 3 g{GROUP}", f"AWQ 3 g{GROUP}", "GPTQ+tune mixed 3.0 bpw", "GPTQ+tune mixed 2.5 bpw", f"GPTQ 2 g{GROUP}",
-             f"RTN 5 g{GROUP}", "RTN 4 per-channel", "RTN 3 per-channel", f"RTN 8 g{GROUP}", f"RTN 6 g{GROUP}"]
-    for row in sorted(rows(), key=lambda r: first.index(r.label) if r.label in first else len(first)):
+    for row in sorted(rows(), key=measure_order):
         if row.label in saved and (wanted is None or row.label not in wanted):
             continue
         if wanted is not None and row.label not in wanted:

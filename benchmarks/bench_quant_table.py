@@ -42,7 +42,7 @@ from wavq.formats import WqFile  # noqa: E402
 from wavq.runtime import load  # noqa: E402
 from wavq.runtime.audio import load_audio  # noqa: E402
 from wavq.runtime.datasets import find_utterances  # noqa: E402
-from wavq.runtime.evaluate import normalizer_for  # noqa: E402
+from wavq.runtime.evaluate import normalizer_for, score  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MAX_NEW_TOKENS = 200  # a broken model repeats itself to the limit; 200 tokens cover any LibriSpeech utterance
@@ -152,11 +152,9 @@ class TorchWhisper:
 
 
 def wer(refs: list[str], hyps: list[str]) -> tuple[float, int]:
-    import jiwer
-    norm = normalizer_for("whisper")
-    pairs = [(norm(r), norm(h)) for r, h in zip(refs, hyps)]
-    pairs = [(r, h) for r, h in pairs if r]
-    return 100 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]), sum(len(r.split()) for r, _ in pairs)
+    """WER in % after Whisper's normalisation, and the reference word count."""
+    fraction, words = score(refs, hyps, "whisper")
+    return 100 * fraction, words
 
 
 def _convert_child(model: str, path: str, recipe_kwargs: dict | None, calib_items, threads: int | None) -> None:

@@ -69,11 +69,6 @@ class EvalResult:
 
 def evaluate(model, utterances: Sequence[Utterance], transcribe_options: dict | None = None,
              on_progress: Callable[[int], None] | None = None) -> EvalResult:
-    try:
-        import jiwer
-    except ImportError:
-        raise RuntimeError("evaluation needs jiwer: pip install 'wavq[eval]'") from None
-    norm = normalizer_for(model.meta.get("architecture", ""))
     refs, hyps, rows = [], [], []
     audio_s = compute_s = 0.0
     for utt in utterances:
@@ -84,14 +79,27 @@ def evaluate(model, utterances: Sequence[Utterance], transcribe_options: dict | 
         text = model.transcribe(audio, **(transcribe_options or {})).text
         compute_s += time.perf_counter() - t0
         audio_s += len(audio) / 16_000
-        ref, hyp = norm(utt.text), norm(text)
-        refs.append(ref)
-        hyps.append(hyp)
+        refs.append(utt.text)
+        hyps.append(text)
         rows.append({"id": utt.id, "reference": utt.text, "hypothesis": text})
         if on_progress:
             on_progress(1)
-    # jiwer rejects empty reference strings; an utterance whose reference normalises to nothing adds no words
-    pairs = [(r, h) for r, h in zip(refs, hyps) if r]
-    wer = jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else float("nan")
-    n_words = sum(len(r.split()) for r, _ in pairs)
-    return EvalResult(float(wer), len(rows), n_words, audio_s, compute_s, peak_rss_mb(), rows)
+    wer, n_words = score(refs, hyps, model.meta.get("architecture", ""))
+    return EvalResult(wer, len(rows), n_words, audio_s, compute_s, peak_rss_mb(), rows)
+
+
+def score(references: Sequence[str], hypotheses: Sequence[str], architecture: str) -> tuple[float, int]:
+    """Corpus word error rate (a fraction) after the architecture's text normalisation, and the reference words.
+
+    An utterance whose reference normalises to nothing adds no words (jiwer rejects empty references).
+    """
+    try:
+        import jiwer
+    except ImportError:
+        raise RuntimeError("evaluation needs jiwer: pip install 'wavq[eval]'") from None
+    norm = normalizer_for(architecture)
+    pairs = [(norm(r), norm(h)) for r, h in zip(references, hypotheses)]
+    pairs = [(r, h) for r, h in pairs if r]
+    if not pairs:
+        return float("nan"), 0
+    return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])), sum(len(r.split()) for r, _ in pairs)

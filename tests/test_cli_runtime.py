@@ -112,3 +112,17 @@ def test_not_a_wq_file(tmp_path):
     assert r.exit_code == 1 and "bad magic" in r.output
     r = CliRunner().invoke(main, ["verify", str(tmp_path / "missing.wq")])
     assert r.exit_code == 1 and "missing.wq" in r.output
+
+
+def test_score_normalises_per_architecture_and_skips_empty_references():
+    pytest.importorskip("jiwer")
+    from wavq.runtime.evaluate import score
+
+    refs = ["HELLO, WORLD.", "", "THE CAT SAT"]
+    hyps = ["hello world", "words for an empty reference", "the cat"]
+    # CTC (LibriSpeech convention): case and punctuation do not count; 1 deletion in 5 reference words
+    assert score(refs, hyps, "wav2vec2") == (pytest.approx(0.2), 5)
+    pytest.importorskip("whisper_normalizer")
+    assert score(["Mr. Smith paid $5."], ["mister smith paid five dollars"], "whisper") == (0.0, 4)  # "mister smith paid $5"
+    wer, words = score([""], ["anything"], "wav2vec2")
+    assert np.isnan(wer) and words == 0

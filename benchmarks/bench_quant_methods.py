@@ -34,7 +34,7 @@ from wavq.converter.quant.rtn import QuantSpec  # noqa: E402
 from wavq.converter.quant.sequential import SequentialQuantizer  # noqa: E402
 from wavq.runtime import load  # noqa: E402
 from wavq.runtime.datasets import find_utterances  # noqa: E402
-from wavq.runtime.evaluate import evaluate  # noqa: E402
+from wavq.evaluation import evaluate  # noqa: E402
 
 MAX_NEW_TOKENS = 200
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "quant_methods.md")

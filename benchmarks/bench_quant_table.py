@@ -42,7 +42,7 @@ from wavq.formats import WqFile  # noqa: E402
 from wavq.runtime import load  # noqa: E402
 from wavq.runtime.audio import load_audio  # noqa: E402
 from wavq.runtime.datasets import find_utterances  # noqa: E402
-from wavq.runtime.evaluate import normalizer_for, score  # noqa: E402
+from wavq.evaluation import normalizer_for, score  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MAX_NEW_TOKENS = 200  # a broken model repeats itself to the limit; 200 tokens cover any LibriSpeech utterance

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 from bench_common import machine, versions
-from wavq.runtime.evaluate import peak_rss_mb
+from wavq.evaluation import peak_rss_mb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -32,7 +32,7 @@ import tempfile
 import time
 
 from bench_common import machine, versions
-from wavq.runtime.evaluate import peak_rss_mb
+from wavq.evaluation import peak_rss_mb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -194,8 +194,8 @@ def main() -> None:
     rows = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         paths = convert_models(model, args.workdir, {ENGINES[e][1] for e in engines if ENGINES[e][1]})
-        results = {e: {"load_s": [], "warmup_s": [], "compute_s": 0.0, "cpu_s": 0.0, "audio_s": 0.0, "peak_rss_mib": 0.0,
-                       "hyps": {}} for e in engines}
+        results = {e: {"load_s": [], "warmup_s": [], "compute_s": 0.0, "cpu_s": 0.0, "audio_s": 0.0,
+                       "peak_rss_mib": 0.0, "hyps": {}} for e in engines}
         lowmem_ids = {u.id for u in select(utts, args.lowmem_limit)}
         for c in range(0, len(utts), args.chunk):
             chunk = utts[c : c + args.chunk]
@@ -249,7 +249,8 @@ def write_table(args, rows, norm_name, started, finished, load_start, load_end, 
         f"- WER normalisation: {norm_name}. Greedy decoding, no timestamps, batch size 1, float32 compute.",
         "- RTF = compute seconds / audio seconds (features + encoder + decoding; file reading excluded), "
         "after an untimed 2-s warm-up; CPU s / audio s = user + system CPU time of all the worker's threads over "
-        "the same span (less sensitive to other load than wall time; spin-waiting threads count). Load = median model load time per worker. Peak RSS = VmHWM "
+        "the same span (less sensitive to other load than wall time; spin-waiting threads count). "
+        "Load = median model load time per worker. Peak RSS = VmHWM "
         "of the worker process (own subprocess per engine; includes the Python interpreter and, for "
         "transformers, torch).",
         "- wavq-f32 and wavq-rtn4-lowmem use the default Weights mode (weights memory-mapped, dequantized as "

@@ -195,7 +195,7 @@ def eval_(model_path, data, subset, limit, beam_size, language, task, cache, jso
     import time
 
     from . import load
-    from .evaluate import evaluate
+    from wavq.evaluation import evaluate  # measurement layer (the `eval` extra), outside the runtime
 
     utts = [u for u in find_utterances(data, subset) if u.text is not None]
     if not utts:

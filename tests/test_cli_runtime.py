@@ -116,7 +116,7 @@ def test_not_a_wq_file(tmp_path):
 
 def test_score_normalises_per_architecture_and_skips_empty_references():
     pytest.importorskip("jiwer")
-    from wavq.runtime.evaluate import score
+    from wavq.evaluation import score
 
     refs = ["HELLO, WORLD.", "", "THE CAT SAT"]
     hyps = ["hello world", "words for an empty reference", "the cat"]

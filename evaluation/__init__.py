@@ -1,6 +1,7 @@
-"""Word error rate, speed and memory of a .wq model on a folder of transcribed utterances.
+"""Word error rate, speed and memory of a .wq model on a folder of transcribed utterances (`wavq eval`).
 
-Needs the `eval` extra (jiwer, and whisper-normalizer for Whisper models); the runtime itself does not.
+Measurement on top of the runtime, kept out of runtime/ so that loading and transcribing import only numpy and
+msgpack: scoring needs the `eval` extra (jiwer, and whisper-normalizer for Whisper models).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from .audio import load_audio
-from .datasets import Utterance
+from wavq.runtime.audio import load_audio
+from wavq.runtime.datasets import Utterance
 
 _PUNCT = re.compile(r"[^\w\s']|_")
 _SPACES = re.compile(r"\s+")

@@ -84,3 +84,35 @@ except ImportError:
     print(json.dumps({"blocked": True}))
 """)
     assert out["blocked"]
+
+
+# Deferred imports (inside functions) escape the checks above, which only import the package. Every import
+# statement in formats/ and runtime/ is read here instead; the optional extras each name the file allowed them.
+OPTIONAL = {"soundfile": {"audio.py"}, "click": {"cli.py"}, "wavq": None}
+
+
+@pytest.mark.parametrize("package", ["formats", "runtime"])
+def test_every_import_statement_is_stdlib_numpy_msgpack_or_a_named_extra(package):
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent / package
+    files = sorted(root.rglob("*.py"))
+    assert files, root
+    bad = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.partition(".")[0]
+                if top in sys.stdlib_module_names or top in ("numpy", "msgpack"):
+                    continue
+                if top in OPTIONAL and (OPTIONAL[top] is None or path.name in OPTIONAL[top]):
+                    continue
+                bad.append(f"{path.relative_to(root.parent)}:{node.lineno} imports {name}")
+    assert not bad, bad

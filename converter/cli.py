@@ -21,6 +21,15 @@ def _parse_keep(ctx, param, values) -> list[tuple[str, int]]:
     return out
 
 
+def _parse_groups(ctx, param, value) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    parts = [p.strip() for p in value.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise click.BadParameter(f"{value!r}: expected comma-separated group sizes, e.g. 64,128 (0 = per channel)")
+    return tuple(int(p) for p in parts)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .wq file to write.")
@@ -36,6 +45,9 @@ def _parse_keep(ctx, param, values) -> list[tuple[str, int]]:
                    "code; 1/32 bit per weight less at group 128, but a larger error on Whisper's skewed groups).")
 @click.option("--target-bpw", type=click.FloatRange(2.0, 9.0), default=None,
               help="Mixed precision: choose bits per tensor to average this many bits per weight (scales included).")
+@click.option("--mixed-groups", callback=_parse_groups, default=None, metavar="G1,G2,...",
+              help="With --target-bpw: group sizes each tensor may also use (0 = per channel), chosen with its bits; "
+                   "e.g. 64 lets a tensor take 3 bits in groups of 64 (3.30 bits/weight) instead of 4 bits.")
 @click.option("--keep", "keep", multiple=True, callback=_parse_keep, metavar="PATTERN=BITS",
               help="Pin tensors whose name matches the glob PATTERN to BITS (repeatable; 16 or 32 keeps them float), "
                    "e.g. '*conv1*=8'. Below 4 bits, pin Whisper's tied embedding: '*embed_tokens*=8'.")
@@ -54,8 +66,8 @@ def _parse_keep(ctx, param, values) -> list[tuple[str, int]]:
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of SOURCE.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def main(source, output, bits, method, group_size, asym, target_bpw, keep, embedding_outliers, calib, calib_samples,
-         act_order, seed, dtype, revision, force, quiet) -> None:
+def main(source, output, bits, method, group_size, asym, target_bpw, mixed_groups, keep, embedding_outliers, calib,
+         calib_samples, act_order, seed, dtype, revision, force, quiet) -> None:
     """Convert SOURCE (a Hugging Face hub id or local model directory) to a .wq file.
 
     \b
@@ -68,6 +80,8 @@ def main(source, output, bits, method, group_size, asym, target_bpw, keep, embed
     quantize = bits is not None or target_bpw is not None
     if not quantize and (method or keep or calib or act_order):
         raise click.UsageError("--method, --keep, --calib and --act-order need --bits or --target-bpw")
+    if mixed_groups and target_bpw is None:
+        raise click.UsageError("--mixed-groups needs --target-bpw")
     recipe = None
     calib_items = None
     try:
@@ -76,6 +90,7 @@ def main(source, output, bits, method, group_size, asym, target_bpw, keep, embed
 
             recipe = Recipe.from_options(method=method or "rtn", bits=bits, group_size=group_size,
                                          symmetric=not asym, target_bpw=target_bpw, keep=keep,
+                                         mixed_group_sizes=mixed_groups,
                                          act_order=act_order, calib_samples=calib_samples, seed=seed,
                                          outlier_columns=embedding_outliers)
             if recipe.needs_calibration and calib is None:

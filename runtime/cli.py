@@ -82,16 +82,22 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
         click.echo(f"  {label:<38} {count:>5} tensors {params:>13,} params {_mib(nbytes):>12}")
     q = dict(meta.get("quantization") or {})
     allocation = q.pop("tensor_bits", None) or {}
+    group_of = q.pop("tensor_group_size", None) or {}
     if q:
         click.echo("quantization:  " + ", ".join(f"{k}={v}" for k, v in q.items() if not isinstance(v, dict)))
     if allocation:
+        def label(name):
+            g = group_of.get(name)
+            return f"{allocation[name]} bits" + ("" if g is None else f", {'per channel' if g == 0 else f'group {g}'}")
+
         counts: dict = {}
-        for bits in allocation.values():
-            counts[bits] = counts.get(bits, 0) + 1
-        click.echo("bit allocation: " + ", ".join(f"{n} tensors at {b} bits" for b, n in sorted(counts.items())))
+        for name in allocation:
+            counts[label(name)] = counts.get(label(name), 0) + 1
+        click.echo("bit allocation: " + ", ".join(f"{n} tensors at {k}" for k, n in sorted(counts.items())))
         if len(counts) > 1 or tensors:
-            for name, bits in allocation.items():
-                click.echo(f"  {bits} bits  {name}")
+            width = max(len(k) for k in counts)
+            for name in allocation:
+                click.echo(f"  {label(name):<{width}}  {name}")
     prov = meta.get("provenance") or {}
     if prov:
         click.echo("provenance:    " + ", ".join(f"{k}={v}" for k, v in prov.items()))

@@ -47,6 +47,11 @@ def test_options_need_bits(tmp_path):
     assert r.exit_code == 2 and "PATTERN=BITS" in r.output
     r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "9")
     assert r.exit_code == 2
+    r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "3", "--mixed-groups", "64")
+    assert r.exit_code == 2 and "--mixed-groups needs --target-bpw" in r.output
+    r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--target-bpw", "3.3", "--mixed-groups", "64;32")
+    assert r.exit_code == 2 and "comma-separated group sizes" in r.output
+    assert os.listdir(tmp_path) == []
 
 
 def test_missing_output_directory(tmp_path):

@@ -146,3 +146,91 @@ def test_diagonal_fisher_is_the_mean_squared_per_sample_gradient():
     assert not lin.weight.requires_grad and lin.weight.grad is None  # left as found
     w = lin.weight.numpy()
     assert fisher_error(w, w, f) == 0.0 and fisher_error(w, w + 0.1, f) == pytest.approx(0.01 * f.sum(), rel=1e-5)
+
+
+def _grouped_candidates(n: int, seed: int) -> list[Candidate]:
+    """Candidates whose options are (bits, group size): finer groups cut the error, at the scales' cost."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        shape = (int(rng.integers(8, 64)) * 4, int(rng.integers(2, 8)) * 64)
+        sens = float(rng.lognormal(0, 2))
+        err = {(b, g): sens * 4.0 ** (-b) * (g / 128) ** 0.5 * float(rng.uniform(0.8, 1.2))
+               for b in range(2, 9) for g in (32, 64, 128)}
+        out.append(make_candidate(f"t{i}", shape, 128, False, err))
+    return out
+
+
+def test_group_size_options_cost_their_scales_and_zero_points():
+    c = make_candidate("t", (64, 256), 128, False, {(3, 64): 1.0, (3, 128): 2.0, 4: 0.5})
+    assert c.cost[(3, 64)] == storage_bits((64, 256), 3, 64, False) == 3 * 64 * 256 + (16 + 3) * 64 * 4
+    assert c.cost[(3, 128)] == storage_bits((64, 256), 3, 128, False)
+    assert c.cost[4] == storage_bits((64, 256), 4, 128, False)  # a bare width uses the default group size
+
+
+@pytest.mark.parametrize("target", [2.7, 3.3, 4.2])
+def test_allocation_over_bits_and_group_sizes(target):
+    cands = _grouped_candidates(30, seed=int(target * 10))
+    chosen = allocate_bits(cands, target)
+    numel = sum(c.numel for c in cands)
+    spent = sum(c.cost[chosen[c.name]] for c in cands)
+    assert target * numel - 0.02 * numel < spent <= target * numel  # the budget is spent, not exceeded
+    assert all(isinstance(o, tuple) and o in c.cost for c in cands for o in [chosen[c.name]])
+    # more options can only help: no worse than choosing bits alone at group 128
+    err = sum(c.error[chosen[c.name]] for c in cands)
+    only128 = [Candidate(c.name, c.numel, {o: v for o, v in c.cost.items() if o[1] == 128},
+                         {o: v for o, v in c.error.items() if o[1] == 128}) for c in cands]
+    bits_only = allocate_bits(only128, target)
+    assert err <= sum(c.error[bits_only[c.name]] for c in only128) * (1 + 1e-9)
+    assert len({chosen[c.name][1] for c in cands}) > 1  # it does use the group-size choice
+
+
+def test_allocation_over_groups_is_near_optimal_on_small_problems():
+    for seed in range(3):
+        cands = _grouped_candidates(3, seed)
+        numel = sum(c.numel for c in cands)
+        chosen = allocate_bits(cands, 3.4)
+        got = sum(c.error[chosen[c.name]] for c in cands)
+        opts = list(cands[0].cost)
+        best = min(sum(c.error[o] for c, o in zip(cands, combo))
+                   for combo in itertools.product(opts, repeat=3)
+                   if sum(c.cost[o] for c, o in zip(cands, combo)) <= 3.4 * numel)
+        assert got <= 1.25 * best
+
+
+def test_pipeline_chooses_group_sizes_with_mixed_groups(tmp_path):
+    """--mixed-groups: each tensor's group size comes from the allocation, is stored in the tensor entry and the
+    metadata, and the file meets the target as `wavq info` counts it."""
+    from wavq.formats import WqFile, write_wq
+    from wavq.formats.codecs import resolve_group_size, view_2d_shape
+    from wavq.runtime.info import summarize
+
+    tensors = _tensors()
+    recipe = Recipe(method="rtn", bits=None, target_bpw=3.4, group_size=128, mixed_group_sizes=(32, 64),
+                    keep=(("conv.*", 8),))
+    out, info = quantize_tensors(_NoModel(), tensors, recipe)
+    qts = {n: v for n, v in out.items() if isinstance(v, QuantizedTensor)}
+    groups = info["tensor_group_size"]
+    assert set(groups) == set(qts) == set(info["tensor_bits"])
+    for name, qt in qts.items():
+        assert qt.bits == info["tensor_bits"][name]
+        assert qt.group_size == resolve_group_size(view_2d_shape(qt.shape)[1], groups[name])
+    assert groups["conv.weight"] == 128 and qts["conv.weight"].bits == 8  # pinned: the default group size
+    assert {32, 64} & set(groups.values())
+    assert 3.2 < bits_per_weight(qts.values()) <= 3.4
+    write_wq(tmp_path / "m.wq", {"architecture": "test", "quantization": info}, out)
+    with WqFile(tmp_path / "m.wq") as f:
+        assert summarize(f).quantized_bpw == pytest.approx(info["bits_per_weight"], rel=1e-5)
+    # the menu with group 128 alone is a special case: the same files as without mixed_group_sizes
+    plain = quantize_tensors(_NoModel(), tensors, Recipe(method="rtn", bits=None, target_bpw=3.4, group_size=128))
+    again = quantize_tensors(_NoModel(), tensors, Recipe(method="rtn", bits=None, target_bpw=3.4, group_size=128,
+                                                         mixed_group_sizes=(128,)))
+    assert plain.info == again.info and "tensor_group_size" not in plain.info
+
+
+def test_mixed_groups_need_a_target():
+    with pytest.raises(ValueError, match="needs a target"):
+        Recipe(bits=3, mixed_group_sizes=(64,))
+    with pytest.raises(ValueError, match=">= 0"):
+        Recipe(bits=None, target_bpw=3.3, mixed_group_sizes=(-1,))
+    assert Recipe(bits=None, target_bpw=3.3, mixed_group_sizes=(64, 128, 64)).mixed_group_sizes == (64,)

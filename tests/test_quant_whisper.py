@@ -178,6 +178,33 @@ def test_mixed_precision_with_calibration_meets_target(tiny, tmp_path):
         assert 3.45 < summarize(f).quantized_bpw <= 3.6
 
 
+def test_mixed_groups_reach_gptq_and_tune(tiny, tmp_path):
+    """With mixed group sizes the calibrated path (GPTQ, then tuning) quantizes each tensor at its allocated bits
+    and group size, and `wavq info` shows the allocation."""
+    from click.testing import CliRunner
+
+    from wavq.formats import write_wq
+    from wavq.formats.codecs import resolve_group_size, view_2d_shape
+    from wavq.runtime.cli import main as wavq_main
+
+    _, exporter, tensors, items = tiny
+    recipe = Recipe(method="gptq+tune", bits=None, target_bpw=3.5, group_size=64, mixed_group_sizes=(16, 32))
+    out, info = pipeline.quantize_tensors(exporter, tensors, recipe, items)
+    qts = {n: v for n, v in out.items() if isinstance(v, QuantizedTensor)}
+    groups = info["tensor_group_size"]
+    assert set(groups) == set(qts) and {16, 32} & set(groups.values())
+    for name, qt in qts.items():
+        assert (qt.bits, qt.group_size) == (info["tensor_bits"][name],
+                                            resolve_group_size(view_2d_shape(qt.shape)[1], groups[name]))
+    assert 3.3 < bits_per_weight(qts.values()) <= 3.5
+    assert info["tune"]["kl_per_epoch"][-1] < info["tune"]["kl_per_epoch"][0]
+    write_wq(tmp_path / "m.wq", {"architecture": "whisper", "quantization": info}, out)
+    r = CliRunner().invoke(wavq_main, ["info", str(tmp_path / "m.wq")])
+    assert r.exit_code == 0, r.output
+    name = next(n for n, g in groups.items() if g != 64)
+    assert f"{info['tensor_bits'][name]} bits, group {groups[name]}  {name}" in r.output
+
+
 def test_teacher_forcing_uses_transcripts(tiny):
     model, exporter, tensors, items = tiny
     texted = [CalibItem(it.id, it.audio, "HELLO THERE") if i % 2 == 0 else it for i, it in enumerate(items)]

@@ -10,21 +10,24 @@ float32 offset row and float16 outlier columns (32 * cols + 16 * rows * k). Floa
 positions, tensors kept float) are not counted; neither are the container's alignment padding and header.
 The per-tensor count is formats.stats.payload_bits, which `wavq info` uses too.
 
-Allocation: each free tensor t gets bits b in 2..8 to minimise sum_t err_t(b) subject to the total storage
-being <= target_bpw * sum_t numel_t. err_t(b) is the expected loss increase of round-to-nearest at b bits,
-sum(F * dW^2) with F the diagonal Fisher of the model's loss on the calibration audio (fisher.py; per-layer
-output errors are not comparable across layers); without calibration audio, the weight squared error. The solver is the
-greedy walk along each tensor's lower convex hull of (storage, error), best error reduction per stored bit first
-(the Lagrangian solution at every budget it passes), then a local search that applies the best single or
-paired change (one tensor down, another up) while it lowers the error within the budget; ties break by tensor
-order, so the result is deterministic.
+Allocation: each free tensor t gets an option o to minimise sum_t err_t(o) subject to the total storage
+being <= target_bpw * sum_t numel_t. An option is a width b in 2..8 at the recipe's group size, or, when the
+recipe lists more group sizes (Recipe.mixed_group_sizes), a pair (b, g): a tensor may then buy finer groups
+instead of another bit (3 bits in groups of 64 costs 3.3 bits/weight asymmetric, between 3 and 4 bits at 128).
+err_t(o) is the expected loss increase of round-to-nearest with option o, sum(F * dW^2) with F the diagonal
+Fisher of the model's loss on the calibration audio (fisher.py; per-layer output errors are not comparable
+across layers); without calibration audio, the weight squared error. The solver is the greedy walk along each
+tensor's lower convex hull of (storage, error), best error reduction per stored bit first (the Lagrangian
+solution at every budget it passes), then a local search that applies the best single or paired change (one
+tensor down, another up) while it lowers the error within the budget; ties break by tensor order, so the
+result is deterministic.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Tuple, Union
 
 import numpy as np
 import torch
@@ -38,6 +41,18 @@ from .stats import Stats
 
 EXCHANGE_ROUNDS = 1000  # bound on the local-search moves after the hull walk (each strictly lowers the error)
 MIXED_BITS = tuple(range(MIN_BITS, MAX_BITS + 1))
+
+Option = Union[int, Tuple[int, int]]  # bits (at the candidate's default group size) or (bits, group size)
+
+
+def option_bits_group(option: Option, group_size: int) -> tuple[int, int]:
+    """(bits, group size) of an allocation option; a bare width uses `group_size`."""
+    return (int(option[0]), int(option[1])) if isinstance(option, tuple) else (int(option), group_size)
+
+
+def mixed_options(group_sizes: Iterable[int], bits: Iterable[int] = MIXED_BITS) -> list[tuple[int, int]]:
+    """Every (bits, group size) pair, group sizes in the given order without repeats."""
+    return [(b, g) for g in dict.fromkeys(group_sizes) for b in bits]
 
 
 def storage_bits(shape: tuple[int, ...], bits: int, group_size: int, symmetric: bool, outliers: int = 0) -> int:
@@ -60,12 +75,14 @@ def bits_per_weight(tensors: Iterable[QuantizedTensor]) -> float:
 
 
 def sensitivity(w2d: np.ndarray, group_size: int, symmetric: bool, stats: Stats,
-                bits_options: Iterable[int] = MIXED_BITS, outliers: int = 0) -> dict[int, float]:
-    """err(b): summed output (or, with IdentityStats, weight) squared error of round-to-nearest at each width."""
+                bits_options: Iterable[Option] = MIXED_BITS, outliers: int = 0) -> dict[Option, float]:
+    """err(o): summed output (or, with IdentityStats, weight) squared error of round-to-nearest for each option
+    (a width at `group_size`, or a (bits, group size) pair)."""
     out = {}
-    for b in bits_options:
-        deq = fake_quant(w2d, QuantSpec(b, group_size, symmetric, outliers))
-        out[b] = float(stats.row_error(torch.from_numpy(w2d - deq)).sum())
+    for o in bits_options:
+        b, g = option_bits_group(o, group_size)
+        deq = fake_quant(w2d, QuantSpec(b, g, symmetric, outliers))
+        out[o] = float(stats.row_error(torch.from_numpy(w2d - deq)).sum())
     return out
 
 
@@ -73,18 +90,18 @@ def sensitivity(w2d: np.ndarray, group_size: int, symmetric: bool, stats: Stats,
 class Candidate:
     name: str
     numel: int
-    cost: dict[int, int]  # bits -> stored bits
-    error: dict[int, float]  # bits -> sensitivity
+    cost: dict[Option, int]  # option (bits, or (bits, group size)) -> stored bits
+    error: dict[Option, float]  # option -> sensitivity
 
 
 class AllocationError(ValueError):
     """The target cannot be met (even the smallest widths exceed it)."""
 
 
-def _hull(c: Candidate) -> list[int]:
-    """Bit widths on the lower convex hull of (cost, error), cheapest first, error strictly decreasing."""
+def _hull(c: Candidate) -> list[Option]:
+    """Options on the lower convex hull of (cost, error), cheapest first, error strictly decreasing."""
     options = sorted(c.cost, key=lambda b: (c.cost[b], b))
-    pts: list[int] = []
+    pts: list[Option] = []
     for b in options:
         if pts and c.error[b] >= c.error[pts[-1]]:
             continue  # costs more and is no better
@@ -102,8 +119,9 @@ def _hull(c: Candidate) -> list[int]:
 
 
 def allocate_bits(candidates: list[Candidate], target_bpw: float, fixed_bits: int = 0,
-                  fixed_numel: int = 0) -> dict[str, int]:
-    """Bits per candidate minimising the summed error with (fixed + chosen storage) <= target * all weights.
+                  fixed_numel: int = 0) -> dict[str, Option]:
+    """The option (bits, or (bits, group size)) per candidate minimising the summed error with
+    (fixed + chosen storage) <= target * all weights.
 
     `fixed_bits` / `fixed_numel`: storage and weights of quantized tensors whose bits are pinned (--keep).
     """
@@ -140,7 +158,7 @@ def allocate_bits(candidates: list[Candidate], target_bpw: float, fixed_bits: in
     return dict(zip((c.name for c in candidates), _exchange(candidates, bits, budget - spent)))
 
 
-def _exchange(candidates: list[Candidate], bits: list[int], left: int) -> list[int]:
+def _exchange(candidates: list[Candidate], bits: list[Option], left: int) -> list[Option]:
     """Local search after the hull walk: apply the best single change, or pair of changes to two tensors
     (typically one down, one up), that lowers the total error and fits the budget; repeat until none does.
     This spends what the hull walk left and fixes its coarse steps on small or uneven problems."""
@@ -182,6 +200,8 @@ def fixed_storage(items: Mapping[str, tuple], group_size: int, symmetric: bool) 
 
 
 def make_candidate(name: str, shape: tuple[int, ...], group_size: int, symmetric: bool,
-                   error: dict[int, float], outliers: int = 0) -> Candidate:
-    cost = {b: storage_bits(shape, b, group_size, symmetric, outliers) for b in error}
+                   error: dict[Option, float], outliers: int = 0) -> Candidate:
+    """A tensor's options (the keys of `error`: widths at `group_size`, or (bits, group size) pairs) with
+    their stored bits."""
+    cost = {o: storage_bits(shape, *option_bits_group(o, group_size), symmetric, outliers) for o in error}
     return Candidate(name, int(np.prod(shape)), cost, dict(error))

@@ -1,9 +1,10 @@
 """quantize_tensors: the exporter's tensors + a Recipe (+ calibration audio) -> what the .wq stores.
 
 Flow:
-  1. bits per tensor: --keep pins first; then either the recipe's bits, or (target_bpw) an allocation by
-     measured sensitivity (mixed.py): the expected loss increase from the diagonal Fisher of the model's loss
-     on the calibration audio (fisher.py), or weight squared error without calibration;
+  1. bits (and, with Recipe.mixed_group_sizes, group size) per tensor: --keep pins first; then either the
+     recipe's bits, or (target_bpw) an allocation by measured sensitivity (mixed.py): the expected loss
+     increase from the diagonal Fisher of the model's loss on the calibration audio (fisher.py), or weight
+     squared error without calibration;
   2. calibrated methods run block-sequentially over a working copy of the torch model (sequential.py with the
      architecture's blocks from calib_whisper.py / calib_wav2vec2.py), the exported arrays loaded into it first
      so exactly those values are quantized;
@@ -28,7 +29,7 @@ from ...formats import QuantizedTensor
 from ..registry import ConversionError, ExportTensor
 from .clip import search_clip
 from .decompose import decompose
-from .mixed import (AllocationError, MIXED_BITS, allocate_bits, bits_per_weight, fixed_storage, make_candidate,
+from .mixed import (AllocationError, allocate_bits, bits_per_weight, fixed_storage, make_candidate, mixed_options,
                     sensitivity)
 from .recipe import FLOAT_KEEP_BITS, Recipe
 from .fisher import diagonal_fisher, fisher_error
@@ -124,33 +125,38 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
     outliers = {t.name: recipe.outlier_columns if t.kind == "embedding" else 0 for t in quantizable}
 
     # -- bits per tensor ------------------------------------------------------------------------------------
+    groups = {name: recipe.group_size for name in pinned}
     if recipe.target_bpw is not None:
-        errors: dict[str, dict[int, float]] = {}
         gs, sym = recipe.group_size, recipe.symmetric
+        options = mixed_options((gs, *recipe.mixed_group_sizes))
+        errors: dict[str, dict] = {}
         if cal is not None:
             wanted = [t for t in free if t.name in cal.targets]
             fisher = diagonal_fisher({t.name: cal.targets[t.name].module.weight for t in wanted},
                                      cal.module.losses(cal.model, cal.batches), progress)
             for t in wanted:
                 w = t.array
-                errors[t.name] = {b: fisher_error(w, fake_quant(as_2d(w), QuantSpec(b, gs, sym, outliers[t.name])),
-                                                  fisher[t.name])
-                                  for b in MIXED_BITS}
+                errors[t.name] = {(b, g): fisher_error(w, fake_quant(as_2d(w), QuantSpec(b, g, sym, outliers[t.name])),
+                                                       fisher[t.name])
+                                  for b, g in options}
         for t in free:
             if t.name not in errors:
                 w2d = as_2d(t.array)
-                errors[t.name] = sensitivity(w2d, gs, sym, IdentityStats(w2d.shape[1]), outliers=outliers[t.name])
+                errors[t.name] = sensitivity(w2d, gs, sym, IdentityStats(w2d.shape[1]), options, outliers[t.name])
         candidates = [make_candidate(t.name, t.array.shape, gs, sym, errors[t.name], outliers[t.name]) for t in free]
         shapes = {t.name: t.array.shape for t in quantizable}
         fixed_bits, fixed_numel = fixed_storage({n: (shapes[n], b, outliers[n]) for n, b in pinned.items()}, gs, sym)
         try:
-            bits = allocate_bits(candidates, recipe.target_bpw, fixed_bits, fixed_numel)
+            chosen = allocate_bits(candidates, recipe.target_bpw, fixed_bits, fixed_numel)
         except AllocationError as e:
             raise ConversionError(str(e)) from None
+        bits = {name: b for name, (b, _) in chosen.items()}
+        groups.update({name: g for name, (_, g) in chosen.items()})
     else:
         bits = {t.name: recipe.bits for t in free}
+        groups.update({t.name: recipe.group_size for t in free})
     bits.update(pinned)
-    specs = {name: QuantSpec(b, recipe.group_size, recipe.symmetric, outliers[name]) for name, b in bits.items()}
+    specs = {name: QuantSpec(b, groups[name], recipe.symmetric, outliers[name]) for name, b in bits.items()}
 
     # -- quantize -------------------------------------------------------------------------------------------
     results: dict[str, QuantizedTensor] = {}
@@ -203,6 +209,8 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
         "bits_per_weight": _significant(bits_per_weight(results.values())),
         "tensor_bits": {t.name: results[t.name].bits for t in quantizable if t.name in results},
     }
+    if recipe.mixed_group_sizes:  # the allocation chose group sizes too (0 = per output channel, as --group-size)
+        info["tensor_group_size"] = {name: groups[name] for name in info["tensor_bits"]}
     if kept_float:
         info["kept_float"] = kept_float
     if cal is not None:

@@ -78,6 +78,8 @@ class Recipe:
     symmetric: bool = False  # asymmetric by default: Whisper's weight groups are skewed (half the error)
     clip: bool = False  # same as adding "+clip" to the method
     target_bpw: float | None = None  # mixed precision: average bits per quantized weight, scales included
+    # mixed precision may also choose each tensor's group size among group_size and these (0 = per channel)
+    mixed_group_sizes: tuple[int, ...] = ()
     keep: tuple[tuple[str, int], ...] = ()  # (fnmatch pattern, bits); the last matching pattern wins
     act_order: bool = False  # GPTQ: columns in order of decreasing Hessian diagonal (codes stay in natural order)
     damp: float = DEFAULT_DAMP
@@ -92,6 +94,8 @@ class Recipe:
         object.__setattr__(self, "method", "none" if plan is None else plan.name)
         object.__setattr__(self, "clip", bool(plan and plan.clip))
         object.__setattr__(self, "keep", tuple((str(p), int(b)) for p, b in self.keep))
+        extra = tuple(dict.fromkeys(int(g) for g in self.mixed_group_sizes if int(g) != self.group_size))
+        object.__setattr__(self, "mixed_group_sizes", extra)
         if self.bits is None and self.target_bpw is None and plan is not None:
             raise ValueError("give the number of bits, or a target bits-per-weight for mixed precision")
         if self.bits is not None and not MIN_BITS <= self.bits <= MAX_BITS:
@@ -100,6 +104,12 @@ class Recipe:
             raise ValueError(f"group size must be >= 0 (0 = per output channel), got {self.group_size}")
         if self.target_bpw is not None and not self.target_bpw > 0:
             raise ValueError(f"target bits per weight must be positive, got {self.target_bpw}")
+        if any(g < 0 for g in self.mixed_group_sizes):
+            raise ValueError(f"mixed-precision group sizes must be >= 0 (0 = per output channel), "
+                             f"got {list(self.mixed_group_sizes)}")
+        if self.mixed_group_sizes and self.target_bpw is None:
+            raise ValueError("choosing group sizes per tensor is part of mixed precision: it needs a target "
+                             "bits per weight")
         for pattern, bits in self.keep:
             if not pattern:
                 raise ValueError("a --keep pattern is empty")
@@ -154,6 +164,7 @@ class Recipe:
             "group_size": self.group_size,
             "symmetric": self.symmetric,
             "target_bpw": self.target_bpw,
+            **({"mixed_group_sizes": list(self.mixed_group_sizes)} if self.mixed_group_sizes else {}),
             "keep": [[p, b] for p, b in self.keep],
             "act_order": self.act_order,
             "damp": self.damp,

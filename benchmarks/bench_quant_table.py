@@ -380,7 +380,11 @@ def main() -> None:
         utts = spread(find_utterances(root), n)
         sets[name] = (utts, [] if args.table_only else [load_audio(u.path) for u in utts])
     torch_model = None if args.table_only else TorchWhisper(args.model)
-    wanted = set(args.rows.split(",")) if args.rows is not None else None
+    wanted = set(filter(None, (x.strip() for x in args.rows.split(",")))) if args.rows is not None else None
+    unknown = sorted((wanted or set()) - {r.label for r in rows()})
+    if unknown:
+        raise SystemExit(f"--rows: no row labelled {', '.join(map(repr, unknown))}; the labels are: "
+                         + ", ".join(r.label for r in rows()))
     started = datetime.date.today().isoformat()
     # the rows the targets depend on first, so an interrupted run has the ones that matter
     for row in sorted(rows(), key=measure_order):

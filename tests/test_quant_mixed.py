@@ -234,3 +234,29 @@ def test_mixed_groups_need_a_target():
     with pytest.raises(ValueError, match=">= 0"):
         Recipe(bits=None, target_bpw=3.3, mixed_group_sizes=(-1,))
     assert Recipe(bits=None, target_bpw=3.3, mixed_group_sizes=(64, 128, 64)).mixed_group_sizes == (64,)
+
+
+def test_blockwise_pair_search_matches_the_full_matrix(monkeypatch):
+    """The exchange step's pair search runs in row blocks (bounded memory); it must pick exactly the pair the
+    full (changes x changes) matrix would, ties included (first in row-major order)."""
+    from wavq.converter.quant import mixed
+
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        n = int(rng.integers(2, 60))
+        dc = rng.integers(-50, 50, n).astype(np.float64)
+        de = rng.integers(-5, 5, n).astype(np.float64)  # small integers: many ties
+        de[rng.random(n) < 0.1] = np.inf  # options a tensor does not have
+        who = rng.integers(0, max(2, n // 3), n)
+        who[-1] = -1  # "no change"
+        left = float(rng.integers(0, 40))
+        full_e = de[:, None] + de[None, :]
+        ok = (dc[:, None] + dc[None, :] <= left) & (who[:, None] != who[None, :]) & np.isfinite(full_e)
+        full_e = np.where(ok, full_e, np.inf)
+        k = int(np.argmin(full_e))
+        monkeypatch.setattr(mixed, "EXCHANGE_BLOCK", int(rng.integers(1, 9)))
+        gain, pair = mixed._best_pair(dc, de, who, left)
+        if np.isfinite(full_e.flat[k]):
+            assert (gain, pair) == (full_e.flat[k], np.unravel_index(k, full_e.shape))
+        else:
+            assert gain == np.inf

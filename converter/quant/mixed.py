@@ -40,6 +40,7 @@ from .rtn import QuantSpec, fake_quant
 from .stats import Stats
 
 EXCHANGE_ROUNDS = 1000  # bound on the local-search moves after the hull walk (each strictly lowers the error)
+EXCHANGE_BLOCK = 512  # rows of the pairwise search evaluated at once (bounds its memory)
 MIXED_BITS = tuple(range(MIN_BITS, MAX_BITS + 1))
 
 Option = Union[int, Tuple[int, int]]  # bits (at the candidate's default group size) or (bits, group size)
@@ -176,18 +177,32 @@ def _exchange(candidates: list[Candidate], bits: list[Option], left: int) -> lis
         dc = np.append(dc, 0.0)  # ... and "no change", so single changes are pairs too
         de = np.append(de, 0.0)
         who = np.append(owner, -1)
-        total_c = dc[:, None] + dc[None, :]
-        total_e = de[:, None] + de[None, :]
-        ok = (total_c <= left) & (who[:, None] != who[None, :]) & np.isfinite(total_e)
-        total_e = np.where(ok, total_e, np.inf)
-        best = int(np.argmin(total_e))  # first minimum: deterministic
-        if not total_e.flat[best] < -1e-12 * max(1.0, float(err[rows, cur].sum())):
+        gain, best = _best_pair(dc, de, who, left)
+        if not gain < -1e-12 * max(1.0, float(err[rows, cur].sum())):
             break
-        for m in np.unravel_index(best, total_e.shape):
+        for m in best:
             if who[m] >= 0:
                 left -= int(dc[m])
                 cur[who[m]] = m % len(options)
     return [options[k] for k in cur]
+
+
+def _best_pair(dc: np.ndarray, de: np.ndarray, who: np.ndarray, left: float) -> tuple[float, tuple[int, int]]:
+    """The pair of changes (i, j) of different tensors with the lowest summed error change whose summed cost
+    change fits in `left`: (error change, (i, j)); the first such pair in row-major order on ties, so the
+    search is deterministic. Computed in row blocks: memory stays O(EXCHANGE_BLOCK * changes), not
+    O(changes^2), which with several group sizes on a large model would be gigabytes."""
+    gain, best = np.inf, (0, 0)
+    for start in range(0, dc.size, EXCHANGE_BLOCK):
+        stop = min(start + EXCHANGE_BLOCK, dc.size)
+        total_e = de[start:stop, None] + de[None, :]
+        ok = ((dc[start:stop, None] + dc[None, :] <= left) & (who[start:stop, None] != who[None, :])
+              & np.isfinite(total_e))
+        total_e = np.where(ok, total_e, np.inf)
+        k = int(np.argmin(total_e))  # first minimum of the block
+        if total_e.flat[k] < gain:  # strict: an earlier block wins ties
+            gain, best = float(total_e.flat[k]), (start + k // dc.size, k % dc.size)
+    return gain, best
 
 
 def fixed_storage(items: Mapping[str, tuple], group_size: int, symmetric: bool) -> tuple[int, int]:

@@ -91,9 +91,9 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
             return f"{allocation[name]} bits" + ("" if g is None else f", {'per channel' if g == 0 else f'group {g}'}")
 
         counts: dict = {}
-        for name in allocation:
+        for name in sorted(allocation, key=lambda n: (allocation[n], group_of.get(n) or 1 << 40)):  # per channel last
             counts[label(name)] = counts.get(label(name), 0) + 1
-        click.echo("bit allocation: " + ", ".join(f"{n} tensors at {k}" for k, n in sorted(counts.items())))
+        click.echo("bit allocation: " + ", ".join(f"{n} tensors at {k}" for k, n in counts.items()))
         if len(counts) > 1 or tensors:
             width = max(len(k) for k in counts)
             for name in allocation:

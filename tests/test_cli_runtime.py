@@ -41,6 +41,23 @@ def test_info_reports_bits_and_breakdown(model_file):
     assert "source=unit-test" in r.output
 
 
+def test_info_lists_group_sizes_chosen_by_mixed_precision(tmp_path):
+    """With a per-tensor group size in the metadata (--mixed-groups), `wavq info` shows it with the bits, in numeric
+    order (group 64 before 128, per channel last)."""
+    rng = np.random.default_rng(1)
+    shapes = {"a.weight": (8, 256), "b.weight": (8, 256), "c.weight": (8, 256), "d.weight": (8, 256)}
+    groups = {"a.weight": 128, "b.weight": 64, "c.weight": 0, "d.weight": 64}
+    tensors = {n: quantize(rng.normal(size=s).astype(np.float32), 3, groups[n], False)[0] for n, s in shapes.items()}
+    meta = {"architecture": "whisper", "quantization": {"method": "rtn", "bits": None, "tensor_bits": dict.fromkeys(
+        shapes, 3), "tensor_group_size": groups}}
+    write_wq(tmp_path / "g.wq", meta, tensors)
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "g.wq")])
+    assert r.exit_code == 0, r.output
+    assert ("bit allocation: 2 tensors at 3 bits, group 64, 1 tensors at 3 bits, group 128, "
+            "1 tensors at 3 bits, per channel") in r.output
+    assert "  3 bits, group 64     b.weight\n" in r.output and "  3 bits, per channel  c.weight\n" in r.output
+
+
 def test_info_reports_decomposed_tensors(tmp_path):
     """A decomposed tensor is labelled with its offset and float columns, and both count in bits per weight."""
     import dataclasses

@@ -67,8 +67,9 @@ def _build(spec: Spec, root) -> str:
     tok, fe, gen = _processor_parts(spec.processor_from, spec.n_mels)
     special = dict(decoder_start_token_id=gen.decoder_start_token_id, eos_token_id=gen.eos_token_id,
                    pad_token_id=gen.pad_token_id, bos_token_id=gen.bos_token_id)
-    config = WhisperConfig(vocab_size=len(tok), num_mel_bins=spec.n_mels, d_model=64, encoder_layers=spec.encoder_layers,
-                           encoder_attention_heads=4, decoder_layers=spec.decoder_layers, decoder_attention_heads=4,
+    config = WhisperConfig(vocab_size=len(tok), num_mel_bins=spec.n_mels, d_model=64,
+                           encoder_layers=spec.encoder_layers, encoder_attention_heads=4,
+                           decoder_layers=spec.decoder_layers, decoder_attention_heads=4,
                            encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=1500,
                            max_target_positions=448, **special)
     torch.manual_seed(0)

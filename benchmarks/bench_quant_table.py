@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -286,13 +287,9 @@ def write_table(args, results: list[dict], calib_n: int, started: str) -> str:
     if mixed:
         lines += ["", "## Bits chosen by mixed precision", ""]
         for r in mixed:
-            counts: dict[int, int] = {}
-            for b in r["tensor_bits"].values():
-                counts[b] = counts.get(b, 0) + 1
+            counts = Counter(r["tensor_bits"].values())
             emb = {n: b for n, b in r["tensor_bits"].items() if "embed_tokens" in n}
-            groups: dict[int, int] = {}
-            for g in (r.get("tensor_group_size") or {}).values():
-                groups[g] = groups.get(g, 0) + 1
+            groups = Counter((r.get("tensor_group_size") or {}).values())
             lines.append(f"- {r['label']}: tensors per width "
                          + ", ".join(f"{b} bits: {c}" for b, c in sorted(counts.items()))
                          + ("; per group size " + ", ".join(f"{g}: {c}" for g, c in sorted(groups.items()))

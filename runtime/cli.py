@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+from collections import Counter
 
 import click
 
@@ -90,14 +91,14 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
             g = group_of.get(name)
             return f"{allocation[name]} bits" + ("" if g is None else f", {'per channel' if g == 0 else f'group {g}'}")
 
-        counts: dict = {}
-        for name in sorted(allocation, key=lambda n: (allocation[n], group_of.get(n) or 1 << 40)):  # per channel last
-            counts[label(name)] = counts.get(label(name), 0) + 1
+        # numeric order (per channel last); Counter keeps the order labels first appear in
+        labels = {n: label(n) for n in sorted(allocation, key=lambda n: (allocation[n], group_of.get(n) or 1 << 40))}
+        counts = Counter(labels.values())
         click.echo("bit allocation: " + ", ".join(f"{n} tensors at {k}" for k, n in counts.items()))
         if len(counts) > 1 or tensors:
-            width = max(len(k) for k in counts)
+            width = max(map(len, counts))
             for name in allocation:
-                click.echo(f"  {label(name):<{width}}  {name}")
+                click.echo(f"  {labels[name]:<{width}}  {name}")
     prov = meta.get("provenance") or {}
     if prov:
         click.echo("provenance:    " + ", ".join(f"{k}={v}" for k, v in prov.items()))

@@ -52,8 +52,8 @@ def option_bits_group(option: Option, group_size: int) -> tuple[int, int]:
 
 
 def mixed_options(group_sizes: Iterable[int], bits: Iterable[int] = MIXED_BITS) -> list[tuple[int, int]]:
-    """Every (bits, group size) pair, group sizes in the given order without repeats."""
-    return [(b, g) for g in dict.fromkeys(group_sizes) for b in bits]
+    """Every (bits, group size) pair, in the order of the group sizes given (Recipe already drops repeats)."""
+    return [(b, g) for g in group_sizes for b in bits]
 
 
 def storage_bits(shape: tuple[int, ...], bits: int, group_size: int, symmetric: bool, outliers: int = 0) -> int:

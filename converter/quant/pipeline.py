@@ -125,7 +125,7 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
     outliers = {t.name: recipe.outlier_columns if t.kind == "embedding" else 0 for t in quantizable}
 
     # -- bits per tensor ------------------------------------------------------------------------------------
-    groups = {name: recipe.group_size for name in pinned}
+    groups: dict[str, int] = {}  # allocated group sizes; every other tensor uses recipe.group_size
     if recipe.target_bpw is not None:
         gs, sym = recipe.group_size, recipe.symmetric
         options = mixed_options((gs, *recipe.mixed_group_sizes))
@@ -151,12 +151,12 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
         except AllocationError as e:
             raise ConversionError(str(e)) from None
         bits = {name: b for name, (b, _) in chosen.items()}
-        groups.update({name: g for name, (_, g) in chosen.items()})
+        groups = {name: g for name, (_, g) in chosen.items()}
     else:
         bits = {t.name: recipe.bits for t in free}
-        groups.update({t.name: recipe.group_size for t in free})
     bits.update(pinned)
-    specs = {name: QuantSpec(b, groups[name], recipe.symmetric, outliers[name]) for name, b in bits.items()}
+    specs = {name: QuantSpec(b, groups.get(name, recipe.group_size), recipe.symmetric, outliers[name])
+             for name, b in bits.items()}
 
     # -- quantize -------------------------------------------------------------------------------------------
     results: dict[str, QuantizedTensor] = {}
@@ -210,7 +210,7 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
         "tensor_bits": {t.name: results[t.name].bits for t in quantizable if t.name in results},
     }
     if recipe.mixed_group_sizes:  # the allocation chose group sizes too (0 = per output channel, as --group-size)
-        info["tensor_group_size"] = {name: groups[name] for name in info["tensor_bits"]}
+        info["tensor_group_size"] = {name: specs[name].group_size for name in info["tensor_bits"]}
     if kept_float:
         info["kept_float"] = kept_float
     if cal is not None:

@@ -13,7 +13,8 @@ the only way to afford hundreds of utterances per recipe; the numpy runtime is c
 utterances of test-clean for every row (column "runtime = torch"), and f32 parity is tested in tests/.
 
 Every row is saved to <workdir>/<model>/results.json as soon as it is measured, so an interrupted run resumes
-where it stopped (--rows selects rows by label).
+where it stopped (--rows selects rows by label); its transcripts go to <workdir>/<model>/hyps/<row>.json (utterance
+id -> hypothesis, per test set) for per-utterance error analysis.
 """
 
 from __future__ import annotations
@@ -216,13 +217,19 @@ def measure(row: Row, args, torch_model: TorchWhisper, sets: dict, calib_items, 
               "tensor_group_size": quant.get("tensor_group_size", {}), "calib_samples": len(calib_ids),
               "date": datetime.date.today().isoformat()}
     t0 = time.perf_counter()
+    transcripts = {}
     for name, (utts, audios) in sets.items():
         hyps = torch_model.transcribe(audios)
         result[f"wer_{name}"], result[f"words_{name}"] = wer([u.text for u in utts], hyps)
         result[f"n_{name}"] = len(utts)
+        transcripts[name] = {u.id: h for u, h in zip(utts, hyps)}
         if name == "clean":
             result["torch_hyps_head"] = hyps[:args.runtime_check]
     result["eval_s"] = time.perf_counter() - t0
+    # every hypothesis, for per-utterance error analysis (the table keeps only the head)
+    os.makedirs(os.path.join(model_dir, "hyps"), exist_ok=True)
+    with open(os.path.join(model_dir, "hyps", os.path.basename(path).removesuffix(".wq") + ".json"), "w") as f:
+        json.dump(transcripts, f, indent=0)
     # the numpy runtime on the same file, first utterances of test-clean: identical text after normalisation?
     norm = normalizer_for("whisper")
     model = load(path, cache=True)

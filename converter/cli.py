@@ -59,6 +59,8 @@ def _parse_groups(ctx, param, value) -> tuple[int, ...]:
               help="Calibration audio: a LibriSpeech-layout directory or any folder of audio files.")
 @click.option("--calib-samples", type=click.IntRange(1), default=128, show_default=True,
               help="Number of calibration utterances.")
+@click.option("--tune-epochs", type=click.IntRange(1), default=2, show_default=True,
+              help="With a '+tune' method: passes of the distillation over the calibration audio.")
 @click.option("--act-order", is_flag=True, help="GPTQ: quantize columns in order of decreasing activation energy.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
 @click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
@@ -67,7 +69,7 @@ def _parse_groups(ctx, param, value) -> tuple[int, ...]:
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def main(source, output, bits, method, group_size, asym, target_bpw, mixed_groups, keep, embedding_outliers, calib,
-         calib_samples, act_order, seed, dtype, revision, force, quiet) -> None:
+         calib_samples, tune_epochs, act_order, seed, dtype, revision, force, quiet) -> None:
     """Convert SOURCE (a Hugging Face hub id or local model directory) to a .wq file.
 
     \b
@@ -92,7 +94,7 @@ def main(source, output, bits, method, group_size, asym, target_bpw, mixed_group
                                          symmetric=not asym, target_bpw=target_bpw, keep=keep,
                                          mixed_group_sizes=mixed_groups,
                                          act_order=act_order, calib_samples=calib_samples, seed=seed,
-                                         outlier_columns=embedding_outliers)
+                                         outlier_columns=embedding_outliers, tune_epochs=tune_epochs)
             if recipe.needs_calibration and calib is None:
                 raise click.UsageError(f"method {recipe.method!r} needs calibration audio: pass --calib DIR")
             if calib is not None and recipe.uses_calibration:

@@ -57,3 +57,28 @@ def test_options_need_bits(tmp_path):
 def test_missing_output_directory(tmp_path):
     r = _run("openai/whisper-tiny.en", "-o", tmp_path / "no" / "such" / "dir.wq")
     assert r.exit_code == 1 and "does not exist" in r.output
+
+
+def test_tune_epochs_reach_the_recipe(tmp_path, monkeypatch):
+    import numpy as np
+    import soundfile as sf
+
+    import wavq.converter.export as export
+
+    from wavq.converter.registry import ConversionError
+
+    seen = {}
+
+    def convert(source, output, recipe, **kw):  # records what the CLI built, writes nothing
+        seen["recipe"] = recipe
+        raise ConversionError("stopped before loading the model")
+
+    monkeypatch.setattr(export, "convert", convert)
+    (tmp_path / "calib").mkdir()
+    sf.write(tmp_path / "calib" / "a.wav", np.zeros(1600, np.float32), 16000)
+    r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "3", "--method", "gptq+tune",
+             "--calib", tmp_path / "calib", "--tune-epochs", "5", "-q")
+    assert r.exit_code == 1 and "stopped before loading" in r.output
+    assert seen["recipe"].tune_epochs == 5 and seen["recipe"].method == "gptq+tune"
+    r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "3", "--tune-epochs", "0")
+    assert r.exit_code == 2

@@ -38,12 +38,15 @@ def test_recipe_fields_and_calibration_needs():
     assert Recipe.from_options(method="gptq", bits=None, target_bpw=3.2, keep=[("a*", 8)]).keep == (("a*", 8),)
     assert Recipe.from_options(method="rtn").bits == 4
     for bad in (dict(bits=9), dict(bits=1), dict(group_size=-1), dict(damp=0.0), dict(calib_samples=0),
-                dict(keep=(("x", 12),)), dict(bits=None), dict(target_bpw=0.0)):
+                dict(keep=(("x", 12),)), dict(bits=None), dict(target_bpw=0.0), dict(tune_epochs=0)):
         with pytest.raises(ValueError):
             Recipe(**bad)
     meta = Recipe(method="awq+gptq", keep=(("*fc1*", 6),), target_bpw=3.3).to_meta()
     assert msgpack.unpackb(msgpack.packb(meta)) == meta and meta["method"] == "awq+gptq"
     assert parse_method("none") is None
+    # the tune stage's epochs are recorded for methods that tune, and only for them
+    assert Recipe(method="gptq+tune", tune_epochs=4).to_meta()["tune_epochs"] == 4
+    assert "tune_epochs" not in Recipe(method="gptq", tune_epochs=4).to_meta()
 
 
 @pytest.fixture(scope="module")

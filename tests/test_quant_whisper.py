@@ -188,7 +188,8 @@ def test_mixed_groups_reach_gptq_and_tune(tiny, tmp_path):
     from wavq.runtime.cli import main as wavq_main
 
     _, exporter, tensors, items = tiny
-    recipe = Recipe(method="gptq+tune", bits=None, target_bpw=3.5, group_size=64, mixed_group_sizes=(16, 32))
+    recipe = Recipe(method="gptq+tune", bits=None, target_bpw=3.5, group_size=64, mixed_group_sizes=(16, 32),
+                    tune_epochs=3)
     out, info = pipeline.quantize_tensors(exporter, tensors, recipe, items)
     qts = {n: v for n, v in out.items() if isinstance(v, QuantizedTensor)}
     groups = info["tensor_group_size"]
@@ -197,6 +198,7 @@ def test_mixed_groups_reach_gptq_and_tune(tiny, tmp_path):
         assert (qt.bits, qt.group_size) == (info["tensor_bits"][name],
                                             resolve_group_size(view_2d_shape(qt.shape)[1], groups[name]))
     assert 3.3 < bits_per_weight(qts.values()) <= 3.5
+    assert len(info["tune"]["kl_per_epoch"]) == 3  # the recipe's epochs, not the default 2
     assert info["tune"]["kl_per_epoch"][-1] < info["tune"]["kl_per_epoch"][0]
     write_wq(tmp_path / "m.wq", {"architecture": "whisper", "quantization": info}, out)
     r = CliRunner().invoke(wavq_main, ["info", str(tmp_path / "m.wq")])

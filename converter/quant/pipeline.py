@@ -186,7 +186,7 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
         teacher = teacher_targets(exporter.model.float().eval(), cal.batches, cal.module.outputs)
         tuned, tuned_floats, tune_report = tune(
             cal.model, results, [t.name for t in tensors if t.kind in TUNED_KINDS], cal.batches,
-            cal.module.outputs, teacher, seed=recipe.seed, progress=progress)
+            cal.module.outputs, teacher, epochs=recipe.tune_epochs, seed=recipe.seed, progress=progress)
         results.update(tuned)
 
     # -- assemble -------------------------------------------------------------------------------------------

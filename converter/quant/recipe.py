@@ -27,6 +27,8 @@ FLOAT_KEEP_BITS = (16, 32)  # --keep PATTERN=16|32: leave matching tensors unqua
 DEFAULT_DAMP = 0.01  # GPTQ dampening, as a fraction of the mean Hessian diagonal (the GPTQ paper's default)
 DEFAULT_CALIB_SAMPLES = 128
 DEFAULT_OUTLIER_COLUMNS = 4  # float16 columns of a decomposed embedding table (decompose.py)
+# passes of the tune stage over the calibration audio (tune.py): at 4 bits most of the gain comes in the first
+DEFAULT_TUNE_EPOCHS = 2
 MAX_OUTLIER_COLUMNS = 64
 
 
@@ -88,6 +90,7 @@ class Recipe:
     true_sequential: bool = True  # re-collect a layer's inputs after the layers before it in its block are quantized
     # embedding tables are stored decomposed (offset row + this many float16 columns + codes); 0 = plain codes
     outlier_columns: int = DEFAULT_OUTLIER_COLUMNS
+    tune_epochs: int = DEFAULT_TUNE_EPOCHS  # passes of the tune stage (methods with "+tune")
 
     def __post_init__(self) -> None:
         plan = parse_method(self.method, self.clip)
@@ -123,6 +126,8 @@ class Recipe:
             raise ValueError(f"embedding outlier columns must be 0..{MAX_OUTLIER_COLUMNS}, got {self.outlier_columns}")
         if self.calib_samples < 1:
             raise ValueError(f"calibration samples must be >= 1, got {self.calib_samples}")
+        if self.tune_epochs < 1:
+            raise ValueError(f"tune epochs must be >= 1, got {self.tune_epochs}")
 
     @classmethod
     def from_options(cls, *, method: str = "rtn", bits: int | None = None, keep: Iterable = (), **kwargs) -> "Recipe":
@@ -172,4 +177,5 @@ class Recipe:
             "seed": self.seed,
             "true_sequential": self.true_sequential,
             "outlier_columns": self.outlier_columns,
+            **({"tune_epochs": self.tune_epochs} if self.plan is not None and self.plan.tune else {}),
         }

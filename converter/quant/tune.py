@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from ...formats import QuantizedTensor
+from .recipe import DEFAULT_TUNE_EPOCHS
 
 TEACHER_TOP_K = 32  # teacher outputs kept per position
-TUNE_EPOCHS = 2  # most of the gain comes in the first; more overfits 128 utterances
 SCALE_LR = 1e-3  # Adam on log-scales: a relative step of ~0.1 % per update
 FLOAT_LR = 1e-4  # Adam on norms, biases, offsets and float columns
 WARMUP = 0.1  # fraction of the steps spent ramping the learning rate up (one-cycle schedule)
@@ -139,7 +139,7 @@ def _owners(model: torch.nn.Module, param: torch.nn.Parameter) -> list[torch.nn.
 
 
 def tune(model: torch.nn.Module, quantized: dict[str, QuantizedTensor], float_names: list[str], batches: list,
-         outputs: Callable, teacher: Teacher, *, epochs: int = TUNE_EPOCHS, seed: int = 0,
+         outputs: Callable, teacher: Teacher, *, epochs: int = DEFAULT_TUNE_EPOCHS, seed: int = 0,
          progress: bool = False) -> tuple[dict[str, QuantizedTensor], dict, dict]:
     """Tune `model` (whose quantized weights hold the dequantized values of `quantized`) towards `teacher`.
 

@@ -8,6 +8,7 @@ import sys
 import click
 
 from ..formats.errors import OutputExistsError
+from .quant.recipe import DEFAULT_CALIB_SAMPLES, DEFAULT_OUTLIER_COLUMNS, DEFAULT_TUNE_EPOCHS, MAX_OUTLIER_COLUMNS
 from .registry import ConversionError
 
 
@@ -51,15 +52,16 @@ def _parse_groups(ctx, param, value) -> tuple[int, ...]:
 @click.option("--keep", "keep", multiple=True, callback=_parse_keep, metavar="PATTERN=BITS",
               help="Pin tensors whose name matches the glob PATTERN to BITS (repeatable; 16 or 32 keeps them float), "
                    "e.g. '*conv1*=8'. Below 4 bits, pin Whisper's tied embedding: '*embed_tokens*=8'.")
-@click.option("--embedding-outliers", type=click.IntRange(0, 64), default=4, show_default=True,
+@click.option("--embedding-outliers", type=click.IntRange(0, MAX_OUTLIER_COLUMNS), default=DEFAULT_OUTLIER_COLUMNS,
+              show_default=True,
               help="Store token-embedding tables as a float32 mean row + this many float16 outlier columns + codes of "
                    "the rest (0: plain codes). Costs 32 + 16 * K bits per row; cuts Whisper's embedding error "
                    "several-fold.")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False), default=None,
               help="Calibration audio: a LibriSpeech-layout directory or any folder of audio files.")
-@click.option("--calib-samples", type=click.IntRange(1), default=128, show_default=True,
+@click.option("--calib-samples", type=click.IntRange(1), default=DEFAULT_CALIB_SAMPLES, show_default=True,
               help="Number of calibration utterances.")
-@click.option("--tune-epochs", type=click.IntRange(1), default=2, show_default=True,
+@click.option("--tune-epochs", type=click.IntRange(1), default=DEFAULT_TUNE_EPOCHS, show_default=True,
               help="With a '+tune' method: passes of the distillation over the calibration audio.")
 @click.option("--act-order", is_flag=True, help="GPTQ: quantize columns in order of decreasing activation energy.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")

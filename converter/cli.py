@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..formats.constants import MAX_BITS, MIN_BITS
 from ..formats.errors import OutputExistsError
 from .quant.recipe import DEFAULT_CALIB_SAMPLES, DEFAULT_OUTLIER_COLUMNS, DEFAULT_TUNE_EPOCHS, MAX_OUTLIER_COLUMNS
 from .registry import ConversionError
@@ -49,6 +50,10 @@ def _parse_groups(ctx, param, value) -> tuple[int, ...]:
 @click.option("--mixed-groups", callback=_parse_groups, default=None, metavar="G1,G2,...",
               help="With --target-bpw: group sizes each tensor may also use (0 = per channel), chosen with its bits; "
                    "e.g. 64 lets a tensor take 3 bits in groups of 64 (3.30 bits/weight) instead of 4 bits.")
+@click.option("--min-bits", "mixed_min_bits", type=click.IntRange(MIN_BITS, MAX_BITS), default=MIN_BITS,
+              show_default=True,
+              help="With --target-bpw: the fewest bits the allocation may give a tensor (--keep pins are exempt); "
+                   "3 keeps every tensor off 2 bits and spends the budget on fewer 4-bit tensors instead.")
 @click.option("--keep", "keep", multiple=True, callback=_parse_keep, metavar="PATTERN=BITS",
               help="Pin tensors whose name matches the glob PATTERN to BITS (repeatable; 16 or 32 keeps them float), "
                    "e.g. '*conv1*=8'. Below 4 bits, pin Whisper's tied embedding: '*embed_tokens*=8'.")
@@ -70,8 +75,9 @@ def _parse_groups(ctx, param, value) -> tuple[int, ...]:
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of SOURCE.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def main(source, output, bits, method, group_size, asym, target_bpw, mixed_groups, keep, embedding_outliers, calib,
-         calib_samples, tune_epochs, act_order, seed, dtype, revision, force, quiet) -> None:
+def main(source, output, bits, method, group_size, asym, target_bpw, mixed_groups, mixed_min_bits, keep,
+         embedding_outliers, calib, calib_samples, tune_epochs, act_order, seed, dtype, revision, force,
+         quiet) -> None:
     """Convert SOURCE (a Hugging Face hub id or local model directory) to a .wq file.
 
     \b
@@ -86,6 +92,8 @@ def main(source, output, bits, method, group_size, asym, target_bpw, mixed_group
         raise click.UsageError("--method, --keep, --calib and --act-order need --bits or --target-bpw")
     if mixed_groups and target_bpw is None:
         raise click.UsageError("--mixed-groups needs --target-bpw")
+    if mixed_min_bits != MIN_BITS and target_bpw is None:
+        raise click.UsageError("--min-bits needs --target-bpw")
     recipe = None
     calib_items = None
     try:
@@ -94,7 +102,7 @@ def main(source, output, bits, method, group_size, asym, target_bpw, mixed_group
 
             recipe = Recipe.from_options(method=method or "rtn", bits=bits, group_size=group_size,
                                          symmetric=not asym, target_bpw=target_bpw, keep=keep,
-                                         mixed_group_sizes=mixed_groups,
+                                         mixed_group_sizes=mixed_groups, mixed_min_bits=mixed_min_bits,
                                          act_order=act_order, calib_samples=calib_samples, seed=seed,
                                          outlier_columns=embedding_outliers, tune_epochs=tune_epochs)
             if recipe.needs_calibration and calib is None:

@@ -49,6 +49,10 @@ def test_options_need_bits(tmp_path):
     assert r.exit_code == 2
     r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "3", "--mixed-groups", "64")
     assert r.exit_code == 2 and "--mixed-groups needs --target-bpw" in r.output
+    r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "3", "--min-bits", "3")
+    assert r.exit_code == 2 and "--min-bits needs --target-bpw" in r.output
+    r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--target-bpw", "3.3", "--min-bits", "9")
+    assert r.exit_code == 2
     r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--target-bpw", "3.3", "--mixed-groups", "64;32")
     assert r.exit_code == 2 and "comma-separated group sizes" in r.output
     assert os.listdir(tmp_path) == []
@@ -59,7 +63,7 @@ def test_missing_output_directory(tmp_path):
     assert r.exit_code == 1 and "does not exist" in r.output
 
 
-def test_tune_epochs_reach_the_recipe(tmp_path, monkeypatch):
+def test_tune_epochs_and_min_bits_reach_the_recipe(tmp_path, monkeypatch):
     import numpy as np
     import soundfile as sf
 
@@ -80,5 +84,7 @@ def test_tune_epochs_reach_the_recipe(tmp_path, monkeypatch):
              "--calib", tmp_path / "calib", "--tune-epochs", "5", "-q")
     assert r.exit_code == 1 and "stopped before loading" in r.output
     assert seen["recipe"].tune_epochs == 5 and seen["recipe"].method == "gptq+tune"
+    r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--target-bpw", "3.3", "--min-bits", "3", "-q")
+    assert r.exit_code == 1 and seen["recipe"].mixed_min_bits == 3 and seen["recipe"].target_bpw == 3.3
     r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "3", "--tune-epochs", "0")
     assert r.exit_code == 2

@@ -236,6 +236,34 @@ def test_mixed_groups_need_a_target():
     assert Recipe(bits=None, target_bpw=3.3, mixed_group_sizes=(64, 128, 64)).mixed_group_sizes == (64,)
 
 
+def test_min_bits_keeps_free_tensors_off_the_narrow_widths():
+    """--min-bits: at a target that sends some tensors to 2 bits, no free tensor goes below the floor, the budget
+    still holds, and a --keep pin below the floor is honoured (pins are exempt)."""
+    tensors = _tensors()
+    _, plain = quantize_tensors(_NoModel(), tensors, Recipe(method="rtn", bits=None, target_bpw=3.9, group_size=32))
+    assert min(plain["tensor_bits"].values()) == 2  # the floor below has something to change
+    recipe = Recipe(method="rtn", bits=None, target_bpw=3.9, group_size=32, mixed_min_bits=3,
+                    keep=(("layers.3.*", 2),))
+    out, info = quantize_tensors(_NoModel(), tensors, recipe)
+    bits = info["tensor_bits"]
+    assert bits["layers.3.weight"] == 2
+    assert min(b for n, b in bits.items() if n != "layers.3.weight") >= 3
+    assert bits_per_weight(v for v in out.values() if isinstance(v, QuantizedTensor)) <= 3.9
+    # a floor the target cannot afford is the same clear error as an infeasible target
+    with pytest.raises(ConversionError, match="below the smallest"):
+        quantize_tensors(_NoModel(), tensors, Recipe(method="rtn", bits=None, target_bpw=3.9, group_size=32,
+                                                     mixed_min_bits=5))
+
+
+def test_min_bits_is_validated_and_recorded():
+    with pytest.raises(ValueError, match="needs a target"):
+        Recipe(bits=3, mixed_min_bits=3)
+    with pytest.raises(ValueError, match="2..8"):
+        Recipe(bits=None, target_bpw=3.3, mixed_min_bits=9)
+    assert Recipe(bits=None, target_bpw=3.3, mixed_min_bits=3).to_meta()["mixed_min_bits"] == 3
+    assert "mixed_min_bits" not in Recipe(bits=None, target_bpw=3.3).to_meta()
+
+
 def test_blockwise_pair_search_matches_the_full_matrix(monkeypatch):
     """The exchange step's pair search runs in row blocks (bounded memory); it must pick exactly the pair the
     full (changes x changes) matrix would, ties included (first in row-major order)."""

@@ -135,7 +135,7 @@ def allocate_bits(candidates: list[Candidate], target_bpw: float, fixed_bits: in
         lowest = (spent + fixed_bits) / numel if numel else 0.0
         raise AllocationError(
             f"target {target_bpw:.3f} bits per weight is below the smallest this model can store with these "
-            f"group sizes, embedding outlier columns and --keep pins ({lowest:.3f})")
+            f"group sizes, smallest width, embedding outlier columns and --keep pins ({lowest:.3f})")
 
     def push(heap, i):
         h, k = hulls[i], level[i]

@@ -82,6 +82,7 @@ class Recipe:
     target_bpw: float | None = None  # mixed precision: average bits per quantized weight, scales included
     # mixed precision may also choose each tensor's group size among group_size and these (0 = per channel)
     mixed_group_sizes: tuple[int, ...] = ()
+    mixed_min_bits: int = MIN_BITS  # mixed precision: the smallest width the allocation may give a free tensor
     keep: tuple[tuple[str, int], ...] = ()  # (fnmatch pattern, bits); the last matching pattern wins
     act_order: bool = False  # GPTQ: columns in order of decreasing Hessian diagonal (codes stay in natural order)
     damp: float = DEFAULT_DAMP
@@ -110,6 +111,11 @@ class Recipe:
         if any(g < 0 for g in self.mixed_group_sizes):
             raise ValueError(f"mixed-precision group sizes must be >= 0 (0 = per output channel), "
                              f"got {list(self.mixed_group_sizes)}")
+        if not MIN_BITS <= self.mixed_min_bits <= MAX_BITS:
+            raise ValueError(f"the smallest mixed-precision width must be {MIN_BITS}..{MAX_BITS}, "
+                             f"got {self.mixed_min_bits}")
+        if self.mixed_min_bits != MIN_BITS and self.target_bpw is None:
+            raise ValueError("a smallest width for mixed precision needs a target bits per weight")
         if self.mixed_group_sizes and self.target_bpw is None:
             raise ValueError("choosing group sizes per tensor is part of mixed precision: it needs a target "
                              "bits per weight")
@@ -170,6 +176,7 @@ class Recipe:
             "symmetric": self.symmetric,
             "target_bpw": self.target_bpw,
             **({"mixed_group_sizes": list(self.mixed_group_sizes)} if self.mixed_group_sizes else {}),
+            **({"mixed_min_bits": self.mixed_min_bits} if self.mixed_min_bits != MIN_BITS else {}),
             "keep": [[p, b] for p, b in self.keep],
             "act_order": self.act_order,
             "damp": self.damp,

@@ -413,13 +413,14 @@ def main() -> None:
         sets[name] = (utts, [] if args.table_only else [load_audio(u.path) for u in utts])
     torch_model = None if args.table_only else TorchWhisper(args.model)
     wanted = set(filter(None, (x.strip() for x in args.rows.split(",")))) if args.rows is not None else None
-    unknown = sorted((wanted or set()) - {r.label for r in rows(args.model)})
+    table = rows(args.model)
+    unknown = sorted((wanted or set()) - {r.label for r in table})
     if unknown:
         raise SystemExit(f"--rows: no row labelled {', '.join(map(repr, unknown))}; the labels are: "
-                         + ", ".join(r.label for r in rows(args.model)))
+                         + ", ".join(r.label for r in table))
     started = datetime.date.today().isoformat()
     # the rows the targets depend on first, so an interrupted run has the ones that matter
-    for row in sorted(rows(args.model), key=measure_order):
+    for row in sorted(table, key=measure_order):
         if row.label in saved and (wanted is None or row.label not in wanted):
             continue
         if wanted is not None and row.label not in wanted:
@@ -431,8 +432,7 @@ def main() -> None:
               f"eval {r['eval_s']:.0f}s", file=sys.stderr, flush=True)
         with open(store, "w") as f:
             json.dump(list(saved.values()), f, indent=1)
-    order = [r.label for r in rows(args.model)]
-    results = [saved[label] for label in order if label in saved]
+    results = [saved[r.label] for r in table if r.label in saved]
     text = write_table(args, results, len(calib), started)
     output = args.output or os.path.join(RESULTS_DIR, f"quant_table_{slug}.md")
     with open(output, "w") as f:

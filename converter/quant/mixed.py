@@ -51,9 +51,10 @@ def option_bits_group(option: Option, group_size: int) -> tuple[int, int]:
     return (int(option[0]), int(option[1])) if isinstance(option, tuple) else (int(option), group_size)
 
 
-def mixed_options(group_sizes: Iterable[int], bits: Iterable[int] = MIXED_BITS) -> list[tuple[int, int]]:
-    """Every (bits, group size) pair, in the order of the group sizes given (Recipe already drops repeats)."""
-    return [(b, g) for g in group_sizes for b in bits]
+def mixed_options(group_sizes: Iterable[int], min_bits: int = MIN_BITS) -> list[tuple[int, int]]:
+    """Every (bits, group size) pair with bits >= min_bits, in the order of the group sizes given (Recipe already
+    drops repeats)."""
+    return [(b, g) for g in group_sizes for b in MIXED_BITS if b >= min_bits]
 
 
 def storage_bits(shape: tuple[int, ...], bits: int, group_size: int, symmetric: bool, outliers: int = 0) -> int:

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from ...formats import QuantizedTensor
-from ...formats.constants import MAX_BITS
 from ..registry import ConversionError, ExportTensor
 from .clip import search_clip
 from .decompose import decompose
@@ -129,7 +128,7 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
     groups: dict[str, int] = {}  # allocated group sizes; every other tensor uses recipe.group_size
     if recipe.target_bpw is not None:
         gs, sym = recipe.group_size, recipe.symmetric
-        options = mixed_options((gs, *recipe.mixed_group_sizes), range(recipe.mixed_min_bits, MAX_BITS + 1))
+        options = mixed_options((gs, *recipe.mixed_group_sizes), recipe.mixed_min_bits)
         errors: dict[str, dict] = {}
         if cal is not None:
             wanted = [t for t in free if t.name in cal.targets]

@@ -114,11 +114,9 @@ class Recipe:
         if not MIN_BITS <= self.mixed_min_bits <= MAX_BITS:
             raise ValueError(f"the smallest mixed-precision width must be {MIN_BITS}..{MAX_BITS}, "
                              f"got {self.mixed_min_bits}")
-        if self.mixed_min_bits != MIN_BITS and self.target_bpw is None:
-            raise ValueError("a smallest width for mixed precision needs a target bits per weight")
-        if self.mixed_group_sizes and self.target_bpw is None:
-            raise ValueError("choosing group sizes per tensor is part of mixed precision: it needs a target "
-                             "bits per weight")
+        if (self.mixed_group_sizes or self.mixed_min_bits != MIN_BITS) and self.target_bpw is None:
+            raise ValueError("choosing group sizes per tensor or a smallest width is part of mixed precision: it "
+                             "needs a target bits per weight")
         for pattern, bits in self.keep:
             if not pattern:
                 raise ValueError("a --keep pattern is empty")

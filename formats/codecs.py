@@ -4,7 +4,9 @@ A weight of any rank is quantized as its 2-D view (rows = shape[0], cols = produ
 of `group_size` consecutive columns (the input dimension) per row; the last group of a row may be shorter.
 Dequantization is w = (q - zero) * scale, zero = 2**(bits-1) for symmetric codes. A "decomposed" tensor
 (SPEC.md section 5.3) also stores a float32 offset added to every row and a few columns kept in float16,
-which replace whatever the codes of those columns say (`apply_decomposition`).
+which replace whatever the codes of those columns say (`apply_decomposition`). A "rotated" tensor (section 5.4)
+stores the codes of W R, R an orthogonal block Hadamard transform with fixed signs; dequantization applies R^T
+(`unrotate_columns`), so every consumer sees W's approximation.
 
 Algorithms that choose codes and scales themselves (GPTQ, AWQ, clipping search) build a QuantizedTensor
 directly, using `quantize_with_scales` to turn their float scales into codes; this module never searches.
@@ -56,6 +58,7 @@ class QuantizedTensor:
     offset: np.ndarray | None = None  # float32 (cols,): added to every row of the 2-D view; None = not decomposed
     outlier_columns: np.ndarray | None = None  # int64 (k,), k >= 0, strictly increasing, each < cols
     outliers: np.ndarray | None = None  # float16 (rows, k): the values of those columns
+    rotation: int = 0  # block size of the Hadamard rotation the codes are stored under (SPEC.md 5.4); 0 = none
 
     def __post_init__(self) -> None:
         rows, cols = view_2d_shape(self.shape)
@@ -71,6 +74,9 @@ class QuantizedTensor:
         if self.zeros is not None and (self.zeros.shape != (rows, ng) or self.zeros.dtype != np.uint8):
             raise ValueError(f"zeros must be uint8 {(rows, ng)}")
         validate_decomposition(self.shape, self.offset, self.outlier_columns, self.outliers)
+        validate_rotation(cols, self.rotation)
+        if self.rotation and self.offset is not None:
+            raise ValueError("a tensor is either decomposed or rotated, not both")
 
     @property
     def symmetric(self) -> bool:
@@ -114,6 +120,55 @@ def validate_decomposition(shape: tuple[int, ...], offset: np.ndarray | None, ou
     if k and (outlier_columns[0] < 0 or outlier_columns[-1] >= cols or (np.diff(outlier_columns) <= 0).any()):
         raise ValueError(f"outlier_columns must be strictly increasing column indices in 0..{cols - 1}, "
                          f"got {outlier_columns[:20].tolist()}")
+
+
+def validate_rotation(cols: int, block: int) -> None:
+    """ValueError unless `block` is 0 (no rotation) or a power of two >= 2 that divides `cols` (SPEC.md 5.4)."""
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)):
+        raise ValueError(f"rotation block must be an integer, got {type(block).__name__}")
+    if block and (block < 2 or block & (block - 1) or cols % block):
+        raise ValueError(f"rotation block {block} must be a power of two >= 2 dividing the {cols} columns")
+
+
+def rotation_signs(cols: int) -> np.ndarray:
+    """float32 (cols,) of +-1: the fixed sign of each column of a rotated tensor (SPEC.md 5.4). Column j is
+    negated when the lowest bit of lowbias32(j mod 2**32) is set (a 32-bit integer hash, so the signs look
+    random to the weights but need no storage and no random number generator)."""
+    x = np.arange(cols, dtype=np.uint64).astype(np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> np.uint32(16)
+    return np.where(x & np.uint32(1), np.float32(-1), np.float32(1))
+
+
+def _hadamard_blocks(w2d: np.ndarray, block: int) -> np.ndarray:
+    """float32 (rows, cols): each row's consecutive `block` columns multiplied by the normalised Sylvester
+    Hadamard matrix H_b / sqrt(b) (symmetric and its own inverse), by log2(b) butterfly stages in float32."""
+    rows, cols = w2d.shape
+    x = np.array(w2d, dtype=np.float32).reshape(rows, cols // block, block)
+    h = 1
+    while h < block:
+        v = x.reshape(rows, cols // block, block // (2 * h), 2, h)
+        a, c = v[:, :, :, 0, :], v[:, :, :, 1, :]
+        x = np.stack([a + c, a - c], axis=3).reshape(rows, cols // block, block)
+        h *= 2
+    x *= np.float32(1.0 / math.sqrt(block))
+    return x.reshape(rows, cols)
+
+
+def rotate_columns(w2d: np.ndarray, block: int) -> np.ndarray:
+    """W R: what a rotated tensor's codes represent (column signs flipped, then each block transformed)."""
+    return _hadamard_blocks(np.asarray(w2d, dtype=np.float32) * rotation_signs(w2d.shape[1]), block)
+
+
+def unrotate_columns(v2d: np.ndarray, block: int) -> np.ndarray:
+    """V R^T: the weight a rotated tensor stands for, from the dequantized values V of its codes (each block
+    transformed, then the column signs flipped). Exact inverse of rotate_columns up to float32 rounding."""
+    out = _hadamard_blocks(v2d, block)
+    out *= rotation_signs(v2d.shape[1])
+    return out
 
 
 def apply_decomposition(w2d: np.ndarray, offset: np.ndarray, outlier_columns: np.ndarray,
@@ -249,10 +304,12 @@ def dequantize_rows(
 
 
 def dequantize(qt: QuantizedTensor) -> np.ndarray:
-    """float32 array of the original shape (SPEC.md 5.2, and 5.3 for a decomposed tensor)."""
+    """float32 array of the original shape (SPEC.md 5.2; 5.3 for a decomposed tensor, 5.4 for a rotated one)."""
     out = dequantize_rows(qt.codes, qt.scales, qt.zeros, qt.bits, qt.group_size)
     if qt.decomposed:
         apply_decomposition(out, qt.offset, qt.outlier_columns, qt.outliers)
+    if qt.rotation:
+        out = unrotate_columns(out, qt.rotation)
     return out.reshape(qt.shape)
 
 

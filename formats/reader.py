@@ -37,6 +37,7 @@ from .constants import (
     PREFIX_SIZE,
     QUANT_ENCODINGS,
     RESERVED_ENCODINGS_END,
+    ROTATED_LAYOUT_REVISION,
     SCALE_DTYPE,
     SUPPORTED_CONTAINER_VERSIONS,
     SUPPORTED_LAYOUT_REVISIONS,
@@ -67,6 +68,7 @@ _HEADER_KEYS = frozenset({"layout_revision", "meta", "tensors", "data_size"})
 _ENTRY_KEYS = frozenset({"name", "encoding", "shape", "offset", "nbytes", "crc32"})
 _QUANT_KEYS = frozenset({"bits", "group_size"})
 _DECOMPOSED_KEY = "outlier_columns"  # layout revision 2: present iff the quantized tensor is decomposed
+_ROTATION_KEY = "rotation"  # layout revision 3: present iff the quantized tensor is rotated (its block size)
 _EXOTIC = (msgpack.ExtType, msgpack.Timestamp)  # msgpack values that are not plain data
 
 
@@ -81,6 +83,7 @@ class TensorInfo:
     bits: int | None = None
     group_size: int | None = None
     outlier_columns: tuple[int, ...] | None = None  # decomposed tensors only: the float columns (may be empty)
+    rotation: int = 0  # rotated tensors: the Hadamard block size (SPEC.md 5.4); 0 = not rotated
 
     @property
     def numel(self) -> int:
@@ -273,11 +276,13 @@ class WqFile:
             raise UnknownEncodingError(self.path, f"{where}: unknown encoding {e['encoding']}{hint}") from None
         allowed = _ENTRY_KEYS
         bits = group_size = outlier_columns = None
-        if encoding not in QUANT_ENCODINGS and _DECOMPOSED_KEY in e:
-            raise MalformedHeaderError(
-                self.path, f"{where}: {_DECOMPOSED_KEY!r} is defined for quantized encodings only, not {encoding.name}")
+        rotation = 0
+        for key in (_DECOMPOSED_KEY, _ROTATION_KEY):
+            if encoding not in QUANT_ENCODINGS and key in e:
+                raise MalformedHeaderError(
+                    self.path, f"{where}: {key!r} is defined for quantized encodings only, not {encoding.name}")
         if encoding in QUANT_ENCODINGS:
-            allowed = _ENTRY_KEYS | _QUANT_KEYS | {_DECOMPOSED_KEY}
+            allowed = _ENTRY_KEYS | _QUANT_KEYS | {_DECOMPOSED_KEY, _ROTATION_KEY}
             bits, group_size = e.get("bits"), e.get("group_size")
             if not _is_int(bits) or not MIN_BITS <= bits <= MAX_BITS:
                 raise MalformedHeaderError(
@@ -292,6 +297,8 @@ class WqFile:
                     self.path, f"{where}: group size {_short(group_size)} outside 1..{cols}")
             if _DECOMPOSED_KEY in e:
                 outlier_columns = self._parse_outlier_columns(where, e[_DECOMPOSED_KEY], cols)
+            if _ROTATION_KEY in e:
+                rotation = self._parse_rotation(where, e[_ROTATION_KEY], cols, outlier_columns is not None)
         extra = set(e) - allowed
         if extra:
             raise MalformedHeaderError(self.path, f"{where}: unknown keys {sorted(extra)} for {encoding.name}")
@@ -304,7 +311,8 @@ class WqFile:
             raise AlignmentError(self.path, f"{where}: offset {offset} is not a multiple of {ALIGNMENT}")
         if not 0 <= crc < (1 << 32):
             raise MalformedHeaderError(self.path, f"{where}: crc32 out of range")
-        info = TensorInfo(name, encoding, tuple(shape), offset, nbytes, crc, bits, group_size, outlier_columns)
+        info = TensorInfo(name, encoding, tuple(shape), offset, nbytes, crc, bits, group_size, outlier_columns,
+                          rotation)
         expected = tensor_nbytes(info.parts)
         if nbytes != expected:
             k = info.n_outlier_columns
@@ -332,6 +340,20 @@ class WqFile:
         if (np.diff(idx) <= 0).any():
             raise MalformedHeaderError(self.path, f"{where}: outlier columns are not strictly increasing")
         return tuple(value)
+
+    def _parse_rotation(self, where: str, value: Any, cols: int, decomposed: bool) -> int:
+        """The Hadamard block size of a rotated tensor: a power of two >= 2 dividing cols (SPEC.md 5.4)."""
+        if self.layout_revision < ROTATED_LAYOUT_REVISION:
+            raise MalformedHeaderError(
+                self.path, f"{where}: key {_ROTATION_KEY!r} exists only from layout revision "
+                f"{ROTATED_LAYOUT_REVISION}; this file is revision {self.layout_revision}")
+        if type(value) is not int or value < 2 or value & (value - 1) or cols % value:
+            raise MalformedHeaderError(
+                self.path, f"{where}: rotation {_short(value)} is not an integer power of two >= 2 dividing the {cols} "
+                "columns")
+        if decomposed:
+            raise MalformedHeaderError(self.path, f"{where}: a tensor is either decomposed or rotated, not both")
+        return value
 
     # ---- access -----------------------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -424,12 +446,14 @@ class WqFile:
         return codecs.QuantizedTensor(info.shape, info.bits, info.group_size,
                                       packing.unpack_codes(views["codes"], info.bits, cols),
                                       np.asarray(views["scales"], dtype=np.float16), zeros,
-                                      **self._decomposition(info, views))
+                                      **self._decomposition(info, views), rotation=info.rotation)
 
-    def array(self, name: str, rows: slice | None = None, dtype=np.float32) -> np.ndarray:
+    def array(self, name: str, rows: slice | None = None, dtype=np.float32, *, unrotate: bool = True) -> np.ndarray:
         """A tensor as a float array of its stored shape (dequantized if needed); `rows` selects along dim 0.
 
-        Float tensors stored in `dtype` come back as read-only memory-mapped views (no copy).
+        Float tensors stored in `dtype` come back as read-only memory-mapped views (no copy). A rotated tensor
+        (SPEC.md 5.4) comes back as the weight W; with unrotate=False as V = W R, the dequantized codes, for a
+        caller that rotates its inputs instead (x W^T = (x R) V^T).
         """
         if rows is not None and not isinstance(rows, slice):
             raise TypeError(f"rows must be a slice or None, got {type(rows).__name__}")
@@ -446,6 +470,8 @@ class WqFile:
             dec["outliers"] = dec["outliers"][sel]  # the rows of the codes: the fused loop applies them per block
         w = codecs.dequantize_packed(views["codes"][sel], views["scales"][sel], zeros, info.bits, r_cols,
                                      info.group_size, **dec)
+        if info.rotation and unrotate:
+            w = codecs.unrotate_columns(w, info.rotation)
         return w.reshape((w.shape[0],) + info.shape[1:]).astype(dtype, copy=False)
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ from .constants import (
     PREFIX,
     PREFIX_FLAGS,
     PREFIX_SIZE,
+    ROTATED_LAYOUT_REVISION,
     SCALE_DTYPE,
     Encoding,
     align,
@@ -93,6 +94,11 @@ def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encodin
             fields["outlier_columns"] = tensor.outlier_columns.tolist()  # plain ints for msgpack
             arrays["offset"] = np.ascontiguousarray(tensor.offset, dtype=OFFSET_DTYPE)
             arrays["outliers"] = np.ascontiguousarray(tensor.outliers, dtype=OUTLIER_DTYPE)
+        if tensor.rotation:
+            codecs.validate_rotation(codecs.view_2d_shape(tensor.shape)[1], tensor.rotation)
+            if tensor.decomposed:
+                raise ValueError("a tensor is either decomposed or rotated, not both")
+            fields["rotation"] = int(tensor.rotation)
         return fields, [arrays[n] for n in part_names(tensor.encoding, k)]
     arr = np.asarray(tensor)
     if encoding is None:
@@ -137,7 +143,7 @@ class WqWriter:
     def add(self, name: str, tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encoding | None = None) -> None:
         """Append one tensor (stored in call order). Plain arrays become F32, or F16 when they are float16 or
         `encoding` says so; a QuantizedTensor is stored as QSYM or QASYM (decomposed ones with their offset and
-        float columns, which makes the file layout revision 2)."""
+        float columns, which makes the file layout revision 2; rotated ones with their block size: revision 3)."""
         if self._state != "open":
             raise RuntimeError(f"cannot add tensor {name!r}: writer is {self._state}")
         if not isinstance(name, str) or not name or len(name.encode("utf-8", "replace")) > MAX_NAME_LEN:
@@ -177,7 +183,9 @@ class WqWriter:
     @property
     def layout_revision(self) -> int:
         """The lowest revision that expresses the tensors added so far (SPEC.md section 9): a file without
-        decomposed tensors stays revision 1, so readers that predate revision 2 still read it."""
+        decomposed or rotated tensors stays revision 1, so readers that predate revision 2 still read it."""
+        if any("rotation" in e for e in self._entries):
+            return ROTATED_LAYOUT_REVISION
         if any("outlier_columns" in e for e in self._entries):
             return DECOMPOSED_LAYOUT_REVISION
         return BASE_LAYOUT_REVISION

@@ -141,7 +141,20 @@ def _same_bits(a: np.ndarray | None, b: np.ndarray | None) -> bool:
 
 
 def quantized_codes_equal(a: QuantizedTensor, b: QuantizedTensor) -> bool:
-    """Same shape, width, group size, codes, scales, zero points and decomposition (offset, columns, outliers)."""
-    return (a.shape == b.shape and a.bits == b.bits and a.group_size == b.group_size
+    """Same shape, width, group size, codes, scales, zero points, decomposition (offset, columns, outliers) and
+    rotation."""
+    return (a.shape == b.shape and a.bits == b.bits and a.group_size == b.group_size and a.rotation == b.rotation
             and all(_same_bits(getattr(a, f), getattr(b, f))
                     for f in ("codes", "scales", "zeros", "offset", "outlier_columns", "outliers")))
+
+
+def spec_lowbias32(x: int) -> int:
+    """SPEC.md 5.4's column hash on Python ints, every product reduced mod 2**32 (independent of the numpy
+    uint32 version in formats/codecs.py)."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    x ^= x >> 16
+    return x

@@ -2,6 +2,7 @@
 
 Bit packing and file round trips are checked bit-exactly; dequantization against the bound the codec reports.
 Decomposed tensors (offset row + float outlier columns, SPEC.md 5.3) round-trip through files bit-exactly too.
+Rotated tensors (SPEC.md 5.4) are checked against a dense rotation matrix built independently in float64.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from formats_helpers import decompose, quantized_codes_equal
+from formats_helpers import decompose, quantized_codes_equal, spec_lowbias32
 from wavq.formats import (
     Encoding,
     QuantizedTensor,
@@ -389,6 +390,177 @@ def test_quantized_tensor_validates_the_decomposition(case):
     empty = QuantizedTensor(**base, offset=np.zeros(5, np.float32), outlier_columns=np.zeros(0, np.int64),
                             outliers=np.zeros((3, 0), np.float16))
     assert empty.decomposed
+
+
+# ---- rotated tensors (SPEC.md 5.4) ------------------------------------------------------------------------
+
+def dense_rotation(cols: int, block: int) -> np.ndarray:
+    """float64 R = S blockdiag(H_B, ..., H_B) / sqrt(B), H_B built by Sylvester's recursion (SPEC.md 5.4)."""
+    h = np.ones((1, 1))
+    while h.shape[0] < block:
+        h = np.block([[h, h], [h, -h]])
+    signs = np.array([-1.0 if spec_lowbias32(c) & 1 else 1.0 for c in range(cols)])
+    return np.diag(signs) @ np.kron(np.eye(cols // block), h) / math.sqrt(block)
+
+
+def rotation_tolerance(x: np.ndarray, block: int) -> float:
+    """Bound on the float32 error of a block transform of the rows of x: each of the log2(B) butterfly stages and
+    the final scaling add at most ~eps relative to the block's 2-norm (which the normalised transform keeps)."""
+    rows, cols = x.shape
+    norms = np.linalg.norm(x.astype(np.float64).reshape(rows, cols // block, block), axis=2)
+    return (math.log2(block) + 2) * EPS32 * float(norms.max(initial=0.0))
+
+
+# (rows, cols, B): one block, several blocks, B = 2 (cols not a power of two), a wide block
+ROTATION_CASES = [(5, 8, 8), (4, 48, 16), (3, 10, 2), (7, 24, 4), (2, 128, 128), (6, 96, 32)]
+ROTATION_IDS = [f"{r}x{c}-B{b}" for r, c, b in ROTATION_CASES]
+
+
+@pytest.mark.parametrize("rows,cols,block", ROTATION_CASES, ids=ROTATION_IDS)
+def test_rotate_columns_is_multiplication_by_the_dense_matrix(rows, cols, block):
+    """rotate_columns(W) = W R and unrotate_columns(V) = V R^T, R from the definition (a wrong sign, block order
+    or butterfly pairing is an O(1) difference; float32 rounding is far below the tolerance)."""
+    rng = np.random.default_rng(rows * 1000 + cols + block)
+    w = (rng.standard_normal((rows, cols)) * 10.0 ** rng.integers(-3, 3)).astype(np.float32)
+    r = dense_rotation(cols, block)
+    rotated = codecs.rotate_columns(w, block)
+    assert rotated.dtype == np.float32 and rotated.shape == (rows, cols)
+    np.testing.assert_allclose(rotated, w.astype(np.float64) @ r, rtol=0, atol=rotation_tolerance(w, block))
+    unrotated = codecs.unrotate_columns(w, block)
+    assert unrotated.dtype == np.float32 and unrotated.shape == (rows, cols)
+    np.testing.assert_allclose(unrotated, w.astype(np.float64) @ r.T, rtol=0, atol=rotation_tolerance(w, block))
+    assert not np.allclose(rotated, unrotated, atol=rotation_tolerance(w, block))  # R is not symmetric (signs)
+
+
+@pytest.mark.parametrize("rows,cols,block", ROTATION_CASES, ids=ROTATION_IDS)
+def test_rotation_is_orthogonal_and_invertible(rows, cols, block):
+    """The transform applied to the identity is R itself: entries +-1/sqrt(B) inside the diagonal blocks, 0
+    elsewhere, R R^T = I; so it keeps every row's norm, and unrotate_columns undoes rotate_columns."""
+    r = codecs.rotate_columns(np.eye(cols, dtype=np.float32), block).astype(np.float64)
+    inside = np.kron(np.eye(cols // block), np.ones((block, block))) > 0
+    np.testing.assert_allclose(np.abs(r[inside]), 1 / math.sqrt(block), rtol=2 * EPS32)
+    assert not r[~inside].any()
+    np.testing.assert_allclose(r @ r.T, np.eye(cols), rtol=0, atol=4 * EPS32)
+    rng = np.random.default_rng(cols + block)
+    w = (rng.standard_normal((rows, cols)) * 100).astype(np.float32)
+    tol = rotation_tolerance(w, block)
+    v = codecs.rotate_columns(w, block)
+    np.testing.assert_allclose(np.linalg.norm(v.astype(np.float64), axis=1),
+                               np.linalg.norm(w.astype(np.float64), axis=1), rtol=0, atol=math.sqrt(cols) * tol)
+    np.testing.assert_allclose(codecs.unrotate_columns(v, block), w, rtol=0, atol=2 * tol)
+    np.testing.assert_allclose(codecs.rotate_columns(codecs.unrotate_columns(w, block), block), w, rtol=0,
+                               atol=2 * tol)
+
+
+def test_rotation_of_zero_rows():
+    for f in (codecs.rotate_columns, codecs.unrotate_columns):
+        out = f(np.zeros((0, 16), np.float32), 4)
+        assert out.shape == (0, 16) and out.dtype == np.float32
+
+
+def test_rotation_signs_match_lowbias32():
+    """Column j is negated iff spec_lowbias32(j) is odd; the signs depend on the column index only (a prefix of a
+    longer vector is the shorter one), and they are balanced like coin flips."""
+    n = 1000
+    signs = codecs.rotation_signs(n)
+    assert signs.dtype == np.float32 and signs.shape == (n,)
+    np.testing.assert_array_equal(signs, [-1.0 if spec_lowbias32(j) & 1 else 1.0 for j in range(n)])
+    np.testing.assert_array_equal(codecs.rotation_signs(37), signs[:37])
+    negative = int((signs < 0).sum())
+    assert 440 <= negative <= 560, f"{negative} of {n} columns negated"  # within ~4 sigma of n/2
+    runs = int((signs[1:] != signs[:-1]).sum())  # a hash, not a pattern: about n/2 sign changes too
+    assert 440 <= runs <= 560
+    assert codecs.rotation_signs(0).shape == (0,)
+
+
+@pytest.mark.parametrize("block", [1, 3, 6, 12, -2, -8, 32, True, 8.0, "8", None, np.float32(2)],
+                         ids=lambda b: f"{type(b).__name__}-{b}")
+def test_quantized_tensor_rejects_bad_rotations(block):
+    """B must be 0 (not rotated) or an integer power of two >= 2 dividing cols (24 here; 32 does not divide)."""
+    base = dict(shape=(3, 24), bits=4, group_size=8, codes=np.zeros((3, 24), np.uint8),
+                scales=np.ones((3, 3), np.float16))
+    with pytest.raises(ValueError, match="rotation"):
+        QuantizedTensor(**base, rotation=block)
+    for ok in (0, 2, 8, np.int64(8), np.uint8(4)):
+        assert QuantizedTensor(**base, rotation=ok).rotation == ok
+
+
+def test_quantized_tensor_rejects_rotation_with_decomposition():
+    qt = random_decomposed((3, 16), 4, 8, False, 11, 2)
+    with pytest.raises(ValueError, match="decomposed or rotated"):
+        dataclasses.replace(qt, rotation=4)
+    with pytest.raises(ValueError, match="decomposed or rotated"):  # an offset alone decomposes too (k = 0)
+        dataclasses.replace(qt, rotation=4, outlier_columns=np.zeros(0, np.int64), outliers=np.zeros((3, 0),
+                                                                                                      np.float16))
+
+
+def test_writer_rechecks_a_mutated_rotation(tmp_path):
+    """QuantizedTensor is frozen, but object.__setattr__ gets around it; the writer, like for decompositions,
+    never writes a file its reader would reject."""
+    qt = dataclasses.replace(random_quantized((3, 12), 4, 4, True, 3), rotation=4)
+    object.__setattr__(qt, "rotation", 8)  # does not divide 12
+    with pytest.raises(ValueError, match="rotation"):
+        write_wq(tmp_path / "m.wq", {}, {"w": qt})
+    assert not (tmp_path / "m.wq").exists()
+
+
+@pytest.mark.parametrize("shape,block", [((4, 16), 8), ((3, 2, 5), 2), ((5, 4, 8), 32), ((6, 64), 64)])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_dequantize_applies_the_rotation(shape, block, symmetric):
+    """dequantize(rotated) is unrotate_columns of the plain dequantization (the codes stand for V = W R), in the
+    stored shape, bit for bit; and it is V R^T by the dense matrix."""
+    qt = dataclasses.replace(random_quantized(shape, 4, 5, symmetric, block), rotation=block)
+    plain = dequantize(dataclasses.replace(qt, rotation=0))
+    rows, cols = qt.codes.shape
+    got = dequantize(qt)
+    assert got.shape == shape and got.dtype == np.float32
+    np.testing.assert_array_equal(got.reshape(rows, cols), codecs.unrotate_columns(plain.reshape(rows, cols), block))
+    v = plain.reshape(rows, cols)
+    np.testing.assert_allclose(got.reshape(rows, cols), v.astype(np.float64) @ dense_rotation(cols, block).T,
+                               rtol=0, atol=rotation_tolerance(v, block))
+    assert not np.allclose(got, plain, atol=rotation_tolerance(v, block))
+
+
+@pytest.mark.parametrize("block", [2, 16, 64])
+def test_quantizing_rotated_weights_keeps_the_row_error(block):
+    """How the format is meant to be used: quantize V = W R, store rotation = B; dequantize gives back W with the
+    same per-row 2-norm error as V had (R is orthogonal), however the outlier columns of W sat."""
+    rng = np.random.default_rng(block)
+    w = rng.standard_normal((6, 128)).astype(np.float32)
+    w[:, [3, 77]] *= 40  # outlier columns: what the rotation spreads over their blocks
+    qt, _ = quantize(codecs.rotate_columns(w, block), 4, group_size=32, symmetric=False)
+    v_err = np.linalg.norm((dequantize(qt) - codecs.rotate_columns(w, block)).astype(np.float64), axis=1)
+    w_err = np.linalg.norm((dequantize(dataclasses.replace(qt, rotation=block)) - w).astype(np.float64), axis=1)
+    np.testing.assert_allclose(w_err, v_err, rtol=1e-3, atol=4 * rotation_tolerance(w, block))
+
+
+@st.composite
+def rotated_shapes(draw) -> tuple[tuple[int, ...], int]:
+    """(shape, B): 2-D or conv shapes whose column count is B times something, often not a multiple of 8."""
+    block = 2 ** draw(st.integers(1, 7))
+    m = draw(st.integers(1, 7))
+    rows = draw(st.integers(0, 9))
+    if draw(st.booleans()):
+        return (rows, block * m), block
+    k = draw(st.sampled_from([d for d in range(1, block * m + 1) if block * m % d == 0]))
+    return (rows, block * m // k, k), block
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@SETTINGS
+@given(shape_block=rotated_shapes(), kind=st.sampled_from(GROUP_KINDS), pick=st.integers(0, 1000),
+       seed=st.integers(0, 2**32 - 1))
+def test_rotated_write_read_exact(scratch, bits, symmetric, shape_block, kind, pick, seed):
+    """Codes, scales and the block size come back exactly; array() (whole and row slices) equals
+    codecs.dequantize of the rotated tensor bit for bit."""
+    shape, block = shape_block
+    qt = random_quantized(shape, bits, group_size_for(kind, math.prod(shape[1:]), pick), symmetric, seed)
+    qt = dataclasses.replace(qt, rotation=block)
+    path = scratch / f"rot{bits}{symmetric}.wq"
+    check_file_round_trip(path, qt, seed)
+    with WqFile(path) as f:
+        assert f.layout_revision == 3 and f.info("w").rotation == block and f.quantized("w").rotation == block
 
 
 # ---- accounting (SPEC.md section 12) ------------------------------------------------------------------------

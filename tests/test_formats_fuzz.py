@@ -25,7 +25,8 @@ SEED = int(os.environ.get("WAVQ_FUZZ_SEED", "20240601"))
 TIME_LIMIT_S = 150  # the whole campaign; a hang fails the test instead of stalling CI
 CASE_LIMIT_S = 2.0  # any single file taking this long to reject is a bug (quadratic check, huge allocation)
 DATA = pathlib.Path(__file__).parent / "data"
-GOLDENS = [DATA / "golden_v1.wq", DATA / "golden_v2.wq"]  # layout revisions 1 and 2 (decomposed tensors)
+# layout revisions 1, 2 (decomposed tensors) and 3 (rotated tensors)
+GOLDENS = [DATA / "golden_v1.wq", DATA / "golden_v2.wq", DATA / "golden_v3.wq"]
 
 VALUES = [None, True, False, 0, 1, -1, 2, 63, 64, 65, 255, 2**31, 2**32, 2**40 + 1, 2**48, 2**63 - 1, 2**64 - 1,
           -(2**63), 0.0, 1.5, -0.0, math.nan, math.inf, "", "x", "q.sym3", "\u00e9", b"", b"\x00\xff", [], [0],
@@ -47,7 +48,8 @@ def mutate_header(rng: random.Random, buf: bytes) -> bytes:
     if action < 0.1 and target:
         del target[rng.choice(list(target))]
     elif action < 0.2:
-        target[rng.choice(["extra", "bits", "group_size", "shape", "x", "outlier_columns"])] = _random_value(rng)
+        key = rng.choice(["extra", "bits", "group_size", "shape", "x", "outlier_columns", "rotation"])
+        target[key] = _random_value(rng)
     elif target:
         key = rng.choice(list(target))
         old = target[key]
@@ -61,7 +63,8 @@ def mutate_header(rng: random.Random, buf: bytes) -> bytes:
     if rng.random() < 0.1 and isinstance(tensors, list):
         rng.shuffle(tensors)
     if rng.random() < 0.1 and isinstance(header.get("layout_revision"), int):
-        header["layout_revision"] = rng.choice([1, 2, 3])  # revision 1 with decomposed tensors, 2 without
+        # revision 1 with decomposed tensors, 2 with rotated ones, 3 without either
+        header["layout_revision"] = rng.choice([1, 2, 3])
     return rebuild(header, data)
 
 
@@ -178,10 +181,15 @@ def test_fuzz_only_format_errors(tmp_path, alarm):
         assert expected in reached, f"fuzz never produced {expected}: {dict(outcomes)}"
 
 
-@pytest.mark.parametrize("source", ["sample", "decomposed"])
+def _source(name: str) -> bytes:
+    return {"sample": sample_bytes, "decomposed": decomposed_bytes,
+            "rotated": (DATA / "golden_v3.wq").read_bytes}[name]()
+
+
+@pytest.mark.parametrize("source", ["sample", "decomposed", "rotated"])
 def test_every_truncation_of_the_sample(tmp_path, source):
     """Not sampled: every prefix of the file is rejected as a FormatError (and never read successfully)."""
-    buf = sample_bytes() if source == "sample" else decomposed_bytes()
+    buf = _source(source)
     path = tmp_path / "cut.wq"
     for cut in range(len(buf)):
         path.write_bytes(buf[:cut])
@@ -189,10 +197,10 @@ def test_every_truncation_of_the_sample(tmp_path, source):
             read_everything(str(path))
 
 
-@pytest.mark.parametrize("source", ["sample", "decomposed"])
+@pytest.mark.parametrize("source", ["sample", "decomposed", "rotated"])
 def test_corrupt_tensor_surfaces_as_checksum_error_naming_it(tmp_path, source):
     rng = random.Random(SEED)
-    buf = sample_bytes() if source == "sample" else decomposed_bytes()
+    buf = _source(source)
     _, header, _ = split(buf)
     names = [e["name"] for e in header["tensors"] if e["nbytes"]]
     for case in range(200):

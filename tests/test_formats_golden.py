@@ -1,7 +1,8 @@
 """Golden bytes: tiny deterministic .wq files, one per layout revision, pin the byte layout (SPEC.md section 13).
 
-golden_v1.wq holds no decomposed tensor, so the writer must still produce it as layout revision 1, byte for byte;
-golden_v2.wq holds decomposed tensors (revision 2). An accidental layout change fails here loudly. To change the
+golden_v1.wq holds no decomposed or rotated tensor, so the writer must still produce it as layout revision 1, byte
+for byte; golden_v2.wq holds decomposed tensors (revision 2) and no rotated one, so it must stay revision 2;
+golden_v3.wq holds rotated tensors (revision 3). An accidental layout change fails here loudly. To change the
 layout on purpose:
     WAVQ_REGEN_GOLDEN=1 python -m pytest tests/test_formats_golden.py
 rewrites the golden files and prints their SHA-256; put those in GOLDENS, bump the container version or layout
@@ -25,7 +26,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from formats_helpers import quantized_codes_equal
+from formats_helpers import quantized_codes_equal, spec_lowbias32
 from wavq.formats import Encoding, QuantizedTensor, WqFile, dequantize, write_wq
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -95,12 +96,35 @@ def golden_v2_tensors() -> dict:
     }
 
 
+META_V3 = {
+    "architecture": "golden",
+    "dims": {"n_state": 16, "eps": 1e-5},
+    "quantization": {"method": "rtn", "bits": [3, 4, 5], "rotation": {"encoder.layers.0.fc1.weight": 8,
+                                                                     "encoder.conv1.weight": 2}},
+    "provenance": {"source": "synthetic", "revision": 3},
+}
+
+
+def golden_v3_tensors() -> dict:
+    return {
+        # B = 8 over 16 columns (two blocks), asymmetric, groups of 6 that straddle the blocks (last group of 4)
+        "encoder.layers.0.fc1.weight": dataclasses.replace(_qt((4, 16), 4, 6, False, 3), rotation=8),
+        # rank 3, cols 10 = five blocks of B = 2: signs and blocks run over the flattened columns
+        "encoder.conv1.weight": dataclasses.replace(_qt((3, 2, 5), 3, 4, True, 5), rotation=2),
+        # revision 3 keeps revision 2's decomposed tensors, and plain ones
+        "decoder.embed_tokens.weight": _decomposed(_qt((5, 12), 4, 5, False, 7), [0, 7], 3),
+        "encoder.layers.0.fc2.weight": _qt((3, 11), 5, 11, True, 2),
+    }
+
+
 # layout revision -> (file, its SHA-256, metadata, tensors)
 GOLDENS = {
     1: (DATA / "golden_v1.wq", "8f23ae6920baa346a69559dbb5199e29ab3d1c808521e87d4dfa280a48269413", META,
         golden_tensors),
     2: (DATA / "golden_v2.wq", "b36a73c46a6919b1bf755072dde82fd2d68859a14e4028f75d85391ef78210b0", META_V2,
         golden_v2_tensors),
+    3: (DATA / "golden_v3.wq", "0ae5ca3e47e227e40a281f83ce95882aec418bf097da7bdd389e6780d794197d", META_V3,
+        golden_v3_tensors),
 }
 REVISIONS = pytest.mark.parametrize("revision", sorted(GOLDENS))
 
@@ -142,6 +166,33 @@ def _spec_unpack(row: bytes, bits: int, n: int) -> list[int]:
     return out[:n]
 
 
+
+def _spec_inv_sqrt_f32(block: int) -> np.float32:
+    """The binary32 value nearest to 1/sqrt(B), B = 2**m, from integers (no float square root): 2**(-m/2) for even
+    m; for odd m, 2**-0.5 = sqrt(2**47) * 2**-24 with its 24-bit significand round(sqrt(2**47)) (never a tie)."""
+    m = block.bit_length() - 1
+    if m % 2 == 0:
+        return np.float32(2.0 ** (-m // 2))
+    significand = (math.isqrt(4 * 2**47) + 1) // 2  # round(x) = (floor(2x) + 1) // 2
+    return np.float32(significand * 2.0 ** (-24 - (m - 1) // 2))  # 24 bits: exact in float64 and float32
+
+
+def _spec_unrotate_row(v: list, block: int) -> list:
+    """SPEC.md 5.4 steps 1-3 on one row of float32 values: butterflies stage by stage (each sum and difference
+    rounded once to float32), times float32(1/sqrt(B)), then the column signs."""
+    v = [np.float32(x) for x in v]
+    for k in range(0, len(v), block):
+        h = 1
+        while h < block:
+            for run in range(k, k + block, 2 * h):
+                for i in range(run, run + h):
+                    a, b = v[i], v[i + h]
+                    v[i], v[i + h] = np.float32(a + b), np.float32(a - b)  # float32 scalars: rounded once
+            h *= 2
+    scale = _spec_inv_sqrt_f32(block)
+    return [np.float32(x * scale) * (-1 if spec_lowbias32(c) & 1 else 1) for c, x in enumerate(v)]
+
+
 def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
     """(meta, name -> float32 array, layout revision) following SPEC.md only."""
     magic, version, header_len, header_crc, flags = struct.unpack_from("<4sIQII", buf, 0)
@@ -151,9 +202,11 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
     header = msgpack.unpackb(header_bytes, raw=False)
     assert list(header) == sorted(header), "map keys are sorted"
     revision = header["layout_revision"]
-    assert revision in (1, 2)
+    assert revision in (1, 2, 3)
     decomposed_any = any("outlier_columns" in e for e in header["tensors"])
-    assert revision == (2 if decomposed_any else 1), "section 9: the lowest revision that expresses the file"
+    rotated_any = any("rotation" in e for e in header["tensors"])
+    assert revision == (3 if rotated_any else 2 if decomposed_any else 1), (
+        "section 9: the lowest revision that expresses the file")
     data_start = _align64(24 + header_len)
     assert set(buf[24 + header_len : data_start]) <= {0}
     assert len(buf) == data_start + header["data_size"]
@@ -176,10 +229,10 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
         scale_at = _align64(rows * rb)
         zero_at = _align64(scale_at + rows * ng * 2)
         end = (zero_at + rows * zrb) if e["encoding"] == 3 else (scale_at + rows * ng * 2)
-        # SPEC.md 5.3: a decomposed tensor (revision 2 only) appends offset[cols] (f32), then outliers[rows][k] (f16)
+        # SPEC.md 5.3: a decomposed tensor (revision >= 2) appends offset[cols] (f32), then outliers[rows][k] (f16)
         columns = e.get("outlier_columns")
         if columns is not None:
-            assert revision == 2 and e["encoding"] in (2, 3)
+            assert revision >= 2 and e["encoding"] in (2, 3)
             assert all(type(c) is int for c in columns) and columns == sorted(set(columns))
             assert all(0 <= c < cols for c in columns)
             k = len(columns)
@@ -189,6 +242,11 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
             if k:
                 outlier_at = _align64(end)
                 end = outlier_at + rows * k * 2
+        # SPEC.md 5.4: a rotated tensor (revision 3 only) stores no extra part; its rows are transformed back
+        block = e.get("rotation")
+        if block is not None:
+            assert revision == 3 and e["encoding"] in (2, 3) and columns is None
+            assert type(block) is int and block >= 2 and block & (block - 1) == 0 and cols % block == 0
         w = np.zeros((rows, cols), np.float32)
         for r in range(rows):
             q = _spec_unpack(t[r * rb : (r + 1) * rb], b, cols)
@@ -208,6 +266,8 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
                 values = struct.unpack_from("<%de" % k, t, outlier_at + r * k * 2)
                 for i, c in enumerate(columns):
                     w[r, c] = values[i]  # assignment: the codes of an outlier column are ignored
+            if block is not None:
+                w[r] = _spec_unrotate_row(w[r].tolist(), block)
         assert end == e["nbytes"]
         out[e["name"]] = w.reshape(shape)
     return header["meta"], out, revision
@@ -237,6 +297,26 @@ def test_golden_v2_outlier_columns_take_the_stored_values():
     assert (t.offset != 0).any() and (got[:, [1, 9]] != (plain + t.offset)[:, [1, 9]]).all()
 
 
+def test_golden_v3_rotation_changes_values():
+    """The v3 file exercises SPEC.md 5.4: each rotated tensor decodes to V R^T, not to V (its plain dequantization),
+    and the naive decoder agrees with V R^T computed as a dense float64 matrix product (R built from the spec's
+    definition) up to float32 rounding; so the comparison with the reader above is not between two no-ops."""
+    _, arrays, _ = _spec_decode(GOLDENS[3][0].read_bytes())
+    rotated = {n: t for n, t in golden_v3_tensors().items() if t.rotation}
+    assert sorted(t.rotation for t in rotated.values()) == [2, 8]
+    for name, t in rotated.items():
+        rows, cols = t.codes.shape
+        plain = dequantize(dataclasses.replace(t, rotation=0)).reshape(rows, cols).astype(np.float64)
+        h = np.ones((1, 1))
+        while h.shape[0] < t.rotation:
+            h = np.block([[h, h], [h, -h]])
+        signs = [-1.0 if spec_lowbias32(c) & 1 else 1.0 for c in range(cols)]
+        r = np.diag(signs) @ np.kron(np.eye(cols // t.rotation), h) / math.sqrt(t.rotation)
+        got = arrays[name].reshape(rows, cols)
+        assert -1.0 in signs and np.abs(got - plain).max() > 0.01, name
+        np.testing.assert_allclose(got, plain @ r.T, rtol=0, atol=1e-6, err_msg=name)
+
+
 @REVISIONS
 def test_golden_reads_back(revision):
     path, _, meta, tensors = GOLDENS[revision]
@@ -249,7 +329,9 @@ def test_golden_reads_back(revision):
             if isinstance(t, QuantizedTensor):
                 assert info.encoding == t.encoding and info.bits == t.bits and info.group_size == t.group_size
                 assert info.outlier_columns == (None if t.outlier_columns is None else tuple(t.outlier_columns))
-                assert quantized_codes_equal(f.quantized(name), t)
+                assert info.rotation == t.rotation
+                q = f.quantized(name)
+                assert quantized_codes_equal(q, t) and q.rotation == t.rotation
                 full = f.array(name)
                 np.testing.assert_array_equal(full, dequantize(t))
                 np.testing.assert_array_equal(f.array(name, rows=slice(1, 3)), full[1:3])

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import os
+import re
+import tempfile
 import zlib
 
 import msgpack
@@ -9,6 +14,8 @@ import numpy as np
 import pytest
 
 from formats_helpers import (
+    SAMPLE_META,
+    decompose,
     decomposed_bytes,
     decomposed_tensors,
     fix_tensor_crc,
@@ -38,7 +45,10 @@ from wavq.formats import (
     UnsupportedVersionError,
     WqFile,
     dequantize,
+    quantize,
+    write_wq,
 )
+from wavq.formats import codecs
 from wavq.formats import reader as reader_module
 from wavq.formats.constants import MAX_DIM, MAX_HEADER_LEN, MAX_NAME_LEN, PREFIX_SIZE, Encoding, align
 from wavq.formats.layout import part_names, tensor_parts
@@ -244,7 +254,7 @@ def test_meta_not_plain(put, meta):
     rejects(put, rebuild(raw, data), MalformedHeaderError, "plain msgpack")
 
 
-@pytest.mark.parametrize("revision", [0, 3, 99])
+@pytest.mark.parametrize("revision", [0, 4, 99])
 def test_unsupported_layout_revision(put, revision):
     header, data = parts()
     header["layout_revision"] = revision
@@ -659,3 +669,216 @@ def test_raw_lists_the_stored_parts(put):
         assert asym[3].dtype == np.float32 and asym[4].dtype == np.float16
         assert len(f.raw("d.sym0")) == 3  # codes, scales, offset: k = 0 stores no outliers part
         assert len(f.raw("q.plain")) == 2
+
+
+# ---- rotated tensors (layout revision 3, SPEC.md 5.4) ----------------------------------------------------------
+def rotated_tensors() -> dict:
+    """A rotated QASYM tensor (24 columns, B = 8: 3, 6, 12 and 24 divide 24, so "not a power of two" and "does not
+    divide" are told apart), a rotated 3-D QSYM one with B = 2, a decomposed, a plain and a float tensor."""
+    rng = np.random.default_rng(8642)
+    w = rng.standard_normal((6, 24)).astype(np.float32)
+    w[:, 5] *= 30  # an outlier column, which the rotation spreads over its block
+    asym, _ = quantize(codecs.rotate_columns(w, 8), 4, group_size=8, symmetric=False)
+    conv = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    sym, _ = quantize(codecs.rotate_columns(conv.reshape(5, 6), 2).reshape(5, 2, 3), 3, group_size=4, symmetric=True)
+    dec, _ = quantize(rng.standard_normal((4, 16)).astype(np.float32), 4, group_size=8, symmetric=False)
+    plain, _ = quantize(rng.standard_normal((3, 16)).astype(np.float32), 5, group_size=4, symmetric=True)
+    return {
+        "r.asym": dataclasses.replace(asym, rotation=8),
+        "r.sym": dataclasses.replace(sym, rotation=2),
+        "d.asym": decompose(dec, rng.standard_normal(16), [1, 9], rng.standard_normal((4, 2)) * 20),
+        "q.plain": plain,
+        "f.f32": rng.standard_normal((2, 3)).astype(np.float32),
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def rotated_bytes() -> bytes:
+    """Bytes of a valid (layout revision 3) file holding rotated_tensors()."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "rotated.wq")
+        write_wq(path, SAMPLE_META, rotated_tensors())
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def rotated_parts():
+    """Fresh (header, data) of the revision-3 sample (rotated tensors), to edit."""
+    _, header, data = split(rotated_bytes())
+    return header, data
+
+
+def test_rotated_sample_reads_back(put):
+    """Written as revision 3 with the block size in the entry; info() and quantized() report it, and array() of
+    the whole tensor and of row slices equals codecs.dequantize (which applies R^T) bit for bit."""
+    header, _ = rotated_parts()
+    assert header["layout_revision"] == 3
+    assert {e["name"]: e.get("rotation") for e in header["tensors"]} == {
+        "r.asym": 8, "r.sym": 2, "d.asym": None, "q.plain": None, "f.f32": None}
+    with WqFile(put(rotated_bytes())) as f:
+        assert f.layout_revision == 3 and f.verify() == []
+        assert [f.info(n).rotation for n in f.tensors] == [8, 2, 0, 0, 0]
+        assert f.info("d.asym").outlier_columns == (1, 9)  # revision 3 still holds decomposed tensors
+        for name, t in rotated_tensors().items():
+            if not hasattr(t, "codes"):
+                np.testing.assert_array_equal(f.array(name), t)
+                continue
+            q = f.quantized(name)
+            assert quantized_codes_equal(q, t) and q.rotation == t.rotation
+            full = f.array(name)
+            assert full.shape == t.shape and full.dtype == np.float32
+            np.testing.assert_array_equal(full, dequantize(t))
+            np.testing.assert_array_equal(f.array(name, rows=slice(1, 3)), dequantize(t)[1:3])
+            for sel in (slice(None, None, 2), slice(-1, None), slice(2, 1)):
+                np.testing.assert_array_equal(f.array(name, rows=sel), full[sel], err_msg=f"{name} {sel}")
+            np.testing.assert_array_equal(f.array(name, dtype=np.float16), full.astype(np.float16))
+
+
+def test_rotated_tensor_decodes_to_the_weight_not_its_rotation(put):
+    """array() is W's approximation, not the stored V = W R: the error against W is the quantization error (half
+    a step per value spread by an orthogonal transform), while V itself is far from W."""
+    w = np.random.default_rng(8642).standard_normal((6, 24)).astype(np.float32)
+    w[:, 5] *= 30  # as in rotated_tensors()
+    with WqFile(put(rotated_bytes())) as f:
+        got = f.array("r.asym")
+        q = f.quantized("r.asym")
+    v = dequantize(dataclasses.replace(q, rotation=0))
+    row_bound = np.linalg.norm(codecs.error_bound(q).repeat(8, axis=1), axis=1)  # groups of 8 = one block each
+    assert (np.linalg.norm(got - w, axis=1) <= row_bound * 1.001).all()
+    assert (np.linalg.norm(v - w, axis=1) > 10 * row_bound).all()
+
+
+def test_writer_writes_revision_3_only_for_rotated_tensors(tmp_path):
+    tensors = rotated_tensors()
+    for names, revision in ((["q.plain", "f.f32"], 1), (["d.asym", "q.plain"], 2), (["q.plain", "r.sym"], 3)):
+        path = tmp_path / f"rev{revision}.wq"
+        write_wq(path, {}, {n: tensors[n] for n in names})
+        with WqFile(path) as f:
+            assert f.layout_revision == revision, names
+
+
+def test_revision_3_file_without_rotated_tensors_is_valid(put):
+    header, data = decomposed_parts()
+    header["layout_revision"] = 3
+    with WqFile(put(rebuild(header, data))) as f:
+        assert f.layout_revision == 3 and f.verify() == []
+        assert f.info("d.asym").outlier_columns == (2, 11, 19) and f.info("d.asym").rotation == 0
+        np.testing.assert_array_equal(f.array("d.asym"), dequantize(decomposed_tensors()["d.asym"]))
+
+
+def test_revision_2_reader_reads_older_files_and_rejects_rotated_ones(put, monkeypatch):
+    """A reader that predates revision 3 still reads revision-1 and -2 files, and refuses (rather than misreads:
+    the codes of W R are valid codes) a file with rotated tensors."""
+    monkeypatch.setattr(reader_module, "SUPPORTED_LAYOUT_REVISIONS", (1, 2))
+    for buf in (sample_bytes(), decomposed_bytes()):
+        with WqFile(put(buf)) as f:
+            assert f.verify() == []
+    rejects(put, rotated_bytes(), UnsupportedVersionError, "layout revision 3")
+
+
+def test_rotation_adds_no_bytes(put):
+    """The key changes values, not sizes (SPEC.md 5.4): on a plain tensor of a revision-3 file it is accepted with
+    the same nbytes, and the tensor then reads as the rotation of the same codes."""
+    header, data = rotated_parts()
+    entry(header, "q.plain")["rotation"] = 4
+    with WqFile(put(rebuild(header, data))) as f:
+        assert f.info("q.plain").rotation == 4 and f.verify() == []
+        plain = dequantize(rotated_tensors()["q.plain"])
+        np.testing.assert_array_equal(f.array("q.plain"), codecs.unrotate_columns(plain, 4))
+    header, data = rotated_parts()
+    del entry(header, "r.asym")["rotation"]  # and removing it leaves a valid, unrotated tensor
+    with WqFile(put(rebuild(header, data))) as f:
+        np.testing.assert_array_equal(f.array("r.asym"), dequantize(dataclasses.replace(
+            rotated_tensors()["r.asym"], rotation=0)))
+
+
+@pytest.mark.parametrize("name", ["f.f32", "f.f16"])
+@pytest.mark.parametrize("value", [2, 0, "8"])
+def test_rotation_on_a_float_encoding(put, name, value):
+    """Rejected whatever its value, before the value is looked at: float tensors have no codes to rotate."""
+    if name == "f.f16":
+        header, data = parts()
+        header["layout_revision"] = 3
+    else:
+        header, data = rotated_parts()
+    entry(header, name)["rotation"] = value
+    rejects(put, rebuild(header, data), MalformedHeaderError, f"'{name}': 'rotation' is defined for quantized "
+            f"encodings only, not F{name[-2:]}")
+
+
+@pytest.mark.parametrize("revision", [1, 2])
+def test_rotation_in_a_revision_1_or_2_file(put, revision):
+    """A valid block size (8 divides the 24 columns) is still rejected when the file claims a revision that
+    predates the key: such a reader would take the codes of W R for W's."""
+    header, data = rotated_parts()
+    header["layout_revision"] = revision
+    rejects(put, rebuild(header, data), MalformedHeaderError,
+            f"'r.asym': key 'rotation' exists only from layout revision 3; this file is revision {revision}")
+
+
+@pytest.mark.parametrize("value", [True, False, 8.0, 2.0, "8", None, [8], {"B": 8}, b"\x08"],
+                         ids=lambda v: repr(v)[:20])
+def test_rotation_not_an_integer(put, value):
+    """msgpack booleans, floats (even integral ones), strings, ... are not block sizes."""
+    header, data = rotated_parts()
+    entry(header, "r.asym")["rotation"] = value
+    rejects(put, rebuild(header, data), MalformedHeaderError,
+            rf"'r.asym': rotation {re.escape(repr(value))} is not an integer power of two >= 2 dividing the 24 columns")
+
+
+@pytest.mark.parametrize("value", [3, 6, 12, 24], ids=lambda v: f"B={v}")
+def test_rotation_not_a_power_of_two(put, value):
+    """Each of these divides the 24 columns: only the power-of-two rule rejects them (a Sylvester Hadamard
+    matrix exists for powers of two only)."""
+    header, data = rotated_parts()
+    entry(header, "r.asym")["rotation"] = value
+    rejects(put, rebuild(header, data), MalformedHeaderError,
+            f"'r.asym': rotation {value} is not an integer power of two >= 2 dividing the 24 columns")
+
+
+@pytest.mark.parametrize("value", [1, 0, -1, -2, -8, -(2**63)], ids=lambda v: f"B={v}")
+def test_rotation_below_two(put, value):
+    """1 is a power of two dividing everything (an identity "rotation" a writer never writes); 0 means "not
+    rotated" only by the key's absence; negative sizes are nonsense."""
+    header, data = rotated_parts()
+    entry(header, "r.asym")["rotation"] = value
+    rejects(put, rebuild(header, data), MalformedHeaderError,
+            f"'r.asym': rotation {value} is not an integer power of two >= 2 dividing the 24 columns")
+
+
+@pytest.mark.parametrize("name,value,cols", [
+    ("r.asym", 16, 24), ("r.asym", 32, 24), ("r.asym", 2**40, 24), ("r.asym", 2**63, 24),
+    ("r.sym", 4, 6), ("r.sym", 8, 6),
+], ids=lambda v: str(v))
+def test_rotation_not_dividing_the_columns(put, name, value, cols):
+    """Powers of two that do not divide cols (of the 2-D view: 2 * 3 for the 3-D tensor), up to uint64 sizes."""
+    header, data = rotated_parts()
+    entry(header, name)["rotation"] = value
+    rejects(put, rebuild(header, data), MalformedHeaderError,
+            f"'{name}': rotation {value} is not an integer power of two >= 2 dividing the {cols} columns")
+
+
+@pytest.mark.parametrize("edit", ["rotation added to a decomposed tensor", "outlier columns added to a rotated one",
+                                  "empty outlier columns added to a rotated one"])
+def test_rotation_with_outlier_columns(put, edit):
+    """A tensor is never both rotated and decomposed (SPEC.md 5.4): rejected from the header, before the sizes
+    (which would not match either) are compared."""
+    header, data = rotated_parts()
+    if edit.startswith("rotation"):
+        name = "d.asym"
+        entry(header, name)["rotation"] = 8
+    else:
+        name = "r.asym"
+        entry(header, name)["outlier_columns"] = [] if edit.startswith("empty") else [3, 17]
+    rejects(put, rebuild(header, data), MalformedHeaderError, f"'{name}': a tensor is either decomposed or rotated")
+
+
+def test_checksum_covers_rotated_tensors(put):
+    buf = bytearray(rotated_bytes())
+    start, nbytes, _ = tensor_span(bytes(buf), "r.sym")
+    buf[start + nbytes - 1] ^= 0x10
+    with WqFile(put(bytes(buf))) as f:
+        with pytest.raises(ChecksumError, match="r.sym"):
+            f.array("r.sym", rows=slice(0, 1))
+        assert [p.tensor for p in f.verify()] == ["r.sym"]
+        f.array("r.asym")

@@ -69,6 +69,9 @@ def _parse_groups(ctx, param, value) -> tuple[int, ...]:
 @click.option("--tune-epochs", type=click.IntRange(1), default=DEFAULT_TUNE_EPOCHS, show_default=True,
               help="With a '+tune' method: passes of the distillation over the calibration audio.")
 @click.option("--act-order", is_flag=True, help="GPTQ: quantize columns in order of decreasing activation energy.")
+@click.option("--rotate", is_flag=True,
+              help="Also quantize each weight under a block Hadamard rotation of its input columns and keep whichever "
+                   "has the smaller output error (stored rotated: layout revision 3). Not with AWQ.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
 @click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
               help="Storage of unquantized tensors (all of them without --bits).")
@@ -76,7 +79,7 @@ def _parse_groups(ctx, param, value) -> tuple[int, ...]:
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def main(source, output, bits, method, group_size, asym, target_bpw, mixed_groups, mixed_min_bits, keep,
-         embedding_outliers, calib, calib_samples, tune_epochs, act_order, seed, dtype, revision, force,
+         embedding_outliers, calib, calib_samples, tune_epochs, act_order, rotate, seed, dtype, revision, force,
          quiet) -> None:
     """Convert SOURCE (a Hugging Face hub id or local model directory) to a .wq file.
 
@@ -88,8 +91,8 @@ def main(source, output, bits, method, group_size, asym, target_bpw, mixed_group
     from .export import convert
 
     quantize = bits is not None or target_bpw is not None
-    if not quantize and (method or keep or calib or act_order):
-        raise click.UsageError("--method, --keep, --calib and --act-order need --bits or --target-bpw")
+    if not quantize and (method or keep or calib or act_order or rotate):
+        raise click.UsageError("--method, --keep, --calib, --act-order and --rotate need --bits or --target-bpw")
     if mixed_groups and target_bpw is None:
         raise click.UsageError("--mixed-groups needs --target-bpw")
     if mixed_min_bits != MIN_BITS and target_bpw is None:
@@ -104,7 +107,8 @@ def main(source, output, bits, method, group_size, asym, target_bpw, mixed_group
                                          symmetric=not asym, target_bpw=target_bpw, keep=keep,
                                          mixed_group_sizes=mixed_groups, mixed_min_bits=mixed_min_bits,
                                          act_order=act_order, calib_samples=calib_samples, seed=seed,
-                                         outlier_columns=embedding_outliers, tune_epochs=tune_epochs)
+                                         outlier_columns=embedding_outliers, tune_epochs=tune_epochs,
+                                         rotate=rotate)
             if recipe.needs_calibration and calib is None:
                 raise click.UsageError(f"method {recipe.method!r} needs calibration audio: pass --calib DIR")
             if calib is not None and recipe.uses_calibration:

@@ -55,6 +55,7 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
         s = summarize(f)
         meta = f.meta
         rows = [(t.name, list(t.shape), encoding_label(t), t.nbytes) for t in f.tensors.values()]
+        n_rotated = sum(bool(t.rotation) for t in f.tensors.values())
     if as_json:
         out = {"file": file, "architecture": s.architecture, "file_size": s.file_size, "parameters": s.n_params,
                "quantized_parameters": s.n_quantized, "quantized_bits_per_weight": s.quantized_bpw,
@@ -84,6 +85,7 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
     q = dict(meta.get("quantization") or {})
     allocation = q.pop("tensor_bits", None) or {}
     group_of = q.pop("tensor_group_size", None) or {}
+    rotated = q.pop("rotated", None)
     if q:
         click.echo("quantization:  " + ", ".join(f"{k}={v}" for k, v in q.items() if not isinstance(v, dict)))
     if allocation:
@@ -99,6 +101,8 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
             width = max(map(len, counts))
             for name in allocation:
                 click.echo(f"  {labels[name]:<{width}}  {name}")
+    if rotated is not None or n_rotated:  # how many tensors are stored under a rotation (SPEC.md 5.4)
+        click.echo(f"rotated:       {n_rotated} quantized tensors stored under a block Hadamard rotation")
     prov = meta.get("provenance") or {}
     if prov:
         click.echo("provenance:    " + ", ".join(f"{k}={v}" for k, v in prov.items()))

@@ -27,6 +27,8 @@ def encoding_label(info) -> str:
     k = info.n_outlier_columns
     if k is not None:  # decomposed: an offset row, and k columns stored as float16 instead of codes
         label += " +offset" + (f" +{k} float col{'' if k == 1 else 's'}" if k else "")
+    if info.rotation:  # stored as the codes of W R, R a block Hadamard rotation (SPEC.md 5.4)
+        label += f" rotated/{info.rotation}"
     return label
 
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ..formats.codecs import rotate_columns
 from .weights import Weights
 
 _INV_SQRT_2 = 1 / math.sqrt(2.0)
@@ -20,7 +21,14 @@ def linear(w: Weights, prefix: str, x: np.ndarray, bias: bool | None = None) -> 
     scale_name = prefix + ".input_scale"
     if scale_name in w:
         x = x / w[scale_name]
-    y = x @ w[prefix + ".weight"].T
+    name = prefix + ".weight"
+    block = w.rotation(name)
+    if block and x.size // x.shape[-1] < w.shape(name)[0]:
+        # a rotated weight (SPEC.md 5.4), applied to fewer rows than it has: x W^T = (x R) V^T, rotating the few
+        # input rows (a decoding step) instead of undoing the rotation on the whole weight
+        y = rotate_columns(x.reshape(-1, x.shape[-1]), block).reshape(x.shape) @ w.stored(name).T
+    else:
+        y = x @ w[name].T
     if bias is not False and (prefix + ".bias") in w:
         y += w[prefix + ".bias"]
     return y

@@ -86,6 +86,19 @@ class Weights:
         rows = np.stack([self.rows(name, int(i), int(i) + 1)[0] for i in uniq])
         return rows[inv].reshape(index.shape + rows.shape[1:])
 
+    def rotation(self, name: str) -> int:
+        """The rotation block of a tensor stored rotated (SPEC.md 5.4), else 0. 0 as well once the tensor is
+        cached: the cache holds the weight itself."""
+        if self._file is None or name in self._cache:
+            return 0
+        return self._file.info(name).rotation
+
+    def stored(self, name: str) -> np.ndarray:
+        """float32 V = W R of a rotated tensor: its dequantized codes before the rotation is undone (not cached)."""
+        if self._file is None:
+            return self[name]
+        return self._file.array(name, unrotate=False)
+
     def close(self) -> None:
         self._cache.clear()
         if self._file is not None:

@@ -43,6 +43,8 @@ def test_refuses_to_overwrite(tmp_path):
 def test_options_need_bits(tmp_path):
     r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--method", "gptq")
     assert r.exit_code == 2 and "need --bits" in r.output
+    r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--rotate")
+    assert r.exit_code == 2 and "need --bits" in r.output
     r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "4", "--keep", "conv1")
     assert r.exit_code == 2 and "PATTERN=BITS" in r.output
     r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "9")
@@ -88,3 +90,9 @@ def test_tune_epochs_and_min_bits_reach_the_recipe(tmp_path, monkeypatch):
     assert r.exit_code == 1 and seen["recipe"].mixed_min_bits == 3 and seen["recipe"].target_bpw == 3.3
     r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "3", "--tune-epochs", "0")
     assert r.exit_code == 2
+    r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "3", "--method", "gptq", "--rotate",
+             "--calib", tmp_path / "calib", "-q")
+    assert r.exit_code == 1 and seen["recipe"].rotate is True
+    r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "3", "--method", "awq", "--rotate",
+             "--calib", tmp_path / "calib", "-q")
+    assert r.exit_code == 1 and "rotation and AWQ do not combine" in r.output

@@ -164,3 +164,66 @@ def test_awq_search_never_worse_and_finds_salient_channels(layer):
     assert set(heavy) <= set(np.argsort(s.numpy())[-8:])
     # with alpha = 0 the scale is 1 (plain round-to-nearest)
     assert torch.equal(candidate_scales(st.mean_abs, 0.0), torch.ones(COLS))
+
+
+# ---- rotation (converter/quant/rotate.py) ---------------------------------------------------------------------
+def test_rotation_block_sizes():
+    from wavq.converter.quant.rotate import block_size
+
+    assert [block_size(c) for c in (512, 384, 2048, 240, 1536, 96, 10, 8)] == [128, 128, 128, 16, 128, 32, 0, 0]
+
+
+def test_rotated_hessian_is_the_statistics_of_rotated_inputs(layer):
+    """R^T H R equals the second moment of x R (the inputs W R sees), and the rotation matrix is the one the
+    format's rotate_columns applies."""
+    from wavq.converter.quant.rotate import rotate_stats, rotation_matrix
+    from wavq.formats.codecs import rotate_columns
+
+    w, x, st = layer
+    r = rotation_matrix(COLS, 32).numpy()
+    np.testing.assert_allclose(r @ r.T, np.eye(COLS), atol=1e-12)
+    np.testing.assert_allclose(rotate_columns(w, 32), w.astype(np.float64) @ r, atol=1e-5)
+    rotated = _stats((x.astype(np.float64) @ r).astype(np.float32))
+    np.testing.assert_allclose(rotate_stats(st, 32).hessian.numpy(), rotated.hessian.numpy(), rtol=1e-4,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_rotated_rtn_and_gptq_store_codes_of_w_r(layer, symmetric):
+    """A rotated spec stores the codes RTN / GPTQ give W R (with the Hessian of the rotated inputs), and the
+    tensor dequantizes back to the original weight's coordinates."""
+    from wavq.converter.quant.rotate import rotate_hessian
+    from wavq.formats.codecs import rotate_columns
+
+    w, _, st = layer
+    spec = QuantSpec(3, 32, symmetric)
+    rotated_spec = QuantSpec(3, 32, symmetric, rotation=32)
+    wr = rotate_columns(w, 32)
+    for got, ref in ((rtn(w, rotated_spec), rtn(wr, spec)),
+                     (gptq(w, st.hessian, rotated_spec, 0.01), gptq(wr, rotate_hessian(st.hessian, 32), spec, 0.01))):
+        assert got.rotation == 32 and ref.rotation == 0
+        assert got.codes.tobytes() == ref.codes.tobytes() and got.scales.tobytes() == ref.scales.tobytes()
+        np.testing.assert_allclose(dequantize(got), dequantize(ref) @ np.linalg.inv(
+            np.asarray(rotate_columns(np.eye(COLS, dtype=np.float32), 32), dtype=np.float64)), atol=1e-5)
+    np.testing.assert_allclose(fake_quant(w, rotated_spec), dequantize(rtn(w, rotated_spec)), atol=1e-6)
+
+
+def test_rotation_lowers_the_error_of_a_weight_with_outlier_columns():
+    """The case rotation is for: a few input columns an order of magnitude larger than the rest set the range of
+    every group they fall in; spread over the block they no longer do. On plain Gaussian weights it gains
+    nothing, which is why the pipeline keeps the rotated version only where it errs less."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((64, 128)) * 0.02).astype(np.float32)
+    w[:, [5, 70]] *= 12
+    x = correlated_inputs(1500, 128, seed=4, outliers=0)
+    st = _stats(x)
+    for bits in (3, 4):
+        plain = QuantSpec(bits, 64, False)
+        rot = QuantSpec(bits, 64, False, rotation=64)
+        for make in (lambda s: rtn(w, s), lambda s: gptq(w, st.hessian, s, 0.01)):
+            assert output_error(w, dequantize(make(rot)), x) < 0.6 * output_error(w, dequantize(make(plain)), x)
+
+
+def test_rotation_and_decomposition_exclude_each_other():
+    with pytest.raises(ValueError, match="decomposed or rotated"):
+        QuantSpec(3, 32, False, outliers=2, rotation=32)

@@ -47,6 +47,12 @@ def test_recipe_fields_and_calibration_needs():
     # the tune stage's epochs are recorded for methods that tune, and only for them
     assert Recipe(method="gptq+tune", tune_epochs=4).to_meta()["tune_epochs"] == 4
     assert "tune_epochs" not in Recipe(method="gptq", tune_epochs=4).to_meta()
+    # rotation: recorded when asked for; it cannot combine with AWQ's per-channel scales or with float export
+    assert Recipe(method="gptq", rotate=True).to_meta()["rotate"] is True and "rotate" not in Recipe().to_meta()
+    with pytest.raises(ValueError, match="rotation and AWQ"):
+        Recipe(method="awq+gptq", rotate=True)
+    with pytest.raises(ValueError, match="nothing to rotate"):
+        Recipe(method="none", rotate=True)
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,21 @@ def _logits(model, cal):
         return [model(b.x[0]).logits for b in cal.batches]
 
 
+def _runtime_matches_torch(exporter, tensors, items, out, tmp_path):
+    """Write `out` to a file and check the numpy runtime's logits against torch with the same weights loaded;
+    returns (that torch model, the calibration batches it was checked on)."""
+    torch_model = copy.deepcopy(exporter.model)
+    calib_wav2vec2.prepare(torch_model)  # plain positional conv, named like the stored tensor
+    apply_to_model(torch_model, out)
+    path = write_wq(tmp_path / "q.wq", exporter.meta(), {**{t.name: t.array for t in exporter.extra_tensors()}, **out})
+    runtime = Wav2Vec2CTCModel(Weights.open(path))
+    cal = _calibration(exporter, tensors, items[:2])
+    for b, ref in zip(cal.batches, _logits(torch_model, cal)):
+        got = runtime.logits(b.x[0].numpy())
+        assert np.abs(got - ref.numpy()).max() < 1e-3 * max(1.0, float(ref.abs().max()))
+    return torch_model, cal
+
+
 @pytest.mark.parametrize("split_attention", [True, False])
 def test_block_runner_reproduces_transformers(case, split_attention):
     _, exporter, tensors, items = case
@@ -98,15 +113,7 @@ def test_quantized_output_runs_in_the_runtime_as_in_torch(case, tmp_path):
         assert any(n.endswith("layer_norm.weight") for n in folded)
     else:
         assert scales
-    torch_model = copy.deepcopy(exporter.model)
-    calib_wav2vec2.prepare(torch_model)  # plain positional conv, named like the stored tensor
-    apply_to_model(torch_model, out)
-    path = write_wq(tmp_path / "q.wq", exporter.meta(), {**{t.name: t.array for t in exporter.extra_tensors()}, **out})
-    runtime = Wav2Vec2CTCModel(Weights.open(path))
-    cal = _calibration(exporter, tensors, items[:2])
-    for b, ref in zip(cal.batches, _logits(torch_model, cal)):
-        got = runtime.logits(b.x[0].numpy())
-        assert np.abs(got - ref.numpy()).max() < 1e-3 * max(1.0, float(ref.abs().max()))
+    torch_model, cal = _runtime_matches_torch(exporter, tensors, items, out, tmp_path)
     # and quantization error stays moderate at 4 bits against the float model
     for q, f in zip(_logits(torch_model, cal), _logits(exporter.model, cal)):
         assert float(((q - f) ** 2).mean()) < 0.1 * float((f**2).mean())
@@ -165,3 +172,14 @@ def test_tune_lowers_the_kl_and_runs_in_the_runtime(case, tmp_path):
     runtime = Wav2Vec2CTCModel(Weights.open(path))
     for b, ref in zip(cal.batches, logits):
         assert np.abs(runtime.logits(b.x[0].numpy()) - ref.numpy()).max() < 1e-3 * max(1.0, float(ref.abs().max()))
+
+
+def test_rotated_weights_run_in_the_runtime_as_in_torch(case, tmp_path):
+    """--rotate on every architecture variant: the weights that kept a rotation (their error on the calibration
+    inputs was smaller) are undone by the runtime exactly as torch computes with the converter's weights."""
+    name, exporter, tensors, items = case
+    out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq+tune", bits=3, group_size=8,
+                                                                     rotate=True), items)
+    assert info["rotated"], "no weight of the random model kept a rotation"
+    assert all(out[n].rotation for n in info["rotated"])
+    _runtime_matches_torch(exporter, tensors, items, out, tmp_path)

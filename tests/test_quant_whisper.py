@@ -308,3 +308,106 @@ def test_tune_moves_only_scales_and_floats_and_lowers_the_kl(tiny):
         else:
             assert np.array_equal(a, b)  # positions are not tuned
     assert changed_scales == sum(t.quantizable for t in tensors)
+
+
+def test_rotation_is_chosen_per_tensor_tuned_and_read_back_by_the_runtime(tiny, tmp_path):
+    """--rotate: every weight is quantized plain and rotated, and keeps the version with the smaller output error
+    on its calibration inputs; tuning keeps the rotated codes and fits through the rotation; the file is layout
+    revision 3 and the runtime's weights are exactly the converter's; `wavq info` counts the rotated tensors."""
+    from click.testing import CliRunner
+
+    from wavq.formats import WqFile, write_wq
+    from wavq.runtime.cli import main as wavq_main
+    from wavq.runtime.weights import Weights
+
+    model, exporter, tensors, items = tiny
+    emb = "model.decoder.embed_tokens.weight"
+    recipe = Recipe(method="gptq", bits=3, group_size=32, act_order=True, rotate=True)
+    out, info = pipeline.quantize_tensors(exporter, tensors, recipe, items)
+    qts = {n: v for n, v in out.items() if isinstance(v, QuantizedTensor)}
+    rotated = set(info["rotated"])
+    assert rotated and rotated < set(qts) and emb not in rotated  # the decomposed embedding is never rotated
+    assert set(info["rotation_errors"]) == set(qts) - {emb}
+    for name, (plain, turned) in info["rotation_errors"].items():
+        assert (name in rotated) == (turned < plain)
+        assert info["relative_output_error"][name] == min(plain, turned)
+        cols = int(np.prod(qts[name].shape[1:]))
+        assert qts[name].rotation == (min(cols & -cols, 128) if name in rotated else 0)
+    plain_out, plain_info = pipeline.quantize_tensors(exporter, tensors, dataclasses.replace(recipe, rotate=False),
+                                                      items)
+    assert "rotated" not in plain_info and not any(v.rotation for v in plain_out.values()
+                                                   if isinstance(v, QuantizedTensor))
+
+    tuned, tinfo = pipeline.quantize_tensors(exporter, tensors, dataclasses.replace(recipe, method="gptq+tune"), items)
+    assert set(tinfo["rotated"]) == rotated
+    assert tinfo["tune"]["kl_per_epoch"][-1] < tinfo["tune"]["kl_per_epoch"][0]
+    for name, qt in qts.items():
+        assert tuned[name].rotation == qt.rotation and np.array_equal(tuned[name].codes, qt.codes)
+
+    path = tmp_path / "m.wq"
+    write_wq(path, {"architecture": "whisper", "quantization": tinfo}, tuned)
+    with WqFile(path) as f:
+        assert f.layout_revision == 3
+    w = Weights.open(path)
+    for name in rotated:
+        np.testing.assert_array_equal(w[name], dequantize(tuned[name]))
+        np.testing.assert_array_equal(w.rows(name, 1, 5), dequantize(tuned[name])[1:5])
+    w.close()
+    r = CliRunner().invoke(wavq_main, ["info", str(path)])
+    assert r.exit_code == 0, r.output
+    assert f"rotated:       {len(rotated)} quantized tensors" in r.output and "rotated/64" in r.output
+
+
+def test_rotated_model_matches_transformers_with_its_weights(tiny):
+    """The rotation is undone exactly where the weights are used: transformers' model with the file's dequantized
+    weights equals the model the converter calibrated (its working copy), so GPTQ saw what the runtime computes."""
+    model, exporter, tensors, items = tiny
+    cal = _calibration(exporter, tensors, items)
+    out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq", bits=3, group_size=32,
+                                                                     rotate=True), items)
+    assert info["rotated"]
+    qmodel = copy.deepcopy(model)
+    apply_to_model(qmodel, out)
+    ref = _teacher_forced_logits(model, cal)
+    got = _teacher_forced_logits(qmodel, cal)
+    # close to the float model (3 bits), and far closer than the rotated codes read without undoing the rotation
+    unrotated = {n: dataclasses.replace(v, rotation=0) if isinstance(v, QuantizedTensor) and v.rotation else v
+                 for n, v in out.items()}
+    wrong = copy.deepcopy(model)
+    apply_to_model(wrong, unrotated)
+    bad = _teacher_forced_logits(wrong, cal)
+    err = sum(float(((a - b) ** 2).mean()) for a, b in zip(ref, got))
+    assert err < 0.02 * sum(float(((a - b) ** 2).mean()) for a, b in zip(ref, bad))
+
+
+def test_mixed_precision_with_rotation_meets_target(tiny, tmp_path):
+    from wavq.formats import WqFile, write_wq
+    from wavq.runtime.info import summarize
+
+    _, exporter, tensors, items = tiny
+    out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq", bits=None, target_bpw=3.6,
+                                                                     group_size=32, rotate=True), items)
+    assert info["rotated"] and len(set(info["tensor_bits"].values())) > 1
+    write_wq(tmp_path / "m.wq", {"architecture": "test"}, out)
+    with WqFile(tmp_path / "m.wq") as f:
+        assert 3.45 < summarize(f).quantized_bpw <= 3.6
+        assert summarize(f).quantized_bpw == pytest.approx(info["bits_per_weight"], rel=1e-5)
+
+
+def test_rotation_without_calibration_keeps_the_smaller_weight_error(tiny):
+    """Round-to-nearest without audio: a weight is stored rotated exactly when that lowers its weight error
+    against the plain round-to-nearest tensor."""
+    _, exporter, tensors, _ = tiny
+    rotated, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="rtn", bits=3, group_size=32,
+                                                                         rotate=True))
+    plain, _ = pipeline.quantize_tensors(exporter, tensors, Recipe(method="rtn", bits=3, group_size=32))
+    assert info["rotated"] and "rotation_errors" not in info  # no calibration: no output errors to report
+    for t in tensors:
+        if not t.quantizable:
+            continue
+        err = {k: float(((dequantize(v[t.name]) - t.array).astype(np.float64) ** 2).sum())
+               for k, v in (("rotated", rotated), ("plain", plain))}
+        if t.name in info["rotated"]:
+            assert err["rotated"] < err["plain"]
+        else:
+            assert err["rotated"] == err["plain"] and not rotated[t.name].rotation

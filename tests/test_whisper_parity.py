@@ -298,6 +298,40 @@ def test_quantized_low_memory_equals_cached(built, speech, tmp_path):
     assert WqFile(path).info("model.decoder.embed_tokens.weight").quantized
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_rotated_file_matches_transformers_with_its_weights(built, speech, tmp_path, cache):
+    """A file with rotated tensors (SPEC.md 5.4) decodes like transformers given the file's dequantized weights,
+    whether the runtime rotates each decoding step's inputs (low memory) or keeps the weights (cache)."""
+    from wavq.converter.quant.recipe import Recipe
+
+    hf, model, d = built(SPECS[1])
+    path = str(tmp_path / "r4.wq")
+    convert(d, path, Recipe(method="rtn", bits=4, group_size=32, rotate=True))
+    f = WqFile(path)
+    rotated = [n for n, t in f.tensors.items() if t.rotation]
+    assert f.layout_revision == 3 and any("decoder" in n for n in rotated)
+    qhf = transformers.WhisperForConditionalGeneration.from_pretrained(d).eval()
+    params = dict(qhf.named_parameters())
+    with torch.no_grad():
+        for name, info in f.tensors.items():
+            if info.quantized and name in params:
+                params[name].copy_(torch.from_numpy(f.array(name)))
+    qmodel = load(path, cache=cache)
+    feats = _features(d, speech)
+    ids = [qmodel.sot, qmodel.lang_to_id["<|en|>"], qmodel.task_to_id["transcribe"], qmodel.no_timestamps,
+           400, 401, 402, 11, 13]
+    with torch.no_grad():
+        ref = qhf(input_features=feats, decoder_input_ids=torch.tensor([ids])).logits[0].numpy()
+    cross = qmodel.cross_kv(qmodel.encode(feats[0].numpy()))
+    state = qmodel.new_state()
+    got = [qmodel.decoder_step(np.array([ids[:3]]), state, cross)[0]]
+    for t in ids[3:]:
+        got.append(qmodel.decoder_step(np.array([[t]]), state, cross)[0])
+    assert np.abs(np.stack(got) - ref[2:]).max() <= 1e-3
+    # and the rotation is undone: the stored codes read as weights would give another model
+    assert max(float(np.abs(f.array(n, unrotate=False) - f.array(n)).max()) for n in rotated) > 0.05
+
+
 def test_weights_from_dict(built, speech):
     """WhisperModel runs on in-memory weights (Weights(dict, meta)) as on the file."""
     _, model, d = built(SPECS[0])

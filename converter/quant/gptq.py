@@ -20,12 +20,15 @@ compensation flows into them and they store their updated values; they are left 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from ...formats import QuantizedTensor, rtn_scales
-from ...formats.codecs import n_groups
+from ...formats.codecs import n_groups, rotate_columns
 from .decompose import Decomposition, decompose
+from .rotate import rotate_hessian
 from .rtn import QuantSpec
 
 GPTQ_BLOCK = 128  # columns per lazy batch update
@@ -59,12 +62,17 @@ def gptq(w: np.ndarray, hessian: torch.Tensor, spec: QuantSpec, damp: float, act
     """GPTQ codes for `w` (any rank >= 2, quantized as its 2-D view) given H = mean x x^T of its inputs.
 
     `clip` (rows, n_groups) shrinks each group's range like round-to-nearest's clip. A decomposed spec uses
-    `decomposition` (by default chosen from the weight alone). Returns None when the dampened Hessian cannot be
-    factored even after DAMP_RETRIES increases (the caller falls back to RTN).
+    `decomposition` (by default chosen from the weight alone). A rotated spec (rotate.py) runs on W R with the
+    Hessian R^T H R of the rotated inputs (`clip` then refers to the groups of W R). Returns None when the
+    dampened Hessian cannot be factored even after DAMP_RETRIES increases (the caller falls back to RTN).
     """
     shape = tuple(int(d) for d in w.shape)
     rows = shape[0]
     w2d = np.ascontiguousarray(w, dtype=np.float32).reshape(rows, -1)
+    if spec.rotation:
+        qt = gptq(rotate_columns(w2d, spec.rotation).reshape(shape), rotate_hessian(hessian, spec.rotation),
+                  spec.unrotated, damp, act_order, clip)
+        return None if qt is None else dataclasses.replace(qt, rotation=spec.rotation)
     cols = w2d.shape[1]
     dec = None
     if spec.outliers:

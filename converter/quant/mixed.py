@@ -77,15 +77,28 @@ def bits_per_weight(tensors: Iterable[QuantizedTensor]) -> float:
 
 
 def sensitivity(w2d: np.ndarray, group_size: int, symmetric: bool, stats: Stats,
-                bits_options: Iterable[Option] = MIXED_BITS, outliers: int = 0) -> dict[Option, float]:
+                bits_options: Iterable[Option] = MIXED_BITS, outliers: int = 0,
+                rotation: int = 0) -> dict[Option, float]:
     """err(o): summed output (or, with IdentityStats, weight) squared error of round-to-nearest for each option
-    (a width at `group_size`, or a (bits, group size) pair)."""
-    out = {}
-    for o in bits_options:
-        b, g = option_bits_group(o, group_size)
-        deq = fake_quant(w2d, QuantSpec(b, g, symmetric, outliers))
-        out[o] = float(stats.row_error(torch.from_numpy(w2d - deq)).sum())
-    return out
+    (a width at `group_size`, or a (bits, group size) pair); with `rotation` (a block size) the smaller of the
+    plain and the rotated tensor's error, as the quantizer keeps the better of the two."""
+    def error(deq: np.ndarray) -> float:
+        return float(stats.row_error(torch.from_numpy(w2d - deq)).sum())
+
+    return {o: min(error(d) for d in option_fakes(w2d, o, group_size, symmetric, outliers, rotation))
+            for o in bits_options}
+
+
+def option_fakes(w2d: np.ndarray, option: Option, group_size: int, symmetric: bool, outliers: int = 0,
+                 rotation: int = 0) -> list[np.ndarray]:
+    """What round-to-nearest with `option` would store for w2d, dequantized: plain, and rotated too when
+    `rotation` is a block size (the quantizer keeps whichever errs less)."""
+    b, g = option_bits_group(option, group_size)
+    spec = QuantSpec(b, g, symmetric, outliers)
+    fakes = [fake_quant(w2d, spec)]
+    if rotation:
+        fakes.append(fake_quant(w2d, dataclasses.replace(spec, rotation=rotation)))
+    return fakes
 
 
 @dataclasses.dataclass

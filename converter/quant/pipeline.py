@@ -18,6 +18,7 @@ their weight where an AWQ scale could not be folded.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import importlib
 from typing import Any, NamedTuple
@@ -25,15 +26,17 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ...formats import QuantizedTensor
+from ...formats import QuantizedTensor, dequantize
+from ...formats.codecs import rotate_columns
 from ..registry import ConversionError, ExportTensor
 from .clip import search_clip
 from .decompose import decompose
 from .mixed import (AllocationError, allocate_bits, bits_per_weight, fixed_storage, make_candidate, mixed_options,
-                    sensitivity)
+                    option_fakes, sensitivity)
 from .recipe import FLOAT_KEEP_BITS, Recipe
 from .fisher import diagonal_fisher, fisher_error
-from .rtn import QuantSpec, as_2d, fake_quant, rtn
+from .rotate import block_size
+from .rtn import QuantSpec, as_2d, rtn
 from .sequential import SequentialQuantizer
 from .stats import IdentityStats
 
@@ -82,6 +85,11 @@ def _check_keep(recipe: Recipe, quantizable: list[ExportTensor]) -> None:
                                   f"{example!r})")
 
 
+def _weight_error(w: np.ndarray, qt: QuantizedTensor) -> float:
+    d = as_2d(w).astype(np.float64) - as_2d(dequantize(qt))
+    return float((d * d).sum())
+
+
 def _significant(x: float) -> float:
     return float(f"{x:.{ERROR_DIGITS}g}")
 
@@ -119,10 +127,15 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
 
     def quantizer(specs: dict[str, QuantSpec]) -> SequentialQuantizer:
         return SequentialQuantizer(plan, specs, damp=recipe.damp, act_order=recipe.act_order,
-                                   true_sequential=recipe.true_sequential, seed=recipe.seed, progress=progress)
+                                   true_sequential=recipe.true_sequential, seed=recipe.seed,
+                                   rotate=recipe.rotate, progress=progress)
 
     # embedding tables are stored decomposed (offset row + float columns + codes of the residual)
     outliers = {t.name: recipe.outlier_columns if t.kind == "embedding" else 0 for t in quantizable}
+
+    def rotation_for(t: ExportTensor) -> int:
+        """The rotation block a tensor may be stored under (0: never rotated)."""
+        return block_size(as_2d(t.array).shape[1]) if recipe.rotate and not outliers[t.name] else 0
 
     # -- bits per tensor ------------------------------------------------------------------------------------
     groups: dict[str, int] = {}  # allocated group sizes; every other tensor uses recipe.group_size
@@ -135,14 +148,15 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
             fisher = diagonal_fisher({t.name: cal.targets[t.name].module.weight for t in wanted},
                                      cal.module.losses(cal.model, cal.batches), progress)
             for t in wanted:
-                w = t.array
-                errors[t.name] = {(b, g): fisher_error(w, fake_quant(as_2d(w), QuantSpec(b, g, sym, outliers[t.name])),
-                                                       fisher[t.name])
-                                  for b, g in options}
+                w2d = as_2d(t.array)
+                errors[t.name] = {o: min(fisher_error(t.array, d, fisher[t.name]) for d in option_fakes(
+                    w2d, o, gs, sym, outliers[t.name], rotation_for(t)))
+                                  for o in options}
         for t in free:
             if t.name not in errors:
                 w2d = as_2d(t.array)
-                errors[t.name] = sensitivity(w2d, gs, sym, IdentityStats(w2d.shape[1]), options, outliers[t.name])
+                errors[t.name] = sensitivity(w2d, gs, sym, IdentityStats(w2d.shape[1]), options, outliers[t.name],
+                                             rotation_for(t))
         candidates = [make_candidate(t.name, t.array.shape, gs, sym, errors[t.name], outliers[t.name]) for t in free]
         shapes = {t.name: t.array.shape for t in quantizable}
         fixed_bits, fixed_numel = fixed_storage({n: (shapes[n], b, outliers[n]) for n, b in pinned.items()}, gs, sym)
@@ -175,6 +189,15 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
                 w2d = as_2d(t.array) if decomposition is None else decomposition.residual(as_2d(t.array))
                 clip = search_clip(w2d, spec.plain, IdentityStats(w2d.shape[1]))[0]
             results[t.name] = rtn(t.array, spec, clip, decomposition)
+            block = rotation_for(t)
+            if block:  # rotated too; the smaller weight error wins (as the calibrated path does on its inputs)
+                rotated_spec = dataclasses.replace(spec, rotation=block)
+                w2d = as_2d(t.array)
+                clip = search_clip(rotate_columns(w2d, block), spec, IdentityStats(w2d.shape[1]))[0] \
+                    if plan.clip else None
+                rotated = rtn(t.array, rotated_spec, clip)
+                if _weight_error(t.array, rotated) < _weight_error(t.array, results[t.name]):
+                    results[t.name] = rotated
             uncalibrated.append(t.name)
 
     # -- tune -----------------------------------------------------------------------------------------------
@@ -209,6 +232,8 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
         "bits_per_weight": _significant(bits_per_weight(results.values())),
         "tensor_bits": {t.name: results[t.name].bits for t in quantizable if t.name in results},
     }
+    if recipe.rotate:  # the tensors stored rotated (SPEC.md 5.4): each kept the smaller error of the two ways
+        info["rotated"] = [t.name for t in quantizable if t.name in results and results[t.name].rotation]
     if recipe.mixed_group_sizes:  # the allocation chose group sizes too (0 = per output channel, as --group-size)
         info["tensor_group_size"] = {name: specs[name].group_size for name in info["tensor_bits"]}
     if kept_float:
@@ -217,6 +242,8 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
         info["calibration"] = {"samples": len(calib_audio), "seed": recipe.seed,
                                "ids": [str(getattr(it, "id", i)) for i, it in enumerate(calib_audio)], **cal.info}
         info["relative_output_error"] = {n: _significant(e) for n, e in q.errors.items()}
+        if q.rotation_errors:  # with rotate: each weight's relative output error stored plain and rotated
+            info["rotation_errors"] = {n: [_significant(a), _significant(b)] for n, (a, b) in q.rotation_errors.items()}
         if q.awq_alpha:  # the exponent AWQ chose for each scaled weight (0: left unscaled)
             info["awq_alpha"] = dict(q.awq_alpha)
         if q.input_scales:

@@ -92,6 +92,8 @@ class Recipe:
     # embedding tables are stored decomposed (offset row + this many float16 columns + codes); 0 = plain codes
     outlier_columns: int = DEFAULT_OUTLIER_COLUMNS
     tune_epochs: int = DEFAULT_TUNE_EPOCHS  # passes of the tune stage (methods with "+tune")
+    # also quantize each weight under a block Hadamard rotation (rotate.py) and keep the smaller output error
+    rotate: bool = False
 
     def __post_init__(self) -> None:
         plan = parse_method(self.method, self.clip)
@@ -130,6 +132,11 @@ class Recipe:
             raise ValueError(f"embedding outlier columns must be 0..{MAX_OUTLIER_COLUMNS}, got {self.outlier_columns}")
         if self.calib_samples < 1:
             raise ValueError(f"calibration samples must be >= 1, got {self.calib_samples}")
+        if self.rotate and plan is not None and plan.awq:
+            raise ValueError("rotation and AWQ do not combine: AWQ scales input channels that a rotation mixes "
+                             "(use one of them)")
+        if self.rotate and plan is None:
+            raise ValueError("method 'none' exports float weights; there is nothing to rotate")
         if self.tune_epochs < 1:
             raise ValueError(f"tune epochs must be >= 1, got {self.tune_epochs}")
 
@@ -183,4 +190,5 @@ class Recipe:
             "true_sequential": self.true_sequential,
             "outlier_columns": self.outlier_columns,
             **({"tune_epochs": self.tune_epochs} if self.plan is not None and self.plan.tune else {}),
+            **({"rotate": True} if self.rotate else {}),
         }

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from ...formats import QuantizedTensor, dequantize, quantize, quantize_with_scales, rtn_scales
-from ...formats.codecs import dequantize_rows, resolve_group_size, view_2d_shape
+from ...formats.codecs import dequantize_rows, resolve_group_size, rotate_columns, unrotate_columns, view_2d_shape
 from .decompose import Decomposition, decompose
 
 
@@ -23,6 +23,11 @@ class QuantSpec:
     group_size: int  # as requested (0 = per output channel); resolve() gives the columns per group used
     symmetric: bool = True
     outliers: int = 0  # > 0: decomposed (decompose.py): offset row + this many float16 columns + codes
+    rotation: int = 0  # > 0: the codes are of W R, R a Hadamard rotation in blocks of this many columns (rotate.py)
+
+    def __post_init__(self) -> None:
+        if self.rotation and self.outliers:
+            raise ValueError("a tensor is either decomposed or rotated, not both")
 
     def resolve(self, cols: int) -> int:
         return resolve_group_size(cols, self.group_size)
@@ -31,6 +36,11 @@ class QuantSpec:
     def plain(self) -> "QuantSpec":
         """The same codes without decomposition (what the residual of a decomposed tensor is quantized with)."""
         return dataclasses.replace(self, outliers=0)
+
+    @property
+    def unrotated(self) -> "QuantSpec":
+        """The same codes without the rotation (what W R itself is quantized with)."""
+        return dataclasses.replace(self, rotation=0)
 
 
 def as_2d(w: np.ndarray) -> np.ndarray:
@@ -43,7 +53,11 @@ def rtn(w: np.ndarray, spec: QuantSpec, clip: np.ndarray | None = None,
         decomposition: Decomposition | None = None) -> QuantizedTensor:
     """Round-to-nearest codes for `w` (any rank >= 2); `clip` (rows, n_groups) shrinks each group's range.
 
-    A decomposed spec quantizes the residual of `decomposition` (by default chosen from the weight alone)."""
+    A decomposed spec quantizes the residual of `decomposition` (by default chosen from the weight alone); a
+    rotated one quantizes W R (`clip` then refers to the groups of W R)."""
+    if spec.rotation:
+        qt = rtn(rotate_columns(as_2d(w), spec.rotation).reshape(w.shape), spec.unrotated, clip)
+        return dataclasses.replace(qt, rotation=spec.rotation)
     if spec.outliers:
         w2d = as_2d(w)
         dec = decomposition or decompose(w2d, spec.outliers)
@@ -69,6 +83,8 @@ def grouped(x2d: np.ndarray, group_size: int) -> np.ndarray:
 
 def fake_quant(w2d: np.ndarray, spec: QuantSpec, clip: np.ndarray | float = 1.0) -> np.ndarray:
     """float32 (rows, cols): what round-to-nearest would store for w2d, dequantized (for searches)."""
+    if spec.rotation:
+        return unrotate_columns(fake_quant(rotate_columns(w2d, spec.rotation), spec.unrotated, clip), spec.rotation)
     if spec.outliers:
         clip_arr = None if np.ndim(clip) == 0 and float(clip) == 1.0 else np.broadcast_to(
             np.asarray(clip, dtype=np.float32), (w2d.shape[0], -(-w2d.shape[1] // spec.resolve(w2d.shape[1]))))

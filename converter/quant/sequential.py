@@ -25,11 +25,13 @@ import numpy as np
 import torch
 
 from ...formats import QuantizedTensor, dequantize
+from ...formats.codecs import rotate_columns
 from .awq import add_input_scale, scale_columns, search_scales
 from .clip import search_clip
 from .decompose import decompose
 from .gptq import gptq
 from .recipe import Plan
+from .rotate import block_size, rotate_stats
 from .rtn import QuantSpec, as_2d, rtn
 from .stats import DiagStats, FullStats, IdentityStats, Stats
 
@@ -137,18 +139,20 @@ class SequentialQuantizer:
     """Runs blocks in order, quantizing the targets named in `specs`; collects results and what it changed."""
 
     def __init__(self, plan: Plan, specs: dict[str, QuantSpec], *, damp: float, act_order: bool,
-                 true_sequential: bool, seed: int, progress: bool = False):
+                 true_sequential: bool, seed: int, rotate: bool = False, progress: bool = False):
         self.plan = plan
         self.specs = specs
         self.damp = damp
         self.act_order = act_order
         self.true_sequential = true_sequential
         self.seed = seed
+        self.rotate = rotate  # also try each weight rotated (rotate.py) and keep the smaller output error
         self.progress = progress
         self.results: dict[str, QuantizedTensor] = {}
         self.input_scales: dict[str, np.ndarray] = {}  # "<prefix>.input_scale" -> float32 (cols,)
         self.modified: set[str] = set()  # float tensors changed by folding
         self.errors: dict[str, float] = {}  # relative output error of each quantized target on its inputs
+        self.rotation_errors: dict[str, tuple[float, float]] = {}  # with rotate: (plain, rotated) relative errors
         self.awq_alpha: dict[str, float] = {}
         self.gptq_failed: list[str] = []
         self._batch: Batch | None = None
@@ -290,18 +294,40 @@ class SequentialQuantizer:
         if spec.outliers:  # decomposed: columns chosen by the error they would cause on these inputs
             hdiag = torch.diagonal(st.hessian).numpy() if isinstance(st, FullStats) else None
             dec = decompose(w2d, spec.outliers, hdiag)
-        clip = search_clip(w2d if dec is None else dec.residual(w2d), spec.plain, st)[0] if self.plan.clip else None
+        ref = float(st.row_error(torch.from_numpy(w2d)).sum())
+        qt, err = self._round(t, w, w2d, spec, st, dec)
+        block = block_size(w2d.shape[1]) if self.rotate and not spec.outliers else 0
+        rotated_st = rotate_stats(st, block) if block else None
+        if rotated_st is not None:  # quantize W R too; keep whichever has the smaller error on these inputs
+            qt_r, err_r = self._round(t, w, w2d, dataclasses.replace(spec, rotation=block), rotated_st, None, st)
+            self.rotation_errors[t.name] = (_rel(err, ref), _rel(err_r, ref))
+            if err_r < err:
+                qt, err = qt_r, err_r
+        with torch.no_grad():
+            t.module.weight.copy_(torch.from_numpy(dequantize(qt)))
+        self.errors[t.name] = _rel(err, ref)
+        self.results[t.name] = qt
+
+    def _round(self, t: Target, w: np.ndarray, w2d: np.ndarray, spec: QuantSpec, st: Stats, dec,
+               measure: Stats | None = None) -> tuple[QuantizedTensor, float]:
+        """Codes for w under `spec` (clip search and GPTQ on `st`, the statistics of the inputs the stored
+        codes see: rotated ones for a rotated spec) and their output error on `measure` (default `st`)."""
+        clip = None
+        if self.plan.clip:
+            target = w2d if dec is None else dec.residual(w2d)
+            if spec.rotation:
+                target = rotate_columns(target, spec.rotation)
+            clip = search_clip(target, spec.plain.unrotated, st)[0]
         qt = None
         if self.plan.rounder == "gptq" and isinstance(st, FullStats):
-            qt = gptq(w, st.hessian, spec, self.damp, self.act_order, clip, dec)
-            if qt is None:
+            qt = gptq(w, (measure or st).hessian, spec, self.damp, self.act_order, clip, dec)
+            if qt is None and t.name not in self.gptq_failed:
                 self.gptq_failed.append(t.name)
         if qt is None:
             qt = rtn(w, spec, clip, dec)
-        deq = dequantize(qt)
-        with torch.no_grad():
-            t.module.weight.copy_(torch.from_numpy(deq))
-        ref = float(st.row_error(torch.from_numpy(w2d)).sum())
-        err = float(st.row_error(torch.from_numpy(w2d - deq.reshape(w2d.shape))).sum())
-        self.errors[t.name] = err / ref if ref > 0 else 0.0
-        self.results[t.name] = qt
+        deq = dequantize(qt).reshape(w2d.shape)
+        return qt, float((measure or st).row_error(torch.from_numpy(w2d - deq)).sum())
+
+
+def _rel(err: float, ref: float) -> float:
+    return err / ref if ref > 0 else 0.0

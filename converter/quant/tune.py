@@ -24,6 +24,7 @@ import torch
 
 from ...formats import QuantizedTensor
 from .recipe import DEFAULT_TUNE_EPOCHS
+from .rotate import unrotate_torch
 
 TEACHER_TOP_K = 32  # teacher outputs kept per position
 SCALE_LR = 1e-3  # Adam on log-scales: a relative step of ~0.1 % per update
@@ -72,7 +73,7 @@ def partition_kl(logits: torch.Tensor, ids: torch.Tensor, logp: torch.Tensor, lo
 
 class _Quantized:
     """One quantized weight as a function of trainable tensors: (codes - zero) * scale * exp(theta) [+ offset,
-    float columns], written into every module that uses the weight (a tied embedding has two)."""
+    float columns] [rotated back], written into every module that uses the weight (a tied embedding has two)."""
 
     def __init__(self, qt: QuantizedTensor, modules: list[torch.nn.Module]):
         self.qt = qt
@@ -85,6 +86,7 @@ class _Quantized:
         self.q = torch.from_numpy(qt.codes.astype(np.float32) - np.repeat(zero, gs, axis=1)[:, :cols])
         self.s0 = torch.from_numpy(qt.scales.astype(np.float32))
         self.gs, self.cols = gs, cols
+        self.rotation = qt.rotation  # the codes are of W R: the weight is (q * s) R^T (rotate.py)
         self.theta = torch.zeros_like(self.s0, requires_grad=True)
         self.offset = self.columns = self.outliers = None
         if qt.decomposed:
@@ -101,6 +103,8 @@ class _Quantized:
     def weight(self) -> torch.Tensor:
         s = torch.repeat_interleave(self.s0 * torch.exp(self.theta), self.gs, dim=1)[:, : self.cols]
         w = self.q * s
+        if self.rotation:
+            w = unrotate_torch(w, self.rotation)
         if self.offset is not None:
             w = w + self.offset
             if self.columns.numel():

@@ -46,7 +46,13 @@ ENGINES = {
     "wavq-f32": ("wavq", "f32", False),  # default mode: float32 weights used straight from the memory map
     "wavq-rtn4": ("wavq", "rtn4", True),  # fast mode: dequantized once, kept
     "wavq-rtn4-lowmem": ("wavq", "rtn4", False),  # default mode: dequantized layer by layer on every use
+    # the same 4-bit RTN with --rotate: the tensors whose weight error a block Hadamard rotation lowers are stored
+    # rotated (SPEC.md 5.4), which costs the runtime a rotation of each decoding step's inputs
+    "wavq-rtn4-rotated": ("wavq", "rtn4rot", True),
+    "wavq-rtn4-rotated-lowmem": ("wavq", "rtn4rot", False),
 }
+VARIANTS = {"f32": None, "rtn4": dict(method="rtn", bits=4, group_size=128),
+            "rtn4rot": dict(method="rtn", bits=4, group_size=128, rotate=True)}
 
 
 # ------------------------------------------------------------------------------------------------- worker
@@ -112,7 +118,7 @@ def convert_models(model: str, workdir: str, needed: set[str]) -> dict[str, str]
     for variant in sorted(needed):
         path = os.path.join(workdir, f"{model.replace('/', '--')}.{variant}.wq")
         if not os.path.exists(path):
-            recipe = None if variant == "f32" else Recipe(method="rtn", bits=4, group_size=128)
+            recipe = None if VARIANTS[variant] is None else Recipe(**VARIANTS[variant])
             convert(model, path, recipe)
         paths[variant] = path
     return paths
@@ -163,7 +169,7 @@ def main() -> None:
     p.add_argument("--data", default=LIBRISPEECH, help="LibriSpeech root")
     p.add_argument("--limit", type=int, default=None, help="evenly spaced utterances to use (default: all)")
     p.add_argument("--lowmem-limit", type=int, default=20,
-                   help="utterances for wavq-rtn4-lowmem (dequantizes every step: slow); 0 skips it")
+                   help="utterances for the -lowmem engines (dequantize every step: slow); 0 skips them")
     p.add_argument("--chunk", type=int, default=10, help="utterances per worker turn")
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "wavq-bench-whisper"),
                    help="where converted models and worker files go")
@@ -184,8 +190,8 @@ def main() -> None:
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
         p.error(f"unknown engines {unknown}; choose from {', '.join(ENGINES)}")
-    if args.lowmem_limit == 0 and "wavq-rtn4-lowmem" in engines:
-        engines.remove("wavq-rtn4-lowmem")
+    if args.lowmem_limit == 0:
+        engines = [e for e in engines if not e.endswith("-lowmem")]
     all_utts = find_utterances(args.data, args.subset)
     utts = select(all_utts, args.limit)
     norm, norm_name = normalizer()
@@ -200,7 +206,7 @@ def main() -> None:
         for c in range(0, len(utts), args.chunk):
             chunk = utts[c : c + args.chunk]
             for e in engines:
-                part = [u for u in chunk if u.id in lowmem_ids] if e == "wavq-rtn4-lowmem" else chunk
+                part = [u for u in chunk if u.id in lowmem_ids] if e.endswith("-lowmem") else chunk
                 if not part:
                     continue
                 r = run_worker(e, model, paths.get(ENGINES[e][1]), part, args.workdir)
@@ -245,7 +251,7 @@ def write_table(args, rows, norm_name, started, finished, load_start, load_end, 
         f"{args.chunk} utterances so load from elsewhere hits all of them alike)",
         f"- Data: LibriSpeech {args.subset}, {n_used} of {n_all} utterances"
         + (f" (--limit {args.limit}, evenly spaced over the sorted ids)" if n_used < n_all else "")
-        + f"; wavq-rtn4-lowmem on {min(args.lowmem_limit, n_used)} of them",
+        + f"; the -lowmem engines on {min(args.lowmem_limit, n_used)} of them",
         f"- WER normalisation: {norm_name}. Greedy decoding, no timestamps, batch size 1, float32 compute.",
         "- RTF = compute seconds / audio seconds (features + encoder + decoding; file reading excluded), "
         "after an untimed 2-s warm-up; CPU s / audio s = user + system CPU time of all the worker's threads over "
@@ -253,8 +259,10 @@ def write_table(args, rows, norm_name, started, finished, load_start, load_end, 
         "Load = median model load time per worker. Peak RSS = VmHWM "
         "of the worker process (own subprocess per engine; includes the Python interpreter and, for "
         "transformers, torch).",
-        "- wavq-f32 and wavq-rtn4-lowmem use the default Weights mode (weights memory-mapped, dequantized as "
-        "used); wavq-rtn4 uses Weights(cache=True).",
+        "- wavq-f32 and the -lowmem engines use the default Weights mode (weights memory-mapped, dequantized as "
+        "used); wavq-rtn4 and wavq-rtn4-rotated use Weights(cache=True). -rotated: converted with --rotate "
+        "(weights stored under a block Hadamard rotation where that lowers their error; the low-memory mode "
+        "rotates each decoding step's inputs instead).",
         "- Command: `python benchmarks/bench_whisper.py " + " ".join(sys.argv[1:]) + "`",
         "",
         "| model | engine | utts | audio s | WER % | same text as transformers | RTF | CPU s / audio s | load s "

@@ -87,9 +87,9 @@ class Weights:
         return rows[inv].reshape(index.shape + rows.shape[1:])
 
     def rotation(self, name: str) -> int:
-        """The rotation block of a tensor stored rotated (SPEC.md 5.4), else 0. 0 as well once the tensor is
-        cached: the cache holds the weight itself."""
-        if self._file is None or name in self._cache:
+        """The rotation block of a tensor stored rotated (SPEC.md 5.4), else 0. Always 0 with cache=True: the
+        cache holds the weight itself, undone once on first use."""
+        if self._file is None or self.cache:
             return 0
         return self._file.info(name).rotation
 

@@ -328,6 +328,8 @@ def test_rotated_file_matches_transformers_with_its_weights(built, speech, tmp_p
     for t in ids[3:]:
         got.append(qmodel.decoder_step(np.array([[t]]), state, cross)[0])
     assert np.abs(np.stack(got) - ref[2:]).max() <= 1e-3
+    # the cached mode keeps each weight with its rotation undone (it never re-reads the codes per step)
+    assert all((qmodel.weights.rotation(n) == 0) == cache for n in rotated)
     # and the rotation is undone: the stored codes read as weights would give another model
     assert max(float(np.abs(f.array(n, unrotate=False) - f.array(n)).max()) for n in rotated) > 0.05
 

@@ -10,7 +10,8 @@ Whether it helps depends on the tensor: on whisper-base (3 bits, group 128, asym
 utterances) it cut GPTQ's output error of 85 % of the encoder's linear layers, by a third in the geometric mean,
 but raised it on fc2 layers, whose inputs (after GELU) GPTQ already compensates almost perfectly. So a rotated
 tensor is quantized both ways and keeps whichever has the smaller error on its calibration statistics
-(`choose`); without calibration the weight error decides.
+(SequentialQuantizer._quantize_target); without calibration the weight error decides (pipeline.py). End to end,
+on three calibration draws, it took base's 3.3 bits/weight recipe from 6.21 to 5.73 % WER on test-clean.
 
 For GPTQ and clip search the statistics move with the weight: H = E[x x^T] of the inputs becomes R^T H R, the
 statistics of R^T x, the inputs a rotated weight sees.

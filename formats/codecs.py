@@ -74,9 +74,7 @@ class QuantizedTensor:
         if self.zeros is not None and (self.zeros.shape != (rows, ng) or self.zeros.dtype != np.uint8):
             raise ValueError(f"zeros must be uint8 {(rows, ng)}")
         validate_decomposition(self.shape, self.offset, self.outlier_columns, self.outliers)
-        validate_rotation(cols, self.rotation)
-        if self.rotation and self.offset is not None:
-            raise ValueError("a tensor is either decomposed or rotated, not both")
+        validate_rotation(cols, self.rotation, self.decomposed)
 
     @property
     def symmetric(self) -> bool:
@@ -122,12 +120,16 @@ def validate_decomposition(shape: tuple[int, ...], offset: np.ndarray | None, ou
                          f"got {outlier_columns[:20].tolist()}")
 
 
-def validate_rotation(cols: int, block: int) -> None:
-    """ValueError unless `block` is 0 (no rotation) or a power of two >= 2 that divides `cols` (SPEC.md 5.4)."""
+def validate_rotation(cols: int, block: int, decomposed: bool = False) -> None:
+    """ValueError unless `block` is 0 (no rotation) or a power of two >= 2 that divides `cols` of a tensor that is
+    not decomposed (SPEC.md 5.4). QuantizedTensor checks this when built; the writer checks again (its fields
+    stay assignable)."""
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)):
         raise ValueError(f"rotation block must be an integer, got {type(block).__name__}")
     if block and (block < 2 or block & (block - 1) or cols % block):
         raise ValueError(f"rotation block {block} must be a power of two >= 2 dividing the {cols} columns")
+    if block and decomposed:
+        raise ValueError("a tensor is either decomposed or rotated, not both")
 
 
 def rotation_signs(cols: int) -> np.ndarray:

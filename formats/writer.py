@@ -95,9 +95,7 @@ def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encodin
             arrays["offset"] = np.ascontiguousarray(tensor.offset, dtype=OFFSET_DTYPE)
             arrays["outliers"] = np.ascontiguousarray(tensor.outliers, dtype=OUTLIER_DTYPE)
         if tensor.rotation:
-            codecs.validate_rotation(codecs.view_2d_shape(tensor.shape)[1], tensor.rotation)
-            if tensor.decomposed:
-                raise ValueError("a tensor is either decomposed or rotated, not both")
+            codecs.validate_rotation(codecs.view_2d_shape(tensor.shape)[1], tensor.rotation, tensor.decomposed)
             fields["rotation"] = int(tensor.rotation)
         return fields, [arrays[n] for n in part_names(tensor.encoding, k)]
     arr = np.asarray(tensor)

@@ -8,8 +8,8 @@ Flow:
   2. calibrated methods run block-sequentially over a working copy of the torch model (sequential.py with the
      architecture's blocks from calib_whisper.py / calib_wav2vec2.py), the exported arrays loaded into it first
      so exactly those values are quantized;
-  3. any quantizable tensor the calibration did not reach is rounded to nearest (clip-searched on its weight
-     error when the method clips).
+  3. any quantizable tensor the calibration did not reach is rounded to nearest (sequential.quantize_weight on
+     its weight error: clip-searched when the method clips, rotated with --rotate where that errs less).
 The returned dict has every input tensor in input order: QuantizedTensor for quantized weights, float arrays
 otherwise (modified where AWQ folded a scale into them), plus `<prefix>.input_scale` float32 arrays right after
 their weight where an AWQ scale could not be folded.
@@ -18,7 +18,6 @@ their weight where an AWQ scale could not be folded.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import fnmatch
 import importlib
 from typing import Any, NamedTuple
@@ -26,18 +25,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ...formats import QuantizedTensor, dequantize
-from ...formats.codecs import rotate_columns
+from ...formats import QuantizedTensor
 from ..registry import ConversionError, ExportTensor
-from .clip import search_clip
-from .decompose import decompose
 from .mixed import (AllocationError, allocate_bits, bits_per_weight, fixed_storage, make_candidate, mixed_options,
                     option_fakes, sensitivity)
 from .recipe import FLOAT_KEEP_BITS, Recipe
 from .fisher import diagonal_fisher, fisher_error
 from .rotate import block_size
-from .rtn import QuantSpec, as_2d, rtn
-from .sequential import SequentialQuantizer
+from .rtn import QuantSpec, as_2d
+from .sequential import SequentialQuantizer, quantize_weight
 from .stats import IdentityStats
 
 # architecture (Exporter.architecture) -> module with build(model, exporter, items, tensor_names, split_attention)
@@ -83,11 +79,6 @@ def _check_keep(recipe: Recipe, quantizable: list[ExportTensor]) -> None:
             example = quantizable[0].name if quantizable else "none"
             raise ConversionError(f"--keep pattern {pattern!r} matches no quantizable tensor (names look like "
                                   f"{example!r})")
-
-
-def _weight_error(w: np.ndarray, qt: QuantizedTensor) -> float:
-    d = as_2d(w).astype(np.float64) - as_2d(dequantize(qt))
-    return float((d * d).sum())
 
 
 def _significant(x: float) -> float:
@@ -182,22 +173,9 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
     uncalibrated = []
     for t in quantizable:
         if t.name in specs and t.name not in results:
-            spec = specs[t.name]
-            clip = None
-            decomposition = decompose(as_2d(t.array), spec.outliers) if spec.outliers else None
-            if plan.clip:
-                w2d = as_2d(t.array) if decomposition is None else decomposition.residual(as_2d(t.array))
-                clip = search_clip(w2d, spec.plain, IdentityStats(w2d.shape[1]))[0]
-            results[t.name] = rtn(t.array, spec, clip, decomposition)
-            block = rotation_for(t)
-            if block:  # rotated too; the smaller weight error wins (as the calibrated path does on its inputs)
-                rotated_spec = dataclasses.replace(spec, rotation=block)
-                w2d = as_2d(t.array)
-                clip = search_clip(rotate_columns(w2d, block), spec, IdentityStats(w2d.shape[1]))[0] \
-                    if plan.clip else None
-                rotated = rtn(t.array, rotated_spec, clip)
-                if _weight_error(t.array, rotated) < _weight_error(t.array, results[t.name]):
-                    results[t.name] = rotated
+            # the weight error decides clip ranges and, with rotate, whether the tensor is stored rotated
+            results[t.name] = quantize_weight(t.array, specs[t.name], IdentityStats(as_2d(t.array).shape[1]), plan,
+                                              damp=recipe.damp, act_order=recipe.act_order, rotate=recipe.rotate).qt
             uncalibrated.append(t.name)
 
     # -- tune -----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ statistics of R^T x, the inputs a rotated weight sees.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -37,23 +38,46 @@ def block_size(cols: int) -> int:
     return b if b >= MIN_BLOCK else 0
 
 
+@functools.lru_cache(maxsize=None)
 def _hadamard(block: int) -> torch.Tensor:
+    """float64 H_B / sqrt(B) (Sylvester order; symmetric, its own inverse). Cached: never modify it in place."""
     h = torch.ones(1, 1, dtype=torch.float64)
     while h.shape[0] < block:
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
     return h / math.sqrt(block)
 
 
+@functools.lru_cache(maxsize=None)
+def _signs(cols: int) -> torch.Tensor:
+    return torch.from_numpy(rotation_signs(cols).astype(np.float64))
+
+
+def _blocks(v: torch.Tensor, block: int) -> torch.Tensor:
+    """(rows, cols) with each row's blocks of `block` columns multiplied by H_B / sqrt(B), in v's dtype."""
+    rows, cols = v.shape
+    return (v.reshape(rows, cols // block, block) @ _hadamard(block).to(v.dtype)).reshape(rows, cols)
+
+
+def rotate_torch(w: torch.Tensor, block: int) -> torch.Tensor:
+    """(rows, cols) W R in torch, as formats.codecs.rotate_columns computes it (signs, then blocks)."""
+    return _blocks(w * _signs(w.shape[1]).to(w.dtype), block)
+
+
+def unrotate_torch(v: torch.Tensor, block: int) -> torch.Tensor:
+    """(rows, cols) V R^T in torch (differentiable), as formats.codecs.unrotate_columns computes it."""
+    return _blocks(v, block) * _signs(v.shape[1]).to(v.dtype)
+
+
 def rotation_matrix(cols: int, block: int) -> torch.Tensor:
     """float64 (cols, cols): R with W R = formats.codecs.rotate_columns(W, block)."""
-    r = torch.block_diag(*[_hadamard(block)] * (cols // block))
-    return torch.from_numpy(rotation_signs(cols).astype(np.float64))[:, None] * r
+    return rotate_torch(torch.eye(cols, dtype=torch.float64), block)
 
 
 def rotate_hessian(hessian: torch.Tensor, block: int) -> torch.Tensor:
-    """float64 R^T H R: the second moment of the inputs R^T x that W R sees."""
-    r = rotation_matrix(hessian.shape[0], block)
-    return r.T @ hessian.to(torch.float64) @ r
+    """float64 R^T H R: the second moment of the inputs R^T x that W R sees. Block by block (cols^2 * B
+    multiply-adds per side, not the cols^3 of a dense R)."""
+    hr = rotate_torch(hessian.to(torch.float64), block)  # H R
+    return rotate_torch(hr.T.contiguous(), block)  # (H R)^T R = R^T H R (H is symmetric)
 
 
 def rotate_stats(stats: Stats, block: int) -> Stats | None:
@@ -67,11 +91,3 @@ def rotate_stats(stats: Stats, block: int) -> Stats | None:
         out.n = 1
         return out
     return None
-
-
-def unrotate_torch(v: torch.Tensor, block: int) -> torch.Tensor:
-    """(rows, cols) V R^T in torch (differentiable), as formats.codecs.unrotate_columns computes it."""
-    rows, cols = v.shape
-    h = _hadamard(block).to(v.dtype)
-    signs = torch.from_numpy(rotation_signs(cols)).to(v.dtype)
-    return (v.reshape(rows, cols // block, block) @ h).reshape(rows, cols) * signs

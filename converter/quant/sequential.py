@@ -283,50 +283,71 @@ class SequentialQuantizer:
                 self.input_scales[c.prefix + ".input_scale"] = s.numpy().astype(np.float32)
 
     def _quantize_target(self, t: Target, st: Stats | None) -> None:
-        spec = self.specs[t.name]
         w = t.module.weight.detach().numpy().copy()
-        w2d = as_2d(w)
         if st is None:
-            st = IdentityStats(w2d.shape[1])
+            st = IdentityStats(as_2d(w).shape[1])
         elif t.lookup and isinstance(st, FullStats):
             st = st.with_identity(LOOKUP_WEIGHT)
-        dec = None
-        if spec.outliers:  # decomposed: columns chosen by the error they would cause on these inputs
-            hdiag = torch.diagonal(st.hessian).numpy() if isinstance(st, FullStats) else None
-            dec = decompose(w2d, spec.outliers, hdiag)
-        ref = float(st.row_error(torch.from_numpy(w2d)).sum())
-        qt, err = self._round(t, w, w2d, spec, st, dec)
-        block = block_size(w2d.shape[1]) if self.rotate and not spec.outliers else 0
-        rotated_st = rotate_stats(st, block) if block else None
-        if rotated_st is not None:  # quantize W R too; keep whichever has the smaller error on these inputs
-            qt_r, err_r = self._round(t, w, w2d, dataclasses.replace(spec, rotation=block), rotated_st, None, st)
-            self.rotation_errors[t.name] = (_rel(err, ref), _rel(err_r, ref))
-            if err_r < err:
-                qt, err = qt_r, err_r
+        r = quantize_weight(w, self.specs[t.name], st, self.plan, damp=self.damp, act_order=self.act_order,
+                            rotate=self.rotate)
         with torch.no_grad():
-            t.module.weight.copy_(torch.from_numpy(dequantize(qt)))
-        self.errors[t.name] = _rel(err, ref)
-        self.results[t.name] = qt
+            t.module.weight.copy_(torch.from_numpy(dequantize(r.qt)))
+        self.errors[t.name] = r.error
+        if r.rotation_errors is not None:
+            self.rotation_errors[t.name] = r.rotation_errors
+        if r.gptq_failed:
+            self.gptq_failed.append(t.name)
+        self.results[t.name] = r.qt
 
-    def _round(self, t: Target, w: np.ndarray, w2d: np.ndarray, spec: QuantSpec, st: Stats, dec,
-               measure: Stats | None = None) -> tuple[QuantizedTensor, float]:
-        """Codes for w under `spec` (clip search and GPTQ on `st`, the statistics of the inputs the stored
-        codes see: rotated ones for a rotated spec) and their output error on `measure` (default `st`)."""
+
+@dataclasses.dataclass
+class Rounded:
+    qt: QuantizedTensor
+    error: float  # relative output error on the statistics the weight was quantized with
+    rotation_errors: tuple[float, float] | None  # (plain, rotated) relative errors when both were tried
+    gptq_failed: bool  # GPTQ could not factor the Hessian: rounded to nearest instead
+
+
+def quantize_weight(w: np.ndarray, spec: QuantSpec, st: Stats, plan: Plan, *, damp: float, act_order: bool,
+                    rotate: bool = False) -> Rounded:
+    """One weight's codes on the statistics of its inputs (IdentityStats: no calibration, weight error): the
+    decomposition's columns, clip search, GPTQ (with FullStats) or round-to-nearest. With `rotate`, the weight is
+    also quantized under a block Hadamard rotation (rotate.py), and the version with the smaller error is kept."""
+    w2d = as_2d(w)
+    dec = None
+    if spec.outliers:  # decomposed: columns chosen by the error they would cause on these inputs
+        hdiag = torch.diagonal(st.hessian).numpy() if isinstance(st, FullStats) else None
+        dec = decompose(w2d, spec.outliers, hdiag)
+    failed = False
+
+    def round_with(sp: QuantSpec) -> tuple[QuantizedTensor, float]:
+        nonlocal failed
         clip = None
-        if self.plan.clip:
+        if plan.clip:
             target = w2d if dec is None else dec.residual(w2d)
-            if spec.rotation:
-                target = rotate_columns(target, spec.rotation)
-            clip = search_clip(target, spec.plain.unrotated, st)[0]
+            if sp.rotation:  # searched on W R, with the statistics of the rotated inputs
+                clip = search_clip(rotate_columns(target, sp.rotation), sp.plain.unrotated,
+                                   rotate_stats(st, sp.rotation))[0]
+            else:
+                clip = search_clip(target, sp.plain, st)[0]
         qt = None
-        if self.plan.rounder == "gptq" and isinstance(st, FullStats):
-            qt = gptq(w, (measure or st).hessian, spec, self.damp, self.act_order, clip, dec)
-            if qt is None and t.name not in self.gptq_failed:
-                self.gptq_failed.append(t.name)
+        if plan.rounder == "gptq" and isinstance(st, FullStats):
+            qt = gptq(w, st.hessian, sp, damp, act_order, clip, dec)
+            failed |= qt is None
         if qt is None:
-            qt = rtn(w, spec, clip, dec)
-        deq = dequantize(qt).reshape(w2d.shape)
-        return qt, float((measure or st).row_error(torch.from_numpy(w2d - deq)).sum())
+            qt = rtn(w, sp, clip, dec)
+        return qt, float(st.row_error(torch.from_numpy(w2d - dequantize(qt).reshape(w2d.shape))).sum())
+
+    ref = float(st.row_error(torch.from_numpy(w2d)).sum())
+    qt, err = round_with(spec)
+    pair = None
+    block = block_size(w2d.shape[1]) if rotate and not spec.outliers and not isinstance(st, DiagStats) else 0
+    if block:  # quantize W R too; keep whichever has the smaller error on these inputs
+        qt_r, err_r = round_with(dataclasses.replace(spec, rotation=block))
+        pair = (_rel(err, ref), _rel(err_r, ref))
+        if err_r < err:
+            qt, err = qt_r, err_r
+    return Rounded(qt, _rel(err, ref), pair, failed)
 
 
 def _rel(err: float, ref: float) -> float:

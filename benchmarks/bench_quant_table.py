@@ -119,25 +119,18 @@ def rows(model: str | None = None) -> list[Row]:
                        dict(best, bits=None, target_bpw=3.3, seed=seed)))
     # the 3.3 budget with each weight also tried under a block Hadamard rotation (kept where its GPTQ output
     # error is smaller): on whisper-base at 3 bits it cut the layers' GPTQ error by a third (geometric mean)
-    out.append(Row("GPTQ+tune mixed 3.3 bpw rotated", "calibrated", 3,
-                   dict(best, bits=None, target_bpw=3.3, rotate=True)))
+    rotated = dict(best, bits=None, target_bpw=3.3, rotate=True)
+    out.append(Row("GPTQ+tune mixed 3.3 bpw rotated", "calibrated", 3, rotated))
     for seed in OTHER_DRAWS:
-        out.append(Row(f"GPTQ+tune mixed 3.3 bpw rotated seed {seed}", "calibrated", 3,
-                       dict(best, bits=None, target_bpw=3.3, rotate=True, seed=seed)))
+        out.append(Row(f"GPTQ+tune mixed 3.3 bpw rotated seed {seed}", "calibrated", 3, dict(rotated, seed=seed)))
     # the rotated 3.3 budget calibrated on every train-clean-100 utterance: no draw of the calibration audio left
-    # to vary (the rotated draws of 128 spread 5.52-6.10 on base), then also tuned for twice as many epochs
-    # (base only: tiny.en has no 3.3 bits/weight target)
-    out.append(Row(f"GPTQ+tune mixed 3.3 bpw rotated calib {ALL_CALIB}", "calibrated", 3,
-                   dict(best, bits=None, target_bpw=3.3, rotate=True, calib_samples=ALL_CALIB),
-                   models=("openai/whisper-base",)))
-    # with every utterance in, the seed still draws the rows the statistics subsample and the tune stage's batch
-    # order: how much that alone moves the result
-    out.append(Row(f"GPTQ+tune mixed 3.3 bpw rotated calib {ALL_CALIB} seed 1", "calibrated", 3,
-                   dict(best, bits=None, target_bpw=3.3, rotate=True, calib_samples=ALL_CALIB, seed=1),
-                   models=("openai/whisper-base",)))
-    out.append(Row(f"GPTQ+tune mixed 3.3 bpw rotated calib {ALL_CALIB} 4 epochs", "calibrated", 3,
-                   dict(best, bits=None, target_bpw=3.3, rotate=True, calib_samples=ALL_CALIB, tune_epochs=4),
-                   models=("openai/whisper-base",)))
+    # to vary (the rotated draws of 128 spread 5.52-6.10 on base); with every utterance in, the seed still draws
+    # the rows the statistics subsample and the tune stage's batch order (seed 1: how much that alone moves the
+    # result); then tuned for twice as many epochs. Base only: tiny.en has no 3.3 bits/weight target.
+    everything = dict(rotated, calib_samples=ALL_CALIB)
+    for suffix, extra in (("", {}), (" seed 1", dict(seed=1)), (" 4 epochs", dict(tune_epochs=4))):
+        out.append(Row(f"GPTQ+tune mixed 3.3 bpw rotated calib {ALL_CALIB}{suffix}", "calibrated", 3,
+                       dict(everything, **extra), models=("openai/whisper-base",)))
     # 2 bits tuned longer: at 2 bits tuning is most of what GPTQ's codes recover (tiny.en 344 -> 271 % in 2 epochs)
     # (tiny.en only: on base, GPTQ 2 already beats RTN 2 by 660 points)
     for epochs in LONG_TUNE:

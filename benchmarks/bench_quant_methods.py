@@ -32,9 +32,9 @@ from wavq.converter.quant import pipeline  # noqa: E402
 from wavq.converter.quant.recipe import Plan, Recipe  # noqa: E402
 from wavq.converter.quant.rtn import QuantSpec  # noqa: E402
 from wavq.converter.quant.sequential import SequentialQuantizer  # noqa: E402
+from wavq.evaluation import evaluate  # noqa: E402
 from wavq.runtime import load  # noqa: E402
 from wavq.runtime.datasets import find_utterances  # noqa: E402
-from wavq.evaluation import evaluate  # noqa: E402
 
 MAX_NEW_TOKENS = 200
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "quant_methods.md")
@@ -45,9 +45,14 @@ def rtn_layer_errors(source: str, items, bits: int, group_size: int) -> dict[str
     tensors = list(exporter.tensors())
     module = importlib.import_module(pipeline.CALIBRATION_MODULES[exporter.architecture], pipeline.__package__)
     cal = pipeline._Calibration(exporter, tensors, items, module)
-    q = SequentialQuantizer(Plan(awq=False, clip=False, rounder="rtn"),
-                            {n: QuantSpec(bits, group_size) for n in cal.targets}, damp=0.01, act_order=False,
-                            true_sequential=True, seed=0)
+    q = SequentialQuantizer(
+        Plan(awq=False, clip=False, rounder="rtn"),
+        {n: QuantSpec(bits, group_size) for n in cal.targets},
+        damp=0.01,
+        act_order=False,
+        true_sequential=True,
+        seed=0,
+    )
     q.run(cal.blocks, cal.batches)
     return q.errors
 
@@ -62,8 +67,13 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument("--eval", required=True)
     ap.add_argument("--eval-samples", type=int, default=50)
-    ap.add_argument("--keep", action="append", default=[], metavar="PATTERN=BITS",
-                    help="pin tensors for every method, e.g. '*embed_tokens*=8'")
+    ap.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="PATTERN=BITS",
+        help="pin tensors for every method, e.g. '*embed_tokens*=8'",
+    )
     ap.add_argument("--output", default=RESULTS)
     args = ap.parse_args()
 
@@ -91,8 +101,16 @@ def main() -> None:
                 errors = rtn_layer_errors(args.model, items, args.bits, args.group_size)
             vals = np.array(list(errors.values()))
             res = evaluate(load(path, cache=True), utts, options)
-            rows.append((method, f"{vals.mean():.4f}", f"{np.median(vals):.4f}", res.wer,
-                         report.quantization["bits_per_weight"], seconds))
+            rows.append(
+                (
+                    method,
+                    f"{vals.mean():.4f}",
+                    f"{np.median(vals):.4f}",
+                    res.wer,
+                    report.quantization["bits_per_weight"],
+                    seconds,
+                )
+            )
             print(f"{method}: WER {res.wer:.4f}, layer error mean {vals.mean():.4f}", file=sys.stderr)
 
     pinned = f", pinned {', '.join(args.keep)}" if args.keep else ""

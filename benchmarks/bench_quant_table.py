@@ -41,11 +41,11 @@ from bench_common import machine, versions  # noqa: E402
 from wavq.converter.calibrate import overlap_warning, select_calibration  # noqa: E402
 from wavq.converter.export import convert  # noqa: E402
 from wavq.converter.quant.recipe import Recipe  # noqa: E402
+from wavq.evaluation import normalizer_for, score  # noqa: E402
 from wavq.formats import WqFile  # noqa: E402
 from wavq.runtime import load  # noqa: E402
 from wavq.runtime.audio import load_audio  # noqa: E402
 from wavq.runtime.datasets import find_utterances  # noqa: E402
-from wavq.evaluation import normalizer_for, score  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MAX_NEW_TOKENS = 200  # a broken model repeats itself to the limit; 200 tokens cover any LibriSpeech utterance
@@ -81,14 +81,13 @@ def rows(model: str | None = None) -> list[Row]:
     out.append(Row(f"RTN 2 g{GROUP}", "rtn", 2, dict(plain, bits=2, group_size=GROUP)))
     # what asymmetric codes, then the decomposed embedding, add without any calibration (wavq's RTN default)
     for bits in (4, 3):
-        out.append(Row(f"RTN {bits} g{GROUP} asym", "rtn", bits, dict(plain, bits=bits, group_size=GROUP,
-                                                                      symmetric=False)))
-    out.append(Row(f"RTN 4 g{GROUP} asym + emb. outliers", "rtn", 4, dict(method="rtn", bits=4,
-                                                                         group_size=GROUP)))
+        out.append(
+            Row(f"RTN {bits} g{GROUP} asym", "rtn", bits, dict(plain, bits=bits, group_size=GROUP, symmetric=False))
+        )
+    out.append(Row(f"RTN 4 g{GROUP} asym + emb. outliers", "rtn", 4, dict(method="rtn", bits=4, group_size=GROUP)))
     # calibrated methods with wavq's defaults (asymmetric, decomposed embedding)
     for bits in (4, 3, 2):
-        out.append(Row(f"GPTQ {bits} g{GROUP}", "calibrated", bits, dict(method="gptq", bits=bits,
-                                                                           group_size=GROUP)))
+        out.append(Row(f"GPTQ {bits} g{GROUP}", "calibrated", bits, dict(method="gptq", bits=bits, group_size=GROUP)))
     for bits in (4, 3):
         out.append(Row(f"AWQ {bits} g{GROUP}", "calibrated", bits, dict(method="awq", bits=bits, group_size=GROUP)))
     # the best combination found on held-out train-clean-100 utterances (never on test-*): activation-order
@@ -103,20 +102,44 @@ def rows(model: str | None = None) -> list[Row]:
         out.append(Row(f"GPTQ+tune mixed {bpw} bpw", "calibrated", int(bpw), dict(best, bits=None, target_bpw=bpw)))
     # the 3.3 budget with the group size chosen per tensor too (64 or 128): on the 97 held-out train-clean-100
     # utterances it cut base's teacher-forced KL to the float model from 0.0488 to 0.0438
-    out.append(Row("GPTQ+tune mixed 3.3 bpw groups 64/128", "calibrated", 3,
-                   dict(best, bits=None, target_bpw=3.3, mixed_group_sizes=(64,))))
+    out.append(
+        Row(
+            "GPTQ+tune mixed 3.3 bpw groups 64/128",
+            "calibrated",
+            3,
+            dict(best, bits=None, target_bpw=3.3, mixed_group_sizes=(64,)),
+        )
+    )
     # the 3.3 budget calibrated on every train-clean-100 utterance (225) instead of 128: on tiny.en, 176 against
     # 128 lowered the teacher-forced KL on 24 utterances in neither set from 0.0621 to 0.0578
-    out.append(Row(f"GPTQ+tune mixed 3.3 bpw calib {ALL_CALIB}", "calibrated", 3,
-                   dict(best, bits=None, target_bpw=3.3, calib_samples=ALL_CALIB)))
+    out.append(
+        Row(
+            f"GPTQ+tune mixed 3.3 bpw calib {ALL_CALIB}",
+            "calibrated",
+            3,
+            dict(best, bits=None, target_bpw=3.3, calib_samples=ALL_CALIB),
+        )
+    )
     # the 3.3 budget without 2-bit tensors: at 3.3 the allocation above sends the attention q/k projections to
     # 2 bits, where the Fisher's second-order estimate is least trustworthy
-    out.append(Row("GPTQ+tune mixed 3.3 bpw min 3 bits", "calibrated", 3,
-                   dict(best, bits=None, target_bpw=3.3, mixed_min_bits=3)))
+    out.append(
+        Row(
+            "GPTQ+tune mixed 3.3 bpw min 3 bits",
+            "calibrated",
+            3,
+            dict(best, bits=None, target_bpw=3.3, mixed_min_bits=3),
+        )
+    )
     # the 3.3 budget on other draws of 128 calibration utterances: how far the choice of audio alone moves WER
     for seed in OTHER_DRAWS:
-        out.append(Row(f"GPTQ+tune mixed 3.3 bpw seed {seed}", "calibrated", 3,
-                       dict(best, bits=None, target_bpw=3.3, seed=seed)))
+        out.append(
+            Row(
+                f"GPTQ+tune mixed 3.3 bpw seed {seed}",
+                "calibrated",
+                3,
+                dict(best, bits=None, target_bpw=3.3, seed=seed),
+            )
+        )
     # the 3.3 budget with each weight also tried under a block Hadamard rotation (kept where its GPTQ output
     # error is smaller): on whisper-base at 3 bits it cut the layers' GPTQ error by a third (geometric mean)
     rotated = dict(best, bits=None, target_bpw=3.3, rotate=True)
@@ -129,13 +152,27 @@ def rows(model: str | None = None) -> list[Row]:
     # result); then tuned for twice as many epochs. Base only: tiny.en has no 3.3 bits/weight target.
     everything = dict(rotated, calib_samples=ALL_CALIB)
     for suffix, extra in (("", {}), (" seed 1", dict(seed=1)), (" 4 epochs", dict(tune_epochs=4))):
-        out.append(Row(f"GPTQ+tune mixed 3.3 bpw rotated calib {ALL_CALIB}{suffix}", "calibrated", 3,
-                       dict(everything, **extra), models=("openai/whisper-base",)))
+        out.append(
+            Row(
+                f"GPTQ+tune mixed 3.3 bpw rotated calib {ALL_CALIB}{suffix}",
+                "calibrated",
+                3,
+                dict(everything, **extra),
+                models=("openai/whisper-base",),
+            )
+        )
     # 2 bits tuned longer: at 2 bits tuning is most of what GPTQ's codes recover (tiny.en 344 -> 271 % in 2 epochs)
     # (tiny.en only: on base, GPTQ 2 already beats RTN 2 by 660 points)
     for epochs in LONG_TUNE:
-        out.append(Row(f"GPTQ+tune 2 g{GROUP} act-order {epochs} epochs", "calibrated", 2,
-                       dict(best, bits=2, tune_epochs=epochs), models=("openai/whisper-tiny.en",)))
+        out.append(
+            Row(
+                f"GPTQ+tune 2 g{GROUP} act-order {epochs} epochs",
+                "calibrated",
+                2,
+                dict(best, bits=2, tune_epochs=epochs),
+                models=("openai/whisper-tiny.en",),
+            )
+        )
     return [r for r in out if model is None or not r.models or model in r.models]
 
 
@@ -166,6 +203,7 @@ class TorchWhisper:
 
     def __init__(self, model_id: str):
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
         self.processor = WhisperProcessor.from_pretrained(model_id)
         self.model = WhisperForConditionalGeneration.from_pretrained(model_id).float().eval()
         self.params = dict(self.model.named_parameters())
@@ -194,8 +232,9 @@ class TorchWhisper:
         texts = []
         with torch.inference_mode():
             for i in range(0, len(audios), BATCH):
-                feats = self.processor.feature_extractor(audios[i:i + BATCH], sampling_rate=16000,
-                                                         return_tensors="pt").input_features
+                feats = self.processor.feature_extractor(
+                    audios[i : i + BATCH], sampling_rate=16000, return_tensors="pt"
+                ).input_features
                 out = self.model.generate(feats, **kwargs)
                 texts += self.processor.batch_decode(out, skip_special_tokens=True)
         return texts
@@ -211,13 +250,19 @@ def _convert_child(model: str, path: str, recipe_kwargs: dict | None, calib_item
     if threads:
         torch.set_num_threads(threads)
     recipe = Recipe.from_options(**recipe_kwargs) if recipe_kwargs else None
-    convert(model, path, recipe, force=True,
-            calib_items=calib_items if recipe is not None and recipe.uses_calibration else None)
+    convert(
+        model,
+        path,
+        recipe,
+        force=True,
+        calib_items=calib_items if recipe is not None and recipe.uses_calibration else None,
+    )
 
 
 def convert_measured(row: Row, args, path: str, calib_items) -> tuple[float, float]:
     """Convert in a fresh process (what wavq-convert costs on its own): wall seconds and peak RSS in MiB."""
     import multiprocessing
+
     ctx = multiprocessing.get_context("spawn")
     t0 = time.perf_counter()
     proc = ctx.Process(target=_convert_child, args=(args.model, path, row.recipe, calib_items, args.threads))
@@ -240,16 +285,25 @@ def measure(row: Row, args, torch_model: TorchWhisper, sets: dict, calib_items, 
     quant = wq.meta.get("quantization", {})
     wq.close()
     calib_ids = quant.get("calibration", {}).get("ids", [])
-    for name, (utts, _) in sets.items():
+    for utts, _ in sets.values():
         warning = overlap_warning(calib_ids, [u.id for u in utts])
         if warning:
             raise SystemExit(f"{row.label}: {warning}")
     torch_model.load_wq(path)
-    result = {"label": row.label, "kind": row.kind, "width": row.width,
-              "bpw": float(quant.get("bits_per_weight", 32.0)), "file_mib": os.path.getsize(path) / MIB,
-              "convert_s": convert_s, "convert_rss_mib": convert_rss, "tensor_bits": quant.get("tensor_bits", {}),
-              "tensor_group_size": quant.get("tensor_group_size", {}), "calib_samples": len(calib_ids),
-              "date": datetime.date.today().isoformat(), "machine": machine()}
+    result = {
+        "label": row.label,
+        "kind": row.kind,
+        "width": row.width,
+        "bpw": float(quant.get("bits_per_weight", 32.0)),
+        "file_mib": os.path.getsize(path) / MIB,
+        "convert_s": convert_s,
+        "convert_rss_mib": convert_rss,
+        "tensor_bits": quant.get("tensor_bits", {}),
+        "tensor_group_size": quant.get("tensor_group_size", {}),
+        "calib_samples": len(calib_ids),
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+    }
     t0 = time.perf_counter()
     transcripts = {}
     for name, (utts, audios) in sets.items():
@@ -258,7 +312,7 @@ def measure(row: Row, args, torch_model: TorchWhisper, sets: dict, calib_items, 
         result[f"n_{name}"] = len(utts)
         transcripts[name] = {u.id: h for u, h in zip(utts, hyps)}
         if name == "clean":
-            result["torch_hyps_head"] = hyps[:args.runtime_check]
+            result["torch_hyps_head"] = hyps[: args.runtime_check]
     result["eval_s"] = time.perf_counter() - t0
     # every hypothesis, for per-utterance error analysis (the table keeps only the head)
     os.makedirs(os.path.join(model_dir, "hyps"), exist_ok=True)
@@ -271,7 +325,7 @@ def measure(row: Row, args, torch_model: TorchWhisper, sets: dict, calib_items, 
     if torch_model.multilingual:
         options.update(language="en", task="transcribe")
     same = 0
-    for audio, hyp in zip(sets["clean"][1][:args.runtime_check], result["torch_hyps_head"]):
+    for audio, hyp in zip(sets["clean"][1][: args.runtime_check], result["torch_hyps_head"]):
         same += norm(model.transcribe(audio, **options).text) == norm(hyp)
     result["runtime_same"] = same
     result["runtime_checked"] = min(args.runtime_check, len(sets["clean"][0]))
@@ -290,9 +344,14 @@ def write_table(args, results: list[dict], calib_n: int, started: str) -> str:
     measured = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]} (each row's date is in the .json)"
     base = next((r for r in results if r["kind"] == "f32"), None)
     machines = Counter(r.get("machine") for r in results)
-    where = machine() if set(machines) == {machine()} else "; ".join(
-        f"{n} rows on {m}" if m else f"{n} rows (no machine recorded) on earlier 2-core machines of the same setup"
-        for m, n in machines.items())
+    where = (
+        machine()
+        if set(machines) == {machine()}
+        else "; ".join(
+            f"{n} rows on {m}" if m else f"{n} rows (no machine recorded) on earlier 2-core machines of the same setup"
+            for m, n in machines.items()
+        )
+    )
     lines = [
         f"# What each bit costs: {args.model}",
         "",
@@ -303,27 +362,30 @@ def write_table(args, results: list[dict], calib_n: int, started: str) -> str:
         "--calib LIBRISPEECH/train-clean-100 --clean LIBRISPEECH/test-clean --other LIBRISPEECH/test-other "
         "--workdir DIR` (LIBRISPEECH: `../shared/librispeech` here).",
         "",
-        f"- Calibration: {calib_n} utterances of `train-clean-100` (seed 0; a row labelled \"calib N\": N of them, "
-        "\"seed S\": drawn with seed S; with all of them drawn, the seed still picks the rows the statistics "
+        f'- Calibration: {calib_n} utterances of `train-clean-100` (seed 0; a row labelled "calib N": N of them, '
+        '"seed S": drawn with seed S; with all of them drawn, the seed still picks the rows the statistics '
         "subsample and the tune stage's batch order); none of them is evaluated.",
         f"- WER: greedy decoding (at most {MAX_NEW_TOKENS} tokens), Whisper English normalizer on both sides, "
-        + ", ".join(f"{results[0]['n_' + n]} utterances of test-{n} ({results[0]['words_' + n]} words)"
-                    for n in ("clean", "other")) + ".",
+        + ", ".join(
+            f"{results[0]['n_' + n]} utterances of test-{n} ({results[0]['words_' + n]} words)"
+            for n in ("clean", "other")
+        )
+        + ".",
         "- WER is computed by transformers' generate() on each file's dequantized weights (what the numpy runtime "
-        "computes with), batched; \"runtime = torch\" counts the first test-clean utterances on which the numpy "
+        'computes with), batched; "runtime = torch" counts the first test-clean utterances on which the numpy '
         "runtime, run on the .wq file itself, gives the same normalized text.",
         "- bits/weight: codes + float16 scales (+ zero points, + the decomposed embedding's float32 offset row "
         "and float16 columns) over the quantized weights, as `wavq info` reports it; norms and biases stay "
         "float32 and are in the file size.",
         "- Recipes: RTN rows without a suffix are the plain baseline (symmetric codes, no embedding "
-        "decomposition); \"asym\" adds zero points; \"emb. outliers\" stores the token embedding as a mean row + "
+        'decomposition); "asym" adds zero points; "emb. outliers" stores the token embedding as a mean row + '
         "4 float16 columns + codes of the rest. GPTQ, AWQ and tune rows use wavq's defaults (asymmetric, "
-        "decomposed embedding); \"+tune\" distils the float model into the scales and norms after rounding; "
-        "\"mixed B bpw\" chooses 2-8 bits per tensor for B bits per weight in all (\"groups 64/128\": and a "
-        "group size of 64 or 128 per tensor; \"rotated\": each weight also quantized under a block Hadamard "
+        'decomposed embedding); "+tune" distils the float model into the scales and norms after rounding; '
+        '"mixed B bpw" chooses 2-8 bits per tensor for B bits per weight in all ("groups 64/128": and a '
+        'group size of 64 or 128 per tensor; "rotated": each weight also quantized under a block Hadamard '
         "rotation, kept where its output error on the calibration inputs is smaller).",
         "- convert s / peak MiB: wall time and peak resident memory of the conversion in a fresh process (rows "
-        "without a peak were converted inside the benchmark process, before it measured them apart; \"≈\": the "
+        'without a peak were converted inside the benchmark process, before it measured them apart; "≈": the '
         "run stopped in its runtime check after saving the transcripts, so the row was rebuilt from them, with "
         "the conversion time from the file times, start-up included).",
         "",
@@ -338,7 +400,8 @@ def write_table(args, results: list[dict], calib_n: int, started: str) -> str:
             f"{fmt_delta(r['wer_clean'], base and base['wer_clean'])} | {r['wer_other']:.2f} | "
             f"{fmt_delta(r['wer_other'], base and base['wer_other'])} | "
             f"{r['runtime_same']}/{r['runtime_checked']} | {'≈' if r.get('rebuilt') else ''}{r['convert_s']:.0f} | "
-            f"{rss} |")
+            f"{rss} |"
+        )
     missing = [r.label for r in rows(args.model) if r.label not in {m["label"] for m in results}]
     if missing:
         lines += ["", "Not measured yet (the script resumes where it stopped): " + ", ".join(missing) + "."]
@@ -350,11 +413,12 @@ def write_table(args, results: list[dict], calib_n: int, started: str) -> str:
             counts = Counter(r["tensor_bits"].values())
             emb = {n: b for n, b in r["tensor_bits"].items() if "embed_tokens" in n}
             groups = Counter((r.get("tensor_group_size") or {}).values())
-            lines.append(f"- {r['label']}: tensors per width "
-                         + ", ".join(f"{b} bits: {c}" for b, c in sorted(counts.items()))
-                         + ("; per group size " + ", ".join(f"{g}: {c}" for g, c in sorted(groups.items()))
-                            if groups else "")
-                         + (f"; token embedding {next(iter(emb.values()))} bits" if emb else ""))
+            lines.append(
+                f"- {r['label']}: tensors per width "
+                + ", ".join(f"{b} bits: {c}" for b, c in sorted(counts.items()))
+                + ("; per group size " + ", ".join(f"{g}: {c}" for g, c in sorted(groups.items())) if groups else "")
+                + (f"; token embedding {next(iter(emb.values()))} bits" if emb else "")
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -381,9 +445,11 @@ def targets(model: str, results: list[dict], base: dict | None) -> list[str]:
     draws = calibration_draws(results)
     # a recipe measured on several calibration draws competes with its mean WER: the luckiest draw is no result
     folded = {d["label"] for rs in draws.values() for d in rs[1:]}
-    pooled = [dict(r, **{k: float(np.mean([d[k] for d in draws.get(r["label"], [r])]))
-                         for k in ("wer_clean", "wer_other")})
-              for r in results if r["label"] not in folded]
+    pooled = [
+        dict(r, **{k: float(np.mean([d[k] for d in draws.get(r["label"], [r])])) for k in ("wer_clean", "wer_other")})
+        for r in results
+        if r["label"] not in folded
+    ]
     for bpw, delta in goals.get(model, []):
         cands = [r for r in pooled if r["kind"] != "f32" and r["bpw"] <= bpw + 1e-9]
         if not cands:
@@ -393,28 +459,35 @@ def targets(model: str, results: list[dict], base: dict | None) -> list[str]:
         d = best["wer_clean"] - base["wer_clean"]
         verdict = "met" if d <= delta else "not met"
         n = len(draws.get(best["label"], [best]))
-        out.append(f"- ≤ {bpw} bits/weight within +{delta} WER on test-clean: **{verdict}**"
-                   f" — best is {best['label']} at {best['bpw']:.3f} bits/weight, {best['wer_clean']:.2f} % "
-                   + (f"(mean of {n} calibration draws) " if n > 1 else "")
-                   + f"({d:+.2f} against f32 {base['wer_clean']:.2f} %)")
+        out.append(
+            f"- ≤ {bpw} bits/weight within +{delta} WER on test-clean: **{verdict}**"
+            f" — best is {best['label']} at {best['bpw']:.3f} bits/weight, {best['wer_clean']:.2f} % "
+            + (f"(mean of {n} calibration draws) " if n > 1 else "")
+            + f"({d:+.2f} against f32 {base['wer_clean']:.2f} %)"
+        )
     means = {r["label"]: r for r in pooled}
     for label, rs in draws.items():
         clean, other = ([r["wer_" + k] for r in rs] for k in ("clean", "other"))
         mean = means[label]
-        out.append(f"- {label} on {len(rs)} calibration draws (seeds {', '.join(str(r['seed']) for r in rs)}): "
-                   f"test-clean {mean['wer_clean']:.2f} % on average ({min(clean):.2f}–{max(clean):.2f}; "
-                   f"{mean['wer_clean'] - base['wer_clean']:+.2f} against f32), test-other "
-                   f"{mean['wer_other']:.2f} % ({min(other):.2f}–{max(other):.2f})")
+        out.append(
+            f"- {label} on {len(rs)} calibration draws (seeds {', '.join(str(r['seed']) for r in rs)}): "
+            f"test-clean {mean['wer_clean']:.2f} % on average ({min(clean):.2f}–{max(clean):.2f}; "
+            f"{mean['wer_clean'] - base['wer_clean']:+.2f} against f32), test-other "
+            f"{mean['wer_other']:.2f} % ({min(other):.2f}–{max(other):.2f})"
+        )
     for width in sorted({r["width"] for r in pooled if r["kind"] == "calibrated"}, reverse=True):
         # same nominal width and about the same storage: the calibrated rows' zero points and decomposed embedding
         # cost up to ~0.12 bit/weight more than the plain RTN rows (both bits/weight are shown); a mixed row
         # competes at a width only within WIDTH_SLACK of it (mixed 2.5 is not a 2-bit row)
         rtn = [r for r in pooled if r["kind"] == "rtn" and r["width"] == width]
-        cal = [r for r in pooled if r["kind"] == "calibrated" and r["width"] == width
-               and r["bpw"] <= width + WIDTH_SLACK]
+        cal = [
+            r for r in pooled if r["kind"] == "calibrated" and r["width"] == width and r["bpw"] <= width + WIDTH_SLACK
+        ]
         if not rtn or not cal:
-            out.append(f"- {width} bits, best calibrated beats RTN: not measured (no "
-                       f"{'RTN' if not rtn else 'calibrated'} row at this width)")
+            out.append(
+                f"- {width} bits, best calibrated beats RTN: not measured (no "
+                f"{'RTN' if not rtn else 'calibrated'} row at this width)"
+            )
             continue
         b_rtn = min(rtn, key=lambda r: r["wer_clean"])
         b_cal = min(cal, key=lambda r: r["wer_clean"])
@@ -425,11 +498,13 @@ def targets(model: str, results: list[dict], base: dict | None) -> list[str]:
             also = "; on test-other too" if b_cal["wer_other"] < b_rtn["wer_other"] else "; not on test-other"
         if min(b_cal["wer_clean"], b_rtn["wer_clean"]) > UNUSABLE_WER:
             also += f"; both are unusable (WER above {UNUSABLE_WER:.0f} %)"
-        out.append(f"- {width} bits, best calibrated beats RTN on test-clean: "
-                   f"**{'met' if ok else 'not met'}**{also} — {b_cal['label']} "
-                   f"({b_cal['bpw']:.3f} bits/weight) {b_cal['wer_clean']:.2f} / {b_cal['wer_other']:.2f} % "
-                   f"against {b_rtn['label']} ({b_rtn['bpw']:.3f}) {b_rtn['wer_clean']:.2f} / "
-                   f"{b_rtn['wer_other']:.2f} % (clean / other)")
+        out.append(
+            f"- {width} bits, best calibrated beats RTN on test-clean: "
+            f"**{'met' if ok else 'not met'}**{also} — {b_cal['label']} "
+            f"({b_cal['bpw']:.3f} bits/weight) {b_cal['wer_clean']:.2f} / {b_cal['wer_other']:.2f} % "
+            f"against {b_rtn['label']} ({b_rtn['bpw']:.3f}) {b_rtn['wer_clean']:.2f} / "
+            f"{b_rtn['wer_other']:.2f} % (clean / other)"
+        )
     return out
 
 
@@ -473,8 +548,10 @@ def main() -> None:
     table = rows(args.model)
     unknown = sorted((wanted or set()) - {r.label for r in table})
     if unknown:
-        raise SystemExit(f"--rows: no row labelled {', '.join(map(repr, unknown))}; the labels are: "
-                         + ", ".join(r.label for r in table))
+        raise SystemExit(
+            f"--rows: no row labelled {', '.join(map(repr, unknown))}; the labels are: "
+            + ", ".join(r.label for r in table)
+        )
     started = datetime.date.today().isoformat()
     # the rows the targets depend on first, so an interrupted run has the ones that matter
     for row in sorted(table, key=measure_order):
@@ -484,9 +561,13 @@ def main() -> None:
             continue
         r = measure(row, args, torch_model, sets, calib, model_dir)
         saved[row.label] = r
-        print(f"{row.label}: bpw {r['bpw']:.3f} WER {r['wer_clean']:.2f}/{r['wer_other']:.2f} "
-              f"runtime {r['runtime_same']}/{r['runtime_checked']} convert {r['convert_s']:.0f}s "
-              f"eval {r['eval_s']:.0f}s", file=sys.stderr, flush=True)
+        print(
+            f"{row.label}: bpw {r['bpw']:.3f} WER {r['wer_clean']:.2f}/{r['wer_other']:.2f} "
+            f"runtime {r['runtime_same']}/{r['runtime_checked']} convert {r['convert_s']:.0f}s "
+            f"eval {r['eval_s']:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
         with open(store, "w") as f:
             json.dump(list(saved.values()), f, indent=1)
     results = [saved[r.label] for r in table if r.label in saved]

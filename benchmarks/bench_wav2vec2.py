@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 from bench_common import machine, versions
+
 from wavq.evaluation import peak_rss_mb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,6 +44,7 @@ ENGINES = ("wavq-f32", "wavq-rtn4", "transformers")
 
 # ------------------------------------------------------------------------------------------------ setup (parent)
 
+
 def build_models(workdir: str) -> dict[str, str]:
     """A random base-960h-shaped checkpoint and its f32 / 4-bit RTN (group 128) conversions."""
     import torch
@@ -53,8 +55,11 @@ def build_models(workdir: str) -> dict[str, str]:
     from wavq.converter.quant.recipe import Recipe
 
     ckpt = os.path.join(workdir, "ckpt")
-    paths = {"checkpoint": ckpt, "wavq-f32": os.path.join(workdir, "f32.wq"),
-             "wavq-rtn4": os.path.join(workdir, "rtn4.wq")}
+    paths = {
+        "checkpoint": ckpt,
+        "wavq-f32": os.path.join(workdir, "f32.wq"),
+        "wavq-rtn4": os.path.join(workdir, "rtn4.wq"),
+    }
     if not os.path.exists(os.path.join(ckpt, "model.safetensors")):
         os.makedirs(ckpt, exist_ok=True)
         torch.manual_seed(0)
@@ -90,13 +95,17 @@ def build_audio(workdir: str, seconds: float) -> str:
             total += x.shape[0]
     except Exception:  # no dataset: the benchmark still measures speed and memory
         pieces = []
-    audio = np.concatenate(pieces)[:n] if total >= n else \
-        (0.1 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
+    audio = (
+        np.concatenate(pieces)[:n]
+        if total >= n
+        else (0.1 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
+    )
     np.save(path, audio.astype(np.float32))
     return path
 
 
 # ------------------------------------------------------------------------------------------------ worker (child)
+
 
 def worker(engine: str, model_path: str, audio_path: str) -> dict:
     audio = np.load(audio_path)
@@ -120,8 +129,12 @@ def worker(engine: str, model_path: str, audio_path: str) -> dict:
 
         def run(x):
             if x.shape[0] > UNWINDOWED_MAX_S * SAMPLE_RATE:
-                pipe = transformers.pipeline("automatic-speech-recognition", model=model, tokenizer=proc.tokenizer,
-                                             feature_extractor=proc.feature_extractor)
+                pipe = transformers.pipeline(
+                    "automatic-speech-recognition",
+                    model=model,
+                    tokenizer=proc.tokenizer,
+                    feature_extractor=proc.feature_extractor,
+                )
                 return pipe(x, chunk_length_s=WINDOW_S)["text"]
             with torch.inference_mode():
                 values = proc(x, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_values
@@ -133,11 +146,19 @@ def worker(engine: str, model_path: str, audio_path: str) -> dict:
         start = time.perf_counter()
         text = run(audio)
         elapsed = time.perf_counter() - start
-    return {"engine": engine, "seconds": seconds, "elapsed": elapsed, "rtf": elapsed / seconds,
-            "load_rss_mb": load_rss, "peak_rss_mb": peak_rss_mb(), "chars": len(text)}
+    return {
+        "engine": engine,
+        "seconds": seconds,
+        "elapsed": elapsed,
+        "rtf": elapsed / seconds,
+        "load_rss_mb": load_rss,
+        "peak_rss_mb": peak_rss_mb(),
+        "chars": len(text),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ report
+
 
 def write_report(rows: list[dict], sizes: dict[str, int], out: str, load: tuple[float, float]) -> None:
     lines = [
@@ -167,8 +188,10 @@ def write_report(rows: list[dict], sizes: dict[str, int], out: str, load: tuple[
         if "error" in r:
             lines.append(f"| {r['engine']} | {size} | {r['seconds']:g} s | failed: {r['error']} | | | |")
             continue
-        lines.append(f"| {r['engine']} | {size} | {r['seconds']:g} s | {r['elapsed']:.2f} | {r['rtf']:.3f} | "
-                     f"{r['load_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {r['engine']} | {size} | {r['seconds']:g} s | {r['elapsed']:.2f} | {r['rtf']:.3f} | "
+            f"{r['load_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |"
+        )
     lines += ["", "transformers' file size is the checkpoint's model.safetensors (float32).", ""]
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
@@ -179,8 +202,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", default="10,60,300", help="audio lengths in seconds, comma separated")
     ap.add_argument("--engines", default=",".join(ENGINES), help=f"subset of {', '.join(ENGINES)}")
-    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "wavq-bench-wav2vec2"),
-                    help="where the random checkpoint, .wq files and audio are cached")
+    ap.add_argument(
+        "--workdir",
+        default=os.path.join(tempfile.gettempdir(), "wavq-bench-wav2vec2"),
+        help="where the random checkpoint, .wq files and audio are cached",
+    )
     ap.add_argument("--out", default=os.path.join(HERE, "results", "wav2vec2.md"), help="markdown output")
     ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "MODEL", "AUDIO"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -199,13 +225,20 @@ def main() -> None:
         audio = build_audio(args.workdir, seconds)
         for engine in args.engines.split(","):
             model = paths["checkpoint"] if engine == "transformers" else paths[engine]
-            proc = subprocess.run([sys.executable, __file__, "--worker", engine, model, audio],
-                                  capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", engine, model, audio],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
             if proc.returncode == 0:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
             else:
-                row = {"engine": engine, "seconds": seconds,
-                       "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:120]}
+                row = {
+                    "engine": engine,
+                    "seconds": seconds,
+                    "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:120],
+                }
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     write_report(rows, sizes, args.out, (load_start, os.getloadavg()[0]))

@@ -32,6 +32,7 @@ import tempfile
 import time
 
 from bench_common import machine, versions
+
 from wavq.evaluation import peak_rss_mb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,11 +52,15 @@ ENGINES = {
     "wavq-rtn4-rotated": ("wavq", "rtn4rot", True),
     "wavq-rtn4-rotated-lowmem": ("wavq", "rtn4rot", False),
 }
-VARIANTS = {"f32": None, "rtn4": dict(method="rtn", bits=4, group_size=128),
-            "rtn4rot": dict(method="rtn", bits=4, group_size=128, rotate=True)}
+VARIANTS = {
+    "f32": None,
+    "rtn4": dict(method="rtn", bits=4, group_size=128),
+    "rtn4rot": dict(method="rtn", bits=4, group_size=128, rotate=True),
+}
 
 
 # ------------------------------------------------------------------------------------------------- worker
+
 
 def _cpu_seconds() -> float:
     """User + system CPU time of every thread of this process."""
@@ -89,6 +94,7 @@ def worker(args) -> None:
 
         def transcribe(audio):
             return model.transcribe(audio).text
+
     load_s = time.perf_counter() - started
 
     items = [(u["id"], soundfile.read(u["path"], dtype="float32")[0]) for u in job["utterances"]]
@@ -104,11 +110,22 @@ def worker(args) -> None:
         audio_s += len(audio) / SAMPLE_RATE
     cpu_s = _cpu_seconds() - cpu0
     with open(args.result, "w") as f:
-        json.dump({"load_s": load_s, "warmup_s": warmup_s, "compute_s": compute_s, "cpu_s": cpu_s, "audio_s": audio_s,
-                   "peak_rss_mib": peak_rss_mb(), "hyps": hyps}, f)
+        json.dump(
+            {
+                "load_s": load_s,
+                "warmup_s": warmup_s,
+                "compute_s": compute_s,
+                "cpu_s": cpu_s,
+                "audio_s": audio_s,
+                "peak_rss_mib": peak_rss_mb(),
+                "hyps": hyps,
+            },
+            f,
+        )
 
 
 # ------------------------------------------------------------------------------------------------- parent
+
 
 def convert_models(model: str, workdir: str, needed: set[str]) -> dict[str, str]:
     from wavq.converter.export import convert
@@ -135,11 +152,19 @@ def run_worker(engine: str, model: str, path: str | None, utts: list, workdir: s
     job = os.path.join(workdir, "job.json")
     result = os.path.join(workdir, "result.json")
     with open(job, "w") as f:
-        json.dump({"engine": engine, "model": model, "path": path,
-                   "utterances": [{"id": u.id, "path": u.path} for u in utts]}, f)
+        json.dump(
+            {
+                "engine": engine,
+                "model": model,
+                "path": path,
+                "utterances": [{"id": u.id, "path": u.path} for u in utts],
+            },
+            f,
+        )
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", "--job", job, "--result", result],
-                   check=True, env=env)
+    subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker", "--job", job, "--result", result], check=True, env=env
+    )
     with open(result) as f:
         return json.load(f)
 
@@ -168,11 +193,18 @@ def main() -> None:
     p.add_argument("--subset", default="test-clean", help="LibriSpeech subset under --data")
     p.add_argument("--data", default=LIBRISPEECH, help="LibriSpeech root")
     p.add_argument("--limit", type=int, default=None, help="evenly spaced utterances to use (default: all)")
-    p.add_argument("--lowmem-limit", type=int, default=20,
-                   help="utterances for the -lowmem engines (dequantize every step: slow); 0 skips them")
+    p.add_argument(
+        "--lowmem-limit",
+        type=int,
+        default=20,
+        help="utterances for the -lowmem engines (dequantize every step: slow); 0 skips them",
+    )
     p.add_argument("--chunk", type=int, default=10, help="utterances per worker turn")
-    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "wavq-bench-whisper"),
-                   help="where converted models and worker files go")
+    p.add_argument(
+        "--workdir",
+        default=os.path.join(tempfile.gettempdir(), "wavq-bench-whisper"),
+        help="where converted models and worker files go",
+    )
     p.add_argument("--output", default=os.path.join(HERE, "results", "whisper.md"), help="markdown table to write")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--job", help=argparse.SUPPRESS)
@@ -200,8 +232,18 @@ def main() -> None:
     rows = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         paths = convert_models(model, args.workdir, {ENGINES[e][1] for e in engines if ENGINES[e][1]})
-        results = {e: {"load_s": [], "warmup_s": [], "compute_s": 0.0, "cpu_s": 0.0, "audio_s": 0.0,
-                       "peak_rss_mib": 0.0, "hyps": {}} for e in engines}
+        results = {
+            e: {
+                "load_s": [],
+                "warmup_s": [],
+                "compute_s": 0.0,
+                "cpu_s": 0.0,
+                "audio_s": 0.0,
+                "peak_rss_mib": 0.0,
+                "hyps": {},
+            }
+            for e in engines
+        }
         lowmem_ids = {u.id for u in select(utts, args.lowmem_limit)}
         for c in range(0, len(utts), args.chunk):
             chunk = utts[c : c + args.chunk]
@@ -218,26 +260,45 @@ def main() -> None:
                 acc["audio_s"] += r["audio_s"]
                 acc["peak_rss_mib"] = max(acc["peak_rss_mib"], r["peak_rss_mib"])
                 acc["hyps"].update(r["hyps"])
-                print(f"{model} {e}: {len(acc['hyps'])} utterances, RTF {acc['compute_s'] / acc['audio_s']:.3f}",
-                      file=sys.stderr)
+                print(
+                    f"{model} {e}: {len(acc['hyps'])} utterances, RTF {acc['compute_s'] / acc['audio_s']:.3f}",
+                    file=sys.stderr,
+                )
         text = {u.id: u.text for u in utts}
         hf = results.get("transformers-f32", {}).get("hyps", {})
         for e in engines:
             acc = results[e]
             ids = sorted(acc["hyps"])
             same = (sum(acc["hyps"][i] == hf[i] for i in ids if i in hf) / len(ids)) if hf and ids else None
-            rows.append({
-                "model": model, "engine": e, "n": len(ids), "audio_s": acc["audio_s"],
-                "wer": wer([text[i] for i in ids], [acc["hyps"][i] for i in ids], norm),
-                "same": same, "rtf": acc["compute_s"] / acc["audio_s"], "cpu_rtf": acc["cpu_s"] / acc["audio_s"],
-                "load_s": sorted(acc["load_s"])[len(acc["load_s"]) // 2], "peak_rss_mib": acc["peak_rss_mib"],
-                "size_mib": os.path.getsize(paths[ENGINES[e][1]]) / 2**20 if ENGINES[e][1] else None,
-            })
+            rows.append(
+                {
+                    "model": model,
+                    "engine": e,
+                    "n": len(ids),
+                    "audio_s": acc["audio_s"],
+                    "wer": wer([text[i] for i in ids], [acc["hyps"][i] for i in ids], norm),
+                    "same": same,
+                    "rtf": acc["compute_s"] / acc["audio_s"],
+                    "cpu_rtf": acc["cpu_s"] / acc["audio_s"],
+                    "load_s": sorted(acc["load_s"])[len(acc["load_s"]) // 2],
+                    "peak_rss_mib": acc["peak_rss_mib"],
+                    "size_mib": os.path.getsize(paths[ENGINES[e][1]]) / 2**20 if ENGINES[e][1] else None,
+                }
+            )
         with open(os.path.join(args.workdir, f"{model.replace('/', '--')}.hyps.json"), "w") as f:
             json.dump({e: results[e]["hyps"] for e in engines}, f, indent=1)
         # rewritten after every model, so a long run interrupted later still leaves the finished models' rows
-        write_table(args, rows, norm_name, started, datetime.datetime.now(), load_start, os.getloadavg(),
-                    len(all_utts), len(utts))
+        write_table(
+            args,
+            rows,
+            norm_name,
+            started,
+            datetime.datetime.now(),
+            load_start,
+            os.getloadavg(),
+            len(all_utts),
+            len(utts),
+        )
 
 
 def write_table(args, rows, norm_name, started, finished, load_start, load_end, n_all, n_used) -> None:
@@ -272,8 +333,10 @@ def write_table(args, rows, norm_name, started, finished, load_start, load_end, 
     for r in rows:
         same = "—" if r["same"] is None or r["engine"] == "transformers-f32" else f"{100 * r['same']:.1f} %"
         size = "—" if r["size_mib"] is None else f"{r['size_mib']:.1f}"
-        lines.append(f"| {r['model']} | {r['engine']} | {r['n']} | {r['audio_s']:.0f} | {r['wer']:.2f} | {same} "
-                     f"| {r['rtf']:.3f} | {r['cpu_rtf']:.3f} | {r['load_s']:.2f} | {r['peak_rss_mib']:.0f} | {size} |")
+        lines.append(
+            f"| {r['model']} | {r['engine']} | {r['n']} | {r['audio_s']:.0f} | {r['wer']:.2f} | {same} "
+            f"| {r['rtf']:.3f} | {r['cpu_rtf']:.3f} | {r['load_s']:.2f} | {r['peak_rss_mib']:.0f} | {size} |"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -51,12 +51,21 @@ def prepare(model) -> None:
     """
     pos = model.base_model.encoder.pos_conv_embed
     for name, module in list(pos.named_modules()):
-        if not isinstance(module, torch.nn.Conv1d) or not (hasattr(module, "parametrizations")
-                                                           or hasattr(module, "weight_g")):
+        if not isinstance(module, torch.nn.Conv1d) or not (
+            hasattr(module, "parametrizations") or hasattr(module, "weight_g")
+        ):
             continue
-        plain = torch.nn.Conv1d(module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
-                                padding=module.padding, dilation=module.dilation, groups=module.groups,
-                                bias=module.bias is not None, padding_mode=module.padding_mode)
+        plain = torch.nn.Conv1d(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+        )
         with torch.no_grad():
             plain.weight.copy_(module.weight)
             if module.bias is not None:
@@ -81,8 +90,9 @@ def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def build(model, exporter, items: list[CalibItem], tensor_names: set[str], split_attention: bool = True
-          ) -> tuple[list[Block], list, dict]:
+def build(
+    model, exporter, items: list[CalibItem], tensor_names: set[str], split_attention: bool = True
+) -> tuple[list[Block], list, dict]:
     """(blocks, initial batches, info) for the pipeline. `model` is the pipeline's working copy."""
     prepare(model)
     base = model.base_model
@@ -90,17 +100,25 @@ def build(model, exporter, items: list[CalibItem], tensor_names: set[str], split
     enc = base.encoder
     stable = bool(getattr(model.config, "do_stable_layer_norm", False))
     rows = {"main": ROWS_PER_SAMPLE}
-    batches = [AudioBatch(ids=[i], x=torch.from_numpy(x)[None, None])
-               for i, x in enumerate(_inputs(items, getattr(exporter, "feature_extractor", None)))]
+    batches = [
+        AudioBatch(ids=[i], x=torch.from_numpy(x)[None, None])
+        for i, x in enumerate(_inputs(items, getattr(exporter, "feature_extractor", None)))
+    ]
 
     blocks = []
     for i, conv_layer in enumerate(base.feature_extractor.conv_layers):
+
         def conv_forward(b, conv_layer=conv_layer):
             return dataclasses.replace(b, x=conv_layer(b.x))
 
-        blocks.append(Block(f"feature_extractor.conv_layers.{i}", conv_forward,
-                            [Target(f"{p}.feature_extractor.conv_layers.{i}.conv.weight", conv_layer.conv, 0)],
-                            max_rows=rows))
+        blocks.append(
+            Block(
+                f"feature_extractor.conv_layers.{i}",
+                conv_forward,
+                [Target(f"{p}.feature_extractor.conv_layers.{i}.conv.weight", conv_layer.conv, 0)],
+                max_rows=rows,
+            )
+        )
 
     fp = base.feature_projection
     fp_norm = getattr(fp, "layer_norm", None) if getattr(fp, "feat_proj_layer_norm", True) else None
@@ -109,8 +127,9 @@ def build(model, exporter, items: list[CalibItem], tensor_names: set[str], split
     pos_convs = [(n, m) for n, m in enc.pos_conv_embed.named_modules() if isinstance(m, torch.nn.Conv1d)]
     for k, (n, m) in enumerate(pos_convs):
         targets.append(Target(f"{p}.encoder.pos_conv_embed.{n}.weight", m, 1 + k))
-    sites = [ScaleSite((proj,), norm_fold(fp_norm, f"{p}.feature_projection.layer_norm") if fp_norm is not None
-                       else None)]
+    sites = [
+        ScaleSite((proj,), norm_fold(fp_norm, f"{p}.feature_projection.layer_norm") if fp_norm is not None else None)
+    ]
 
     def projection_forward(b):
         h = _first(fp(b.x.transpose(1, 2)))  # (1, T, d)
@@ -128,10 +147,8 @@ def build(model, exporter, items: list[CalibItem], tensor_names: set[str], split
         h = enc.layer_norm(b.x) if stable else b.x
         return model.lm_head(h)
 
-    head_site = ScaleSite(("lm_head.weight",), norm_fold(enc.layer_norm, f"{p}.encoder.layer_norm") if stable
-                          else None)
-    blocks.append(Block("head", head_forward, [Target("lm_head.weight", model.lm_head, 0)], [head_site],
-                        max_rows=rows))
+    head_site = ScaleSite(("lm_head.weight",), norm_fold(enc.layer_norm, f"{p}.encoder.layer_norm") if stable else None)
+    blocks.append(Block("head", head_forward, [Target("lm_head.weight", model.lm_head, 0)], [head_site], max_rows=rows))
     return blocks, batches, {}
 
 
@@ -157,17 +174,30 @@ def _layer(layer, lp: str, name: str, stable: bool, rows: dict, split: bool) -> 
     qkv_site = ScaleSite(qkv, norm_fold(layer.layer_norm, f"{lp}.layer_norm") if stable else None)
     out_site = ScaleSite((out,), rows_fold(a.v_proj, f"{lp}.attention.v_proj"))
     ff_targets = [Target(inter, ff.intermediate_dense, 0), Target(dense, ff.output_dense, 1)]
-    ff_sites = [ScaleSite((inter,), norm_fold(layer.final_layer_norm, f"{lp}.final_layer_norm") if stable else None),
-                ScaleSite((dense,), None)]
+    ff_sites = [
+        ScaleSite((inter,), norm_fold(layer.final_layer_norm, f"{lp}.final_layer_norm") if stable else None),
+        ScaleSite((dense,), None),
+    ]
     ff_block = Block(name + ".feed_forward", feed_forward, ff_targets, ff_sites, max_rows=rows)
     if not split:
         whole = lambda b: dataclasses.replace(b, x=residual(b, core(b)))  # noqa: E731
-        return [Block(name + ".attention", whole, qkv_targets + [Target(out, a.out_proj, 1)], [qkv_site, out_site],
-                      max_rows=rows), ff_block]
+        return [
+            Block(
+                name + ".attention",
+                whole,
+                qkv_targets + [Target(out, a.out_proj, 1)],
+                [qkv_site, out_site],
+                max_rows=rows,
+            ),
+            ff_block,
+        ]
     first = lambda b: dataclasses.replace(b, core=core(b))  # noqa: E731
     second = lambda b: dataclasses.replace(b, x=residual(b, b.core), core=None)  # noqa: E731
-    return [Block(name + ".attention.qkv", first, qkv_targets, [qkv_site], max_rows=rows),
-            Block(name + ".attention.out_proj", second, [Target(out, a.out_proj, 0)], [], max_rows=rows), ff_block]
+    return [
+        Block(name + ".attention.qkv", first, qkv_targets, [qkv_site], max_rows=rows),
+        Block(name + ".attention.out_proj", second, [Target(out, a.out_proj, 0)], [], max_rows=rows),
+        ff_block,
+    ]
 
 
 def losses(model, batches: list[AudioBatch]):
@@ -176,6 +206,7 @@ def losses(model, batches: list[AudioBatch]):
     with torch.no_grad():
         labels = [model(b.x[0]).logits.argmax(-1)[0] for b in batches]
     for b, target in zip(batches, labels):
+
         def loss(x=b.x[0], target=target):
             return torch.nn.functional.cross_entropy(model(x).logits[0], target, reduction="sum")
 

@@ -76,8 +76,9 @@ def sentence_case(text: str) -> str:
 class WhisperCalibration:
     """Builds the blocks and initial batches for one Whisper model (a working copy the caller may modify)."""
 
-    def __init__(self, model, items: list[CalibItem], *, tokenizer=None, feature_extractor=None,
-                 generation_config=None):
+    def __init__(
+        self, model, items: list[CalibItem], *, tokenizer=None, feature_extractor=None, generation_config=None
+    ):
         self.model = model
         self.items = items
         self.config = model.config
@@ -155,7 +156,7 @@ class WhisperCalibration:
             logits, cache = step(torch.tensor(tokens), None)
             lang_ids = torch.tensor(ids["languages"])
             lang = lang_ids[logits[:, lang_ids].argmax(-1)].tolist()
-            extra = [[l] + [t for t in (ids["transcribe"], ids["no_ts"]) if t is not None] for l in lang]
+            extra = [[lid] + [t for t in (ids["transcribe"], ids["no_ts"]) if t is not None] for lid in lang]
             inp = torch.tensor(extra)
             for t, e in zip(tokens, extra):
                 t.extend(e)
@@ -194,7 +195,8 @@ class WhisperCalibration:
         ids = self._ids()
         can_force = self.tokenizer is not None
         tokens: list[list[int] | None] = [
-            self._teacher_forced(it.text, ids) if (can_force and it.text) else None for it in self.items]
+            self._teacher_forced(it.text, ids) if (can_force and it.text) else None for it in self.items
+        ]
         need = [i for i, t in enumerate(tokens) if t is None]
         for s in range(0, len(need), ENCODER_BATCH):
             chunk = need[s : s + ENCODER_BATCH]
@@ -219,9 +221,17 @@ class WhisperCalibration:
             x = x.permute(0, 2, 1) + enc.embed_positions.weight[: x.shape[-1]]  # (B, T, d)
             return dataclasses.replace(b, x=x)
 
-        blocks = [Block("encoder.conv", conv_forward,
-                        [Target("model.encoder.conv1.weight", enc.conv1, 0),
-                         Target("model.encoder.conv2.weight", enc.conv2, 1)], max_rows=rows)]
+        blocks = [
+            Block(
+                "encoder.conv",
+                conv_forward,
+                [
+                    Target("model.encoder.conv1.weight", enc.conv1, 0),
+                    Target("model.encoder.conv2.weight", enc.conv2, 1),
+                ],
+                max_rows=rows,
+            )
+        ]
         for i, layer in enumerate(enc.layers):
             blocks += _encoder_layer(layer, f"model.encoder.layers.{i}", rows, split_attention)
 
@@ -233,13 +243,13 @@ class WhisperCalibration:
             ids = torch.tensor([t + [eot] * (n - len(t)) for t in b.tokens])  # right padding: causal attention
             hidden = dec.embed_tokens(ids) + dec.embed_positions.weight[:n]  # keeps real tokens unaffected
             mask = torch.full((n, n), torch.finfo(hidden.dtype).min).triu(1)[None, None].expand(len(b.ids), 1, n, n)
-            return DecoderBatch(ids=b.ids, lengths={"main": [len(t) for t in b.tokens]}, x=hidden,
-                                encoder=e, mask=mask)
+            return DecoderBatch(ids=b.ids, lengths={"main": [len(t) for t in b.tokens]}, x=hidden, encoder=e, mask=mask)
 
         blocks.append(Block("decoder.embed", embed_forward))
         for i, layer in enumerate(dec.layers):
-            blocks += _decoder_layer(layer, f"model.decoder.layers.{i}", {"enc": ENCODER_ROWS_PER_SAMPLE},
-                                     split_attention)
+            blocks += _decoder_layer(
+                layer, f"model.decoder.layers.{i}", {"enc": ENCODER_ROWS_PER_SAMPLE}, split_attention
+            )
 
         head = TOKEN_EMBEDDING if UNTIED_OUTPUT not in tensor_names else UNTIED_OUTPUT
 
@@ -262,13 +272,16 @@ def _mlp(layer, p: str, name: str, rows: dict) -> Block:
         return dataclasses.replace(b, x=b.x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(b.x)))))
 
     targets = [Target(_w(p, "fc1"), layer.fc1, 0), Target(_w(p, "fc2"), layer.fc2, 1)]
-    sites = [ScaleSite((_w(p, "fc1"),), norm_fold(layer.final_layer_norm, f"{p}.final_layer_norm")),
-             ScaleSite((_w(p, "fc2"),), None)]
+    sites = [
+        ScaleSite((_w(p, "fc1"),), norm_fold(layer.final_layer_norm, f"{p}.final_layer_norm")),
+        ScaleSite((_w(p, "fc2"),), None),
+    ]
     return Block(name, forward, targets, sites, max_rows=rows)
 
 
-def _attention(attn, norm, p: str, a: str, name: str, rows: dict, split: bool, core, *,
-               cross: bool = False) -> list[Block]:
+def _attention(
+    attn, norm, p: str, a: str, name: str, rows: dict, split: bool, core, *, cross: bool = False
+) -> list[Block]:
     """One attention sub-layer (LayerNorm -> attention -> + residual) as blocks.
 
     core(b) computes the attention output before out_proj. Split: block 1 runs q/k/v and the attention and keeps
@@ -279,8 +292,11 @@ def _attention(attn, norm, p: str, a: str, name: str, rows: dict, split: bool, c
     qkv = tuple(_w(p, f"{a}.{n}_proj") for n in "qkv")
     out = _w(p, f"{a}.out_proj")
     kv_domain = "enc" if cross else "main"
-    qkv_targets = [Target(qkv[0], attn.q_proj, 0), Target(qkv[1], attn.k_proj, 0, kv_domain),
-                   Target(qkv[2], attn.v_proj, 0, kv_domain)]
+    qkv_targets = [
+        Target(qkv[0], attn.q_proj, 0),
+        Target(qkv[1], attn.k_proj, 0, kv_domain),
+        Target(qkv[2], attn.v_proj, 0, kv_domain),
+    ]
     if cross:  # q after the LayerNorm; k / v on the encoder output, which feeds every decoder layer
         qkv_sites = [ScaleSite(qkv[:1], norm_fold(norm, f"{p}.{a}_layer_norm")), ScaleSite(qkv[1:], None)]
     else:
@@ -300,36 +316,64 @@ def _attention(attn, norm, p: str, a: str, name: str, rows: dict, split: bool, c
         return dataclasses.replace(b, x=b.x + attn.out_proj(b.core), core=None)
 
     if not split:
-        return [Block(name, whole, qkv_targets + [Target(out, attn.out_proj, 1)], qkv_sites + [out_site],
-                      max_rows=rows)]
-    return [Block(name + ".qkv", first, qkv_targets, qkv_sites, max_rows=rows),
-            Block(name + ".out_proj", second, [Target(out, attn.out_proj, 0)], [], max_rows=rows)]
+        return [
+            Block(name, whole, qkv_targets + [Target(out, attn.out_proj, 1)], qkv_sites + [out_site], max_rows=rows)
+        ]
+    return [
+        Block(name + ".qkv", first, qkv_targets, qkv_sites, max_rows=rows),
+        Block(name + ".out_proj", second, [Target(out, attn.out_proj, 0)], [], max_rows=rows),
+    ]
 
 
 def _encoder_layer(layer, p: str, rows: dict, split: bool) -> list[Block]:
     name = p.removeprefix("model.")
     sa, norm = layer.self_attn, layer.self_attn_layer_norm
-    return _attention(sa, norm, p, "self_attn", name + ".self_attn", rows, split, lambda b: sa(norm(b.x))[0]) + \
-        [_mlp(layer, p, name + ".mlp", rows)]
+    return _attention(sa, norm, p, "self_attn", name + ".self_attn", rows, split, lambda b: sa(norm(b.x))[0]) + [
+        _mlp(layer, p, name + ".mlp", rows)
+    ]
 
 
 def _decoder_layer(layer, p: str, rows: dict, split: bool) -> list[Block]:
     name = p.removeprefix("model.")
     sa, ca = layer.self_attn, layer.encoder_attn
     sa_norm, ca_norm = layer.self_attn_layer_norm, layer.encoder_attn_layer_norm
-    return (_attention(sa, sa_norm, p, "self_attn", name + ".self_attn", {}, split,
-                       lambda b: sa(sa_norm(b.x), attention_mask=b.mask)[0])
-            + _attention(ca, ca_norm, p, "encoder_attn", name + ".encoder_attn", rows, split,
-                         lambda b: ca(ca_norm(b.x), key_value_states=b.encoder)[0], cross=True)
-            + [_mlp(layer, p, name + ".mlp", {})])
+    return (
+        _attention(
+            sa,
+            sa_norm,
+            p,
+            "self_attn",
+            name + ".self_attn",
+            {},
+            split,
+            lambda b: sa(sa_norm(b.x), attention_mask=b.mask)[0],
+        )
+        + _attention(
+            ca,
+            ca_norm,
+            p,
+            "encoder_attn",
+            name + ".encoder_attn",
+            rows,
+            split,
+            lambda b: ca(ca_norm(b.x), key_value_states=b.encoder)[0],
+            cross=True,
+        )
+        + [_mlp(layer, p, name + ".mlp", {})]
+    )
 
 
-def build(model, exporter, items: list[CalibItem], tensor_names: set[str], split_attention: bool = True
-          ) -> tuple[list[Block], list, dict]:
+def build(
+    model, exporter, items: list[CalibItem], tensor_names: set[str], split_attention: bool = True
+) -> tuple[list[Block], list, dict]:
     """(blocks, initial batches, info) for the pipeline. `model` is the pipeline's working copy."""
-    cal = WhisperCalibration(model, items, tokenizer=getattr(exporter, "tokenizer", None),
-                             feature_extractor=getattr(exporter, "feature_extractor", None),
-                             generation_config=getattr(exporter, "generation_config", None))
+    cal = WhisperCalibration(
+        model,
+        items,
+        tokenizer=getattr(exporter, "tokenizer", None),
+        feature_extractor=getattr(exporter, "feature_extractor", None),
+        generation_config=getattr(exporter, "generation_config", None),
+    )
     batches = cal.batches()
     return cal.blocks(tensor_names, split_attention), batches, cal.info
 
@@ -338,7 +382,9 @@ def losses(model, batches: list[EncoderBatch]):
     """Per-utterance teacher-forced token cross-entropy (summed over the decoder sequence), for the Fisher."""
     for b in batches:
         for j, tokens in enumerate(b.tokens):
-            def loss(x=b.x[j : j + 1], ids=torch.tensor([tokens])):
+            ids = torch.tensor([tokens])
+
+            def loss(x=b.x[j : j + 1], ids=ids):
                 logits = model(input_features=x, decoder_input_ids=ids[:, :-1]).logits  # (1, L - 1, V)
                 return torch.nn.functional.cross_entropy(logits[0], ids[0, 1:], reduction="sum")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -93,8 +93,14 @@ def select_calibration(path: str | os.PathLike, n: int = 128, seed: int = 0) -> 
             audio = _load_audio(f)
         except (ValueError, OSError, RuntimeError) as e:
             raise CalibrationError(f"cannot read calibration audio {f}: {e}") from None
-        items.append(CalibItem(id=f.stem, audio=np.ascontiguousarray(audio[:max_samples], dtype=np.float32),
-                               text=texts.get(f.stem), path=f.relative_to(base).as_posix()))
+        items.append(
+            CalibItem(
+                id=f.stem,
+                audio=np.ascontiguousarray(audio[:max_samples], dtype=np.float32),
+                text=texts.get(f.stem),
+                path=f.relative_to(base).as_posix(),
+            )
+        )
     return items
 
 

@@ -35,52 +35,135 @@ def _parse_groups(ctx, param, value) -> tuple[int, ...]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .wq file to write.")
-@click.option("--bits", type=click.IntRange(2, 8), default=None,
-              help="Quantize weights to this many bits (2-8). Without --bits or --target-bpw: no quantization.")
-@click.option("--method", default=None, show_default="rtn when quantizing",
-              help="rtn, gptq, awq, or a '+' combination such as awq+clip+gptq; 'clip' adds range clipping search, "
-                   "'tune' (e.g. gptq+tune) then distils the float model into the scales and norms.")
-@click.option("--group-size", type=click.IntRange(0), default=128, show_default=True,
-              help="Input columns per scale; 0 = one scale per output channel.")
-@click.option("--asym/--sym", default=True, show_default="--asym",
-              help="Asymmetric codes with a zero point per group, or symmetric codes (zero point fixed at the middle "
-                   "code; 1/32 bit per weight less at group 128, but a larger error on Whisper's skewed groups).")
-@click.option("--target-bpw", type=click.FloatRange(2.0, 9.0), default=None,
-              help="Mixed precision: choose bits per tensor to average this many bits per weight (scales included).")
-@click.option("--mixed-groups", callback=_parse_groups, default=None, metavar="G1,G2,...",
-              help="With --target-bpw: group sizes each tensor may also use (0 = per channel), chosen with its bits; "
-                   "e.g. 64 lets a tensor take 3 bits in groups of 64 (3.30 bits/weight) instead of 4 bits.")
-@click.option("--min-bits", "mixed_min_bits", type=click.IntRange(MIN_BITS, MAX_BITS), default=MIN_BITS,
-              show_default=True,
-              help="With --target-bpw: the fewest bits the allocation may give a tensor (--keep pins are exempt); "
-                   "3 keeps every tensor off 2 bits and spends the budget on fewer 4-bit tensors instead.")
-@click.option("--keep", "keep", multiple=True, callback=_parse_keep, metavar="PATTERN=BITS",
-              help="Pin tensors whose name matches the glob PATTERN to BITS (repeatable; 16 or 32 keeps them float), "
-                   "e.g. '*conv1*=8'. Below 4 bits, pin Whisper's tied embedding: '*embed_tokens*=8'.")
-@click.option("--embedding-outliers", type=click.IntRange(0, MAX_OUTLIER_COLUMNS), default=DEFAULT_OUTLIER_COLUMNS,
-              show_default=True,
-              help="Store token-embedding tables as a float32 mean row + this many float16 outlier columns + codes of "
-                   "the rest (0: plain codes). Costs 32 + 16 * K bits per row; cuts Whisper's embedding error "
-                   "several-fold.")
-@click.option("--calib", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Calibration audio: a LibriSpeech-layout directory or any folder of audio files.")
-@click.option("--calib-samples", type=click.IntRange(1), default=DEFAULT_CALIB_SAMPLES, show_default=True,
-              help="Number of calibration utterances.")
-@click.option("--tune-epochs", type=click.IntRange(1), default=DEFAULT_TUNE_EPOCHS, show_default=True,
-              help="With a '+tune' method: passes of the distillation over the calibration audio.")
+@click.option(
+    "--bits",
+    type=click.IntRange(2, 8),
+    default=None,
+    help="Quantize weights to this many bits (2-8). Without --bits or --target-bpw: no quantization.",
+)
+@click.option(
+    "--method",
+    default=None,
+    show_default="rtn when quantizing",
+    help="rtn, gptq, awq, or a '+' combination such as awq+clip+gptq; 'clip' adds range clipping search, "
+    "'tune' (e.g. gptq+tune) then distils the float model into the scales and norms.",
+)
+@click.option(
+    "--group-size",
+    type=click.IntRange(0),
+    default=128,
+    show_default=True,
+    help="Input columns per scale; 0 = one scale per output channel.",
+)
+@click.option(
+    "--asym/--sym",
+    default=True,
+    show_default="--asym",
+    help="Asymmetric codes with a zero point per group, or symmetric codes (zero point fixed at the middle "
+    "code; 1/32 bit per weight less at group 128, but a larger error on Whisper's skewed groups).",
+)
+@click.option(
+    "--target-bpw",
+    type=click.FloatRange(2.0, 9.0),
+    default=None,
+    help="Mixed precision: choose bits per tensor to average this many bits per weight (scales included).",
+)
+@click.option(
+    "--mixed-groups",
+    callback=_parse_groups,
+    default=None,
+    metavar="G1,G2,...",
+    help="With --target-bpw: group sizes each tensor may also use (0 = per channel), chosen with its bits; "
+    "e.g. 64 lets a tensor take 3 bits in groups of 64 (3.30 bits/weight) instead of 4 bits.",
+)
+@click.option(
+    "--min-bits",
+    "mixed_min_bits",
+    type=click.IntRange(MIN_BITS, MAX_BITS),
+    default=MIN_BITS,
+    show_default=True,
+    help="With --target-bpw: the fewest bits the allocation may give a tensor (--keep pins are exempt); "
+    "3 keeps every tensor off 2 bits and spends the budget on fewer 4-bit tensors instead.",
+)
+@click.option(
+    "--keep",
+    "keep",
+    multiple=True,
+    callback=_parse_keep,
+    metavar="PATTERN=BITS",
+    help="Pin tensors whose name matches the glob PATTERN to BITS (repeatable; 16 or 32 keeps them float), "
+    "e.g. '*conv1*=8'. Below 4 bits, pin Whisper's tied embedding: '*embed_tokens*=8'.",
+)
+@click.option(
+    "--embedding-outliers",
+    type=click.IntRange(0, MAX_OUTLIER_COLUMNS),
+    default=DEFAULT_OUTLIER_COLUMNS,
+    show_default=True,
+    help="Store token-embedding tables as a float32 mean row + this many float16 outlier columns + codes of "
+    "the rest (0: plain codes). Costs 32 + 16 * K bits per row; cuts Whisper's embedding error "
+    "several-fold.",
+)
+@click.option(
+    "--calib",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Calibration audio: a LibriSpeech-layout directory or any folder of audio files.",
+)
+@click.option(
+    "--calib-samples",
+    type=click.IntRange(1),
+    default=DEFAULT_CALIB_SAMPLES,
+    show_default=True,
+    help="Number of calibration utterances.",
+)
+@click.option(
+    "--tune-epochs",
+    type=click.IntRange(1),
+    default=DEFAULT_TUNE_EPOCHS,
+    show_default=True,
+    help="With a '+tune' method: passes of the distillation over the calibration audio.",
+)
 @click.option("--act-order", is_flag=True, help="GPTQ: quantize columns in order of decreasing activation energy.")
-@click.option("--rotate", is_flag=True,
-              help="Also quantize each weight under a block Hadamard rotation of its input columns and keep whichever "
-                   "has the smaller output error (stored rotated: layout revision 3). Not with AWQ.")
+@click.option(
+    "--rotate",
+    is_flag=True,
+    help="Also quantize each weight under a block Hadamard rotation of its input columns and keep whichever "
+    "has the smaller output error (stored rotated: layout revision 3). Not with AWQ.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
-@click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
-              help="Storage of unquantized tensors (all of them without --bits).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["f32", "f16"]),
+    default="f32",
+    show_default=True,
+    help="Storage of unquantized tensors (all of them without --bits).",
+)
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of SOURCE.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def main(source, output, bits, method, group_size, asym, target_bpw, mixed_groups, mixed_min_bits, keep,
-         embedding_outliers, calib, calib_samples, tune_epochs, act_order, rotate, seed, dtype, revision, force,
-         quiet) -> None:
+def main(
+    source,
+    output,
+    bits,
+    method,
+    group_size,
+    asym,
+    target_bpw,
+    mixed_groups,
+    mixed_min_bits,
+    keep,
+    embedding_outliers,
+    calib,
+    calib_samples,
+    tune_epochs,
+    act_order,
+    rotate,
+    seed,
+    dtype,
+    revision,
+    force,
+    quiet,
+) -> None:
     """Convert SOURCE (a Hugging Face hub id or local model directory) to a .wq file.
 
     \b
@@ -103,12 +186,22 @@ def main(source, output, bits, method, group_size, asym, target_bpw, mixed_group
         if quantize:
             from .quant.recipe import Recipe
 
-            recipe = Recipe.from_options(method=method or "rtn", bits=bits, group_size=group_size,
-                                         symmetric=not asym, target_bpw=target_bpw, keep=keep,
-                                         mixed_group_sizes=mixed_groups, mixed_min_bits=mixed_min_bits,
-                                         act_order=act_order, calib_samples=calib_samples, seed=seed,
-                                         outlier_columns=embedding_outliers, tune_epochs=tune_epochs,
-                                         rotate=rotate)
+            recipe = Recipe.from_options(
+                method=method or "rtn",
+                bits=bits,
+                group_size=group_size,
+                symmetric=not asym,
+                target_bpw=target_bpw,
+                keep=keep,
+                mixed_group_sizes=mixed_groups,
+                mixed_min_bits=mixed_min_bits,
+                act_order=act_order,
+                calib_samples=calib_samples,
+                seed=seed,
+                outlier_columns=embedding_outliers,
+                tune_epochs=tune_epochs,
+                rotate=rotate,
+            )
             if recipe.needs_calibration and calib is None:
                 raise click.UsageError(f"method {recipe.method!r} needs calibration audio: pass --calib DIR")
             if calib is not None and recipe.uses_calibration:
@@ -116,15 +209,25 @@ def main(source, output, bits, method, group_size, asym, target_bpw, mixed_group
 
                 calib_items = select_calibration(calib, calib_samples, seed)
         stage = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-        report = convert(source, output, recipe, dtype=dtype, force=force, revision=revision,
-                         progress=not quiet and sys.stderr.isatty(), calib_items=calib_items, on_stage=stage)
+        report = convert(
+            source,
+            output,
+            recipe,
+            dtype=dtype,
+            force=force,
+            revision=revision,
+            progress=not quiet and sys.stderr.isatty(),
+            calib_items=calib_items,
+            on_stage=stage,
+        )
     except (ConversionError, OutputExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     bpw = report.quantization.get("bits_per_weight")
     click.echo(
         f"wrote {report.path}: {report.architecture}, {report.n_params:,} parameters "
         f"({report.n_quantized:,} quantized{f', {bpw:.3f} bits/weight' if bpw else ''}), "
-        f"{report.file_size / 2**20:.2f} MiB in {report.seconds:.1f} s")
+        f"{report.file_size / 2**20:.2f} MiB in {report.seconds:.1f} s"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -132,5 +133,12 @@ def convert(
                 arr = np.asarray(value)
                 n_params += arr.size
                 w.add(name, arr.astype(DTYPES[dtype], copy=False))
-    return ConvertReport(output, meta.get("architecture", "?"), n_params, n_quant, os.path.getsize(output),
-                         time.perf_counter() - started, quant_meta)
+    return ConvertReport(
+        output,
+        meta.get("architecture", "?"),
+        n_params,
+        n_quant,
+        os.path.getsize(output),
+        time.perf_counter() - started,
+        quant_meta,
+    )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -97,4 +98,5 @@ def loader_for(config: Any) -> Callable:
             return r.load
     raise UnsupportedModelError(
         f"model type {getattr(config, 'model_type', type(config).__name__)!r} is not supported; wavq converts "
-        f"{', '.join(supported_configs())}")
+        f"{', '.join(supported_configs())}"
+    )

@@ -14,7 +14,7 @@ Not stored at all: `masked_spec_embed` (training-time SpecAugment) and BatchNorm
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -29,15 +29,15 @@ except ImportError as e:  # pragma: no cover - converter extras missing
 # State-dict entries that carry no inference weight.
 _IGNORED_SUFFIXES = ("masked_spec_embed", "num_batches_tracked")
 # Weight-norm pieces (both torch naming schemes), folded into `conv.weight`.
-_WEIGHT_NORM_PIECES = ("parametrizations.weight.original0", "parametrizations.weight.original1",
-                       "weight_g", "weight_v")
+_WEIGHT_NORM_PIECES = ("parametrizations.weight.original0", "parametrizations.weight.original1", "weight_g", "weight_v")
 
 
 def _model_class(config):
     from transformers import Data2VecAudioForCTC, HubertForCTC, Wav2Vec2ForCTC
 
-    return {Wav2Vec2Config: Wav2Vec2ForCTC, HubertConfig: HubertForCTC,
-            Data2VecAudioConfig: Data2VecAudioForCTC}[type(config)]
+    return {Wav2Vec2Config: Wav2Vec2ForCTC, HubertConfig: HubertForCTC, Data2VecAudioConfig: Data2VecAudioForCTC}[
+        type(config)
+    ]
 
 
 def check_config(config, source: str) -> None:
@@ -48,16 +48,19 @@ def check_config(config, source: str) -> None:
     if archs and not any(a.endswith("ForCTC") for a in archs):
         raise UnsupportedModelError(
             f"{what} is a {', '.join(archs)} checkpoint without a CTC head; wavq converts fine-tuned "
-            f"{cls_name} checkpoints (pretraining-only models must be fine-tuned for CTC first)")
+            f"{cls_name} checkpoints (pretraining-only models must be fine-tuned for CTC first)"
+        )
     if getattr(config, "vocab_size", None) is None:
         raise UnsupportedModelError(f"{what} has no vocab_size, so it has no CTC head to convert")
     if getattr(config, "add_adapter", False):
         raise UnsupportedModelError(
-            f"{what} uses a convolutional adapter after the encoder (add_adapter=True), which wavq does not run")
+            f"{what} uses a convolutional adapter after the encoder (add_adapter=True), which wavq does not run"
+        )
     if getattr(config, "adapter_attn_dim", None) is not None:
         raise UnsupportedModelError(
             f"{what} has per-language attention adapters (adapter_attn_dim={config.adapter_attn_dim}, MMS-style), "
-            "which wavq does not run")
+            "which wavq does not run"
+        )
     norm = getattr(config, "feat_extract_norm", "layer")
     if norm not in ("group", "layer"):
         raise UnsupportedModelError(f"{what}: feat_extract_norm={norm!r} is not 'group' or 'layer'")
@@ -65,7 +68,8 @@ def check_config(config, source: str) -> None:
         act = getattr(config, field)
         if not isinstance(act, str) or act not in ACTIVATIONS:
             raise UnsupportedModelError(
-                f"{what}: {field}={act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+                f"{what}: {field}={act!r} is not supported (supported: {', '.join(ACTIVATIONS)})"
+            )
     if not (len(config.conv_dim) == len(config.conv_kernel) == len(config.conv_stride)):
         raise UnsupportedModelError(f"{what}: conv_dim, conv_kernel and conv_stride differ in length")
     if config.hidden_size % config.num_attention_heads:
@@ -210,11 +214,17 @@ class Wav2Vec2CTCExporter(Exporter):
             yield t(f"{enc}.layer_norm.bias", "norm")
         for i in range(d["num_hidden_layers"]):
             lp = f"{enc}.layers.{i}"
-            attn = [t(f"{lp}.attention.{n}_proj.{w}", "linear" if w == "weight" else "bias")
-                    for n in ("q", "k", "v", "out") for w in ("weight", "bias")]
+            attn = [
+                t(f"{lp}.attention.{n}_proj.{w}", "linear" if w == "weight" else "bias")
+                for n in ("q", "k", "v", "out")
+                for w in ("weight", "bias")
+            ]
             ln1 = [t(f"{lp}.layer_norm.{w}", "norm") for w in ("weight", "bias")]
-            ffn = [t(f"{lp}.feed_forward.{n}.{w}", "linear" if w == "weight" else "bias")
-                   for n in ("intermediate_dense", "output_dense") for w in ("weight", "bias")]
+            ffn = [
+                t(f"{lp}.feed_forward.{n}.{w}", "linear" if w == "weight" else "bias")
+                for n in ("intermediate_dense", "output_dense")
+                for w in ("weight", "bias")
+            ]
             ln2 = [t(f"{lp}.final_layer_norm.{w}", "norm") for w in ("weight", "bias")]
             yield from (ln1 + attn + ln2 + ffn) if d["do_stable_layer_norm"] else (attn + ln1 + ffn + ln2)
         if d["do_stable_layer_norm"]:
@@ -227,7 +237,8 @@ class Wav2Vec2CTCExporter(Exporter):
         if leftover:
             raise UnsupportedModelError(
                 f"{self.source}: checkpoint has tensors wavq does not know how to run: {', '.join(leftover[:8])}"
-                + (f" and {len(leftover) - 8} more" if len(leftover) > 8 else ""))
+                + (f" and {len(leftover) - 8} more" if len(leftover) > 8 else "")
+            )
 
 
 @register(Wav2Vec2Config, HubertConfig, Data2VecAudioConfig)
@@ -243,16 +254,19 @@ def load(source: str, config=None, revision: str | None = None, **kwargs) -> Wav
     check_config(config, source)
     model_cls = _model_class(config)
     try:
-        model, info = model_cls.from_pretrained(source, config=config, revision=revision, dtype=torch.float32,
-                                                output_loading_info=True)
+        model, info = model_cls.from_pretrained(
+            source, config=config, revision=revision, dtype=torch.float32, output_loading_info=True
+        )
     except OSError as e:
-        raise ConversionError(f"cannot load {model_cls.__name__} weights from {source!r}: "
-                              f"{str(e).splitlines()[0]}") from None
+        raise ConversionError(
+            f"cannot load {model_cls.__name__} weights from {source!r}: {str(e).splitlines()[0]}"
+        ) from None
     missing = [k for k in info.get("missing_keys", []) if not k.endswith(_IGNORED_SUFFIXES)]
     if any(k.startswith("lm_head.") for k in missing):
         raise UnsupportedModelError(
             f"{source!r} has no trained CTC head (lm_head missing from its weights): it is a pretraining-only "
-            f"checkpoint; fine-tune it as {model_cls.__name__} first")
+            f"checkpoint; fine-tune it as {model_cls.__name__} first"
+        )
     if missing:
         raise ConversionError(f"{source!r}: weights missing from the checkpoint: {', '.join(sorted(missing)[:8])}")
     model.eval()
@@ -260,22 +274,26 @@ def load(source: str, config=None, revision: str | None = None, **kwargs) -> Wav
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     except (OSError, ValueError, TypeError) as e:
-        raise ConversionError(f"{source!r}: cannot load its CTC tokenizer (vocab.json): "
-                              f"{str(e).splitlines()[0]}") from None
+        raise ConversionError(
+            f"{source!r}: cannot load its CTC tokenizer (vocab.json): {str(e).splitlines()[0]}"
+        ) from None
     if not isinstance(tokenizer, Wav2Vec2CTCTokenizer):
         raise UnsupportedModelError(
             f"{source!r}: tokenizer {type(tokenizer).__name__} is not a character CTC tokenizer "
-            "(Wav2Vec2CTCTokenizer); phoneme and other tokenizers are not supported")
+            "(Wav2Vec2CTCTokenizer); phoneme and other tokenizers are not supported"
+        )
     if getattr(tokenizer, "target_lang", None) is not None:
         raise UnsupportedModelError(f"{source!r}: multi-language tokenizers (target_lang) are not supported")
     try:
         feature_extractor = AutoFeatureExtractor.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as e:
-        raise ConversionError(f"{source!r}: cannot load its feature extractor (preprocessor_config.json): "
-                              f"{str(e).splitlines()[0]}") from None
+        raise ConversionError(
+            f"{source!r}: cannot load its feature extractor (preprocessor_config.json): {str(e).splitlines()[0]}"
+        ) from None
     if getattr(feature_extractor, "feature_size", 1) != 1 or not hasattr(feature_extractor, "do_normalize"):
         raise UnsupportedModelError(
-            f"{source!r}: feature extractor {type(feature_extractor).__name__} does not take raw mono audio")
+            f"{source!r}: feature extractor {type(feature_extractor).__name__} does not take raw mono audio"
+        )
     if getattr(feature_extractor, "padding_side", "right") != "right":
         raise UnsupportedModelError(f"{source!r}: the feature extractor pads on the left, which wavq does not do")
     return Wav2Vec2CTCExporter(model, source, tokenizer, feature_extractor)

@@ -10,7 +10,7 @@ filterbank, so the runtime's log-mel features equal WhisperFeatureExtractor's wi
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -46,8 +46,9 @@ class WhisperExporter(Exporter):
         self.generation_config = generation_config
         self.config = model.config
         self._state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-        self.tied = TIED_OUTPUT in self._state and np.array_equal(self._state[TIED_OUTPUT],
-                                                                  self._state[TOKEN_EMBEDDING])
+        self.tied = TIED_OUTPUT in self._state and np.array_equal(
+            self._state[TIED_OUTPUT], self._state[TOKEN_EMBEDDING]
+        )
         self._check()
 
     # -- validation -------------------------------------------------------------------------------------------
@@ -55,12 +56,14 @@ class WhisperExporter(Exporter):
         c, fe = self.config, self.feature_extractor
         if c.activation_function not in SUPPORTED_ACTIVATIONS:
             raise UnsupportedModelError(
-                f"Whisper with activation_function={c.activation_function!r} is not supported (only gelu)")
+                f"Whisper with activation_function={c.activation_function!r} is not supported (only gelu)"
+            )
         if c.d_model % c.encoder_attention_heads or c.d_model % c.decoder_attention_heads:
             raise UnsupportedModelError(f"d_model {c.d_model} is not divisible by the number of attention heads")
         if fe.feature_size != c.num_mel_bins:
             raise ConversionError(
-                f"the feature extractor makes {fe.feature_size} mel bins but the model expects {c.num_mel_bins}")
+                f"the feature extractor makes {fe.feature_size} mel bins but the model expects {c.num_mel_bins}"
+            )
         if getattr(fe, "dither", 0.0):
             raise UnsupportedModelError(f"feature extractor dither={fe.dither} is not supported (only 0.0)")
         if getattr(fe, "do_normalize", False):
@@ -69,7 +72,8 @@ class WhisperExporter(Exporter):
         if fe.nb_max_frames != expected_frames:
             raise UnsupportedModelError(
                 f"the feature extractor makes {fe.nb_max_frames} frames per window but the encoder takes "
-                f"{expected_frames} (max_source_positions={c.max_source_positions})")
+                f"{expected_frames} (max_source_positions={c.max_source_positions})"
+            )
         conv1 = self._state["model.encoder.conv1.weight"]
         if conv1.shape[-1] != CONV_KERNEL:
             raise UnsupportedModelError(f"encoder conv kernel size {conv1.shape[-1]} is not supported (only 3)")
@@ -260,8 +264,13 @@ def _attention(prefix: str):
 
 def _load_whisper(source: str, config=None, revision: str | None = None, **_) -> WhisperExporter:
     import torch
-    from transformers import (AutoConfig, AutoTokenizer, GenerationConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration)
+    from transformers import (
+        AutoConfig,
+        AutoTokenizer,
+        GenerationConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
     if config is None:
         config = AutoConfig.from_pretrained(source, revision=revision)
@@ -269,7 +278,8 @@ def _load_whisper(source: str, config=None, revision: str | None = None, **_) ->
     if SUPPORTED_ARCHITECTURE not in archs:
         raise UnsupportedModelError(
             f"{source}: Whisper head {', '.join(archs)} is not supported; wavq converts "
-            f"{SUPPORTED_ARCHITECTURE} (speech recognition) checkpoints")
+            f"{SUPPORTED_ARCHITECTURE} (speech recognition) checkpoints"
+        )
     try:
         model = WhisperForConditionalGeneration.from_pretrained(source, revision=revision, dtype=torch.float32)
     except (OSError, ValueError) as e:
@@ -280,8 +290,8 @@ def _load_whisper(source: str, config=None, revision: str | None = None, **_) ->
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as e:
         raise ConversionError(
-            f"{source!r} has no usable Whisper processor (feature extractor + tokenizer): "
-            f"{str(e).splitlines()[0]}") from None
+            f"{source!r} has no usable Whisper processor (feature extractor + tokenizer): {str(e).splitlines()[0]}"
+        ) from None
     try:
         generation_config = GenerationConfig.from_pretrained(source, revision=revision)
     except OSError:  # no generation_config.json: fall back to what the model derived from its config

@@ -11,7 +11,7 @@ import re
 import resource
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from wavq.runtime.audio import load_audio
 from wavq.runtime.datasets import Utterance
@@ -68,8 +68,12 @@ class EvalResult:
         return self.compute_seconds / self.audio_seconds if self.audio_seconds else float("nan")
 
 
-def evaluate(model, utterances: Sequence[Utterance], transcribe_options: dict | None = None,
-             on_progress: Callable[[int], None] | None = None) -> EvalResult:
+def evaluate(
+    model,
+    utterances: Sequence[Utterance],
+    transcribe_options: dict | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> EvalResult:
     refs, hyps, rows = [], [], []
     audio_s = compute_s = 0.0
     for utt in utterances:

@@ -24,4 +24,36 @@ from .errors import (
 from .reader import TensorInfo, WqFile, open_wq
 from .writer import WqWriter, write_wq
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [
+    "QuantizedTensor",
+    "apply_decomposition",
+    "dequantize",
+    "quantize",
+    "quantize_with_scales",
+    "rtn_scales",
+    "CONTAINER_VERSION",
+    "LAYOUT_REVISION",
+    "Encoding",
+    "AlignmentError",
+    "BadMagicError",
+    "ChecksumError",
+    "DuplicateNameError",
+    "FormatError",
+    "HeaderBoundsError",
+    "InvalidValueError",
+    "MalformedHeaderError",
+    "MissingTensorError",
+    "OutOfBoundsError",
+    "OutputExistsError",
+    "OverlapError",
+    "ShapeMismatchError",
+    "TrailingDataError",
+    "TruncatedFileError",
+    "UnknownEncodingError",
+    "UnsupportedVersionError",
+    "TensorInfo",
+    "WqFile",
+    "open_wq",
+    "WqWriter",
+    "write_wq",
+]

@@ -90,8 +90,9 @@ class QuantizedTensor:
         return Encoding.QSYM if self.symmetric else Encoding.QASYM
 
 
-def validate_decomposition(shape: tuple[int, ...], offset: np.ndarray | None, outlier_columns: np.ndarray | None,
-                           outliers: np.ndarray | None) -> None:
+def validate_decomposition(
+    shape: tuple[int, ...], offset: np.ndarray | None, outlier_columns: np.ndarray | None, outliers: np.ndarray | None
+) -> None:
     """ValueError unless the three decomposition fields fit a quantized tensor of `shape` (all None, or: offset
     float32 (cols,), outlier_columns int64 (k,) strictly increasing in 0..cols-1, outliers float16 (rows, k)).
 
@@ -116,8 +117,10 @@ def validate_decomposition(shape: tuple[int, ...], offset: np.ndarray | None, ou
     if outliers.shape != (rows, k) or outliers.dtype != np.float16:
         raise ValueError(f"outliers must be float16 {(rows, k)}, got {outliers.dtype} {outliers.shape}")
     if k and (outlier_columns[0] < 0 or outlier_columns[-1] >= cols or (np.diff(outlier_columns) <= 0).any()):
-        raise ValueError(f"outlier_columns must be strictly increasing column indices in 0..{cols - 1}, "
-                         f"got {outlier_columns[:20].tolist()}")
+        raise ValueError(
+            f"outlier_columns must be strictly increasing column indices in 0..{cols - 1}, "
+            f"got {outlier_columns[:20].tolist()}"
+        )
 
 
 def validate_rotation(cols: int, block: int, decomposed: bool = False) -> None:
@@ -173,8 +176,9 @@ def unrotate_columns(v2d: np.ndarray, block: int) -> np.ndarray:
     return out
 
 
-def apply_decomposition(w2d: np.ndarray, offset: np.ndarray, outlier_columns: np.ndarray,
-                        outliers_rows: np.ndarray) -> np.ndarray:
+def apply_decomposition(
+    w2d: np.ndarray, offset: np.ndarray, outlier_columns: np.ndarray, outliers_rows: np.ndarray
+) -> np.ndarray:
     """Steps 2 and 3 of decomposed dequantization (SPEC.md 5.3), in place on a float32 row range; returns it.
 
     `w2d` holds rows [a, b) of (q - zero) * scale; `outliers_rows` the same rows of the outlier values. Every
@@ -183,8 +187,10 @@ def apply_decomposition(w2d: np.ndarray, offset: np.ndarray, outlier_columns: np
     rows, cols = w2d.shape
     k = outlier_columns.shape[0]
     if w2d.dtype != np.float32 or offset.shape != (cols,) or outliers_rows.shape != (rows, k):
-        raise ValueError(f"apply_decomposition: float32 rows {w2d.dtype} {w2d.shape} do not fit an offset of "
-                         f"{offset.shape} and outliers of {outliers_rows.shape}")
+        raise ValueError(
+            f"apply_decomposition: float32 rows {w2d.dtype} {w2d.shape} do not fit an offset of "
+            f"{offset.shape} and outliers of {outliers_rows.shape}"
+        )
     np.add(w2d, offset.astype(np.float32, copy=False), out=w2d)  # float32 addition, rounded once
     if k:
         w2d[:, outlier_columns] = outliers_rows.astype(np.float32)  # float16 -> float32 is exact
@@ -320,8 +326,15 @@ _DEQUANT_BLOCK_ELEMENTS = 1 << 16
 
 
 def dequantize_packed(
-    packed: np.ndarray, scales: np.ndarray, packed_zeros: np.ndarray | None, bits: int, cols: int, group_size: int,
-    *, offset: np.ndarray | None = None, outlier_columns: np.ndarray | None = None,
+    packed: np.ndarray,
+    scales: np.ndarray,
+    packed_zeros: np.ndarray | None,
+    bits: int,
+    cols: int,
+    group_size: int,
+    *,
+    offset: np.ndarray | None = None,
+    outlier_columns: np.ndarray | None = None,
     outliers: np.ndarray | None = None,
 ) -> np.ndarray:
     """float32 (rows, cols) straight from packed code rows, in cache-sized row blocks.

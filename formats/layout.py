@@ -23,8 +23,13 @@ def part_names(encoding: Encoding, outliers: int | None = None) -> list[str]:
     return names
 
 
-def tensor_parts(encoding: Encoding, shape: tuple[int, ...], bits: int | None = None,
-                 group_size: int | None = None, outliers: int | None = None) -> list[tuple[int, int]]:
+def tensor_parts(
+    encoding: Encoding,
+    shape: tuple[int, ...],
+    bits: int | None = None,
+    group_size: int | None = None,
+    outliers: int | None = None,
+) -> list[tuple[int, int]]:
     """(offset relative to the tensor start, byte length) of each part, in the order of part_names.
 
     Float tensors have one part. Quantized tensors have packed codes, float16 scales (rows x groups), for QASYM

@@ -12,7 +12,8 @@ import dataclasses
 import math
 import os
 import zlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -172,7 +173,8 @@ class WqFile:
                 end = self.data_start + self.data_size
                 if self.file_size < end:
                     raise TruncatedFileError(
-                        self.path, f"file is {self.file_size} bytes, its data region ends at {end}")
+                        self.path, f"file is {self.file_size} bytes, its data region ends at {end}"
+                    )
                 if self.file_size > end:
                     raise TrailingDataError(self.path, f"{self.file_size - end} unexpected bytes after the data region")
                 self.tensors: dict[str, TensorInfo] = self._parse_tensors(header["tensors"])
@@ -196,23 +198,34 @@ class WqFile:
         _, version, header_len, header_crc, flags = PREFIX.unpack(prefix)
         if version not in SUPPORTED_CONTAINER_VERSIONS:
             raise UnsupportedVersionError(
-                self.path, f"container version {version} is not supported (this reader reads "
-                f"{', '.join(map(str, SUPPORTED_CONTAINER_VERSIONS))}); upgrade wavq or re-convert the model")
+                self.path,
+                f"container version {version} is not supported (this reader reads "
+                f"{', '.join(map(str, SUPPORTED_CONTAINER_VERSIONS))}); upgrade wavq or re-convert the model",
+            )
         if flags != PREFIX_FLAGS:
             raise MalformedHeaderError(self.path, f"unknown prefix flags 0x{flags:08x}")
         if header_len == 0 or header_len > MAX_HEADER_LEN:
             raise HeaderBoundsError(self.path, f"header length {header_len} out of bounds (1..{MAX_HEADER_LEN})")
         if PREFIX_SIZE + header_len > self.file_size:
             raise HeaderBoundsError(
-                self.path, f"header length {header_len} reaches past the end of the {self.file_size}-byte file "
-                "(the file is truncated or its prefix is corrupt)")
+                self.path,
+                f"header length {header_len} reaches past the end of the {self.file_size}-byte file "
+                "(the file is truncated or its prefix is corrupt)",
+            )
         return header_len, header_crc
 
     def _parse_header(self, raw: bytes) -> dict:
         try:
             # _plain_map enforces string keys itself (with a clearer message than strict_map_key).
-            header = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True,
-                                     object_pairs_hook=_plain_map, list_hook=_plain_list, ext_hook=_no_ext)
+            header = msgpack.unpackb(
+                raw,
+                raw=False,
+                strict_map_key=False,
+                use_list=True,
+                object_pairs_hook=_plain_map,
+                list_hook=_plain_list,
+                ext_hook=_no_ext,
+            )
         except _Reject as e:
             raise MalformedHeaderError(self.path, f"header is not plain msgpack data: {e}") from None
         except Exception as e:  # msgpack raises many types (ExtraData, StackError, UnicodeDecodeError, ...)
@@ -229,8 +242,10 @@ class WqFile:
             raise MalformedHeaderError(self.path, f"header has unknown keys {sorted(extra)}")
         if header["layout_revision"] not in SUPPORTED_LAYOUT_REVISIONS:
             raise UnsupportedVersionError(
-                self.path, f"layout revision {header['layout_revision']} is not supported (this reader reads "
-                f"{', '.join(map(str, SUPPORTED_LAYOUT_REVISIONS))})")
+                self.path,
+                f"layout revision {header['layout_revision']} is not supported (this reader reads "
+                f"{', '.join(map(str, SUPPORTED_LAYOUT_REVISIONS))})",
+            )
         if header["data_size"] < 0 or header["data_size"] % ALIGNMENT:
             raise MalformedHeaderError(self.path, f"data size {header['data_size']} is not a multiple of {ALIGNMENT}")
         return header
@@ -243,13 +258,12 @@ class WqFile:
                 raise DuplicateNameError(self.path, f"tensor name {info.name!r} appears more than once")
             tensors[info.name] = info
         spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors.values() if t.nbytes)
-        for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
+        for (_, a1, an), (b0, _, bn) in zip(spans, spans[1:]):
             if b0 < a1:
                 raise OverlapError(self.path, f"tensors {an!r} and {bn!r} overlap")
         used = max((align(end) for _, end, _ in spans), default=0)
         if self.data_size != used:
-            raise TrailingDataError(
-                self.path, f"data region is {self.data_size} bytes but its tensors end at {used}")
+            raise TrailingDataError(self.path, f"data region is {self.data_size} bytes but its tensors end at {used}")
         return tensors
 
     def _parse_entry(self, i: int, e: Any) -> TensorInfo:
@@ -264,15 +278,21 @@ class WqFile:
             if not _is_int(e.get(key)):
                 raise MalformedHeaderError(self.path, f"{where}: missing or non-integer {key!r}")
         shape = e.get("shape")
-        if (not isinstance(shape, list) or len(shape) > MAX_NDIM
-                or not all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape)
-                or math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS):
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_NDIM
+            or not all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape)
+            or math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS
+        ):
             raise MalformedHeaderError(self.path, f"{where}: invalid shape {_short(shape)}")
         try:
             encoding = Encoding(e["encoding"])
         except ValueError:
-            hint = " (a value reserved for future encodings: a newer wavq may read this file)" if (
-                0 <= e["encoding"] < RESERVED_ENCODINGS_END) else ""
+            hint = (
+                " (a value reserved for future encodings: a newer wavq may read this file)"
+                if (0 <= e["encoding"] < RESERVED_ENCODINGS_END)
+                else ""
+            )
             raise UnknownEncodingError(self.path, f"{where}: unknown encoding {e['encoding']}{hint}") from None
         allowed = _ENTRY_KEYS
         bits = group_size = outlier_columns = None
@@ -280,21 +300,20 @@ class WqFile:
         for key in (_DECOMPOSED_KEY, _ROTATION_KEY):
             if encoding not in QUANT_ENCODINGS and key in e:
                 raise MalformedHeaderError(
-                    self.path, f"{where}: {key!r} is defined for quantized encodings only, not {encoding.name}")
+                    self.path, f"{where}: {key!r} is defined for quantized encodings only, not {encoding.name}"
+                )
         if encoding in QUANT_ENCODINGS:
             allowed = _ENTRY_KEYS | _QUANT_KEYS | {_DECOMPOSED_KEY, _ROTATION_KEY}
             bits, group_size = e.get("bits"), e.get("group_size")
             if not _is_int(bits) or not MIN_BITS <= bits <= MAX_BITS:
-                raise MalformedHeaderError(
-                    self.path, f"{where}: bits {_short(bits)} outside {MIN_BITS}..{MAX_BITS}")
+                raise MalformedHeaderError(self.path, f"{where}: bits {_short(bits)} outside {MIN_BITS}..{MAX_BITS}")
             if len(shape) < 2:
                 raise ShapeMismatchError(self.path, f"{where}: quantized tensors need 2 or more dimensions")
             cols = math.prod(shape[1:])
             if cols == 0:
                 raise ShapeMismatchError(self.path, f"{where}: quantized tensor of shape {tuple(shape)} has no columns")
             if not _is_int(group_size) or not 1 <= group_size <= cols:
-                raise MalformedHeaderError(
-                    self.path, f"{where}: group size {_short(group_size)} outside 1..{cols}")
+                raise MalformedHeaderError(self.path, f"{where}: group size {_short(group_size)} outside 1..{cols}")
             if _DECOMPOSED_KEY in e:
                 outlier_columns = self._parse_outlier_columns(where, e[_DECOMPOSED_KEY], cols)
             if _ROTATION_KEY in e:
@@ -305,37 +324,43 @@ class WqFile:
         offset, nbytes, crc = e["offset"], e["nbytes"], e["crc32"]
         if offset < 0 or nbytes < 0 or offset + nbytes > self.data_size:
             raise OutOfBoundsError(
-                self.path, f"{where}: bytes {offset}..{offset + nbytes} lie outside the "
-                f"{self.data_size}-byte data region")
+                self.path,
+                f"{where}: bytes {offset}..{offset + nbytes} lie outside the {self.data_size}-byte data region",
+            )
         if offset % ALIGNMENT:
             raise AlignmentError(self.path, f"{where}: offset {offset} is not a multiple of {ALIGNMENT}")
         if not 0 <= crc < (1 << 32):
             raise MalformedHeaderError(self.path, f"{where}: crc32 out of range")
-        info = TensorInfo(name, encoding, tuple(shape), offset, nbytes, crc, bits, group_size, outlier_columns,
-                          rotation)
+        info = TensorInfo(
+            name, encoding, tuple(shape), offset, nbytes, crc, bits, group_size, outlier_columns, rotation
+        )
         expected = tensor_nbytes(info.parts)
         if nbytes != expected:
             k = info.n_outlier_columns
             extra = "" if k is None else f" with an offset row and {k} float column{'' if k == 1 else 's'}"
             raise ShapeMismatchError(
-                self.path, f"{where}: {nbytes} bytes stored, shape {tuple(shape)} as {encoding.name}"
-                f"{'' if bits is None else f' {bits}-bit'}{extra} needs {expected}")
+                self.path,
+                f"{where}: {nbytes} bytes stored, shape {tuple(shape)} as {encoding.name}"
+                f"{'' if bits is None else f' {bits}-bit'}{extra} needs {expected}",
+            )
         return info
 
     def _parse_outlier_columns(self, where: str, value: Any, cols: int) -> tuple[int, ...]:
         """The float columns of a decomposed tensor: strictly increasing uints below cols (SPEC.md 5.3)."""
         if self.layout_revision < DECOMPOSED_LAYOUT_REVISION:
             raise MalformedHeaderError(
-                self.path, f"{where}: key {_DECOMPOSED_KEY!r} exists only from layout revision "
-                f"{DECOMPOSED_LAYOUT_REVISION}; this file is revision {self.layout_revision}")
+                self.path,
+                f"{where}: key {_DECOMPOSED_KEY!r} exists only from layout revision "
+                f"{DECOMPOSED_LAYOUT_REVISION}; this file is revision {self.layout_revision}",
+            )
         # type() rather than isinstance: msgpack gives exactly int for integers and bool (an int subclass) for
         # booleans, which are not column indices. map/min/max run in C, so a long hostile list stays cheap.
         if not isinstance(value, list) or not set(map(type, value)) <= {int} or (value and min(value) < 0):
             raise MalformedHeaderError(
-                self.path, f"{where}: {_DECOMPOSED_KEY} {_short(value)} is not an array of non-negative integers")
+                self.path, f"{where}: {_DECOMPOSED_KEY} {_short(value)} is not an array of non-negative integers"
+            )
         if value and max(value) >= cols:
-            raise MalformedHeaderError(
-                self.path, f"{where}: outlier column {max(value)} is outside 0..{cols - 1}")
+            raise MalformedHeaderError(self.path, f"{where}: outlier column {max(value)} is outside 0..{cols - 1}")
         idx = np.array(value, dtype=np.int64)  # fits: every index is below cols <= MAX_ELEMENTS
         if (np.diff(idx) <= 0).any():
             raise MalformedHeaderError(self.path, f"{where}: outlier columns are not strictly increasing")
@@ -345,12 +370,15 @@ class WqFile:
         """The Hadamard block size of a rotated tensor: a power of two >= 2 dividing cols (SPEC.md 5.4)."""
         if self.layout_revision < ROTATED_LAYOUT_REVISION:
             raise MalformedHeaderError(
-                self.path, f"{where}: key {_ROTATION_KEY!r} exists only from layout revision "
-                f"{ROTATED_LAYOUT_REVISION}; this file is revision {self.layout_revision}")
+                self.path,
+                f"{where}: key {_ROTATION_KEY!r} exists only from layout revision "
+                f"{ROTATED_LAYOUT_REVISION}; this file is revision {self.layout_revision}",
+            )
         if type(value) is not int or value < 2 or value & (value - 1) or cols % value:
             raise MalformedHeaderError(
-                self.path, f"{where}: rotation {_short(value)} is not an integer power of two >= 2 dividing the {cols} "
-                "columns")
+                self.path,
+                f"{where}: rotation {_short(value)} is not an integer power of two >= 2 dividing the {cols} columns",
+            )
         if decomposed:
             raise MalformedHeaderError(self.path, f"{where}: a tensor is either decomposed or rotated, not both")
         return value
@@ -385,9 +413,11 @@ class WqFile:
             raise ChecksumError(self.path, f"tensor {name!r} is corrupt (checksum mismatch)", tensor=name)
         if info.quantized:
             spans = dict(zip(info.part_names, info.parts))
-            for part, dtype, what in (("scales", SCALE_DTYPE, "a non-finite scale"),
-                                      ("offset", OFFSET_DTYPE, "a non-finite offset"),
-                                      ("outliers", OUTLIER_DTYPE, "a non-finite outlier value")):
+            for part, dtype, what in (
+                ("scales", SCALE_DTYPE, "a non-finite scale"),
+                ("offset", OFFSET_DTYPE, "a non-finite offset"),
+                ("outliers", OUTLIER_DTYPE, "a non-finite outlier value"),
+            ):
                 if part in spans and not np.isfinite(self._bytes(info, *spans[part]).view(dtype)).all():
                     raise InvalidValueError(self.path, f"tensor {name!r} has {what}", tensor=name)
         self._verified.add(name)
@@ -416,11 +446,13 @@ class WqFile:
             return {"values": views["values"].view(FLOAT_ENCODINGS[info.encoding]).reshape(info.shape)}
         rows, cols = codecs.view_2d_shape(info.shape)
         ng = codecs.n_groups(cols, info.group_size)
-        shaped = {"codes": lambda v: v.reshape(rows, packing.row_bytes(cols, info.bits)),
-                  "scales": lambda v: v.view(SCALE_DTYPE).reshape(rows, ng),
-                  "zeros": lambda v: v.reshape(rows, packing.row_bytes(ng, info.bits)),
-                  "offset": lambda v: v.view(OFFSET_DTYPE),
-                  "outliers": lambda v: v.view(OUTLIER_DTYPE).reshape(rows, info.n_outlier_columns)}
+        shaped = {
+            "codes": lambda v: v.reshape(rows, packing.row_bytes(cols, info.bits)),
+            "scales": lambda v: v.view(SCALE_DTYPE).reshape(rows, ng),
+            "zeros": lambda v: v.reshape(rows, packing.row_bytes(ng, info.bits)),
+            "offset": lambda v: v.view(OFFSET_DTYPE),
+            "outliers": lambda v: v.view(OUTLIER_DTYPE).reshape(rows, info.n_outlier_columns),
+        }
         return {part: shaped[part](v) for part, v in views.items()}
 
     def _decomposition(self, info: TensorInfo, views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -429,10 +461,13 @@ class WqFile:
         if not info.decomposed:
             return {}
         rows = info.shape[0]
-        return {"offset": np.asarray(views["offset"], dtype=np.float32),
-                "outlier_columns": np.array(info.outlier_columns, dtype=np.int64).reshape(-1),
-                "outliers": np.asarray(views["outliers"], dtype=np.float16) if "outliers" in views
-                else np.zeros((rows, 0), np.float16)}
+        return {
+            "offset": np.asarray(views["offset"], dtype=np.float32),
+            "outlier_columns": np.array(info.outlier_columns, dtype=np.int64).reshape(-1),
+            "outliers": np.asarray(views["outliers"], dtype=np.float16)
+            if "outliers" in views
+            else np.zeros((rows, 0), np.float16),
+        }
 
     def quantized(self, name: str) -> codecs.QuantizedTensor:
         """The unpacked codes of a quantized tensor (with its offset and float columns when decomposed)."""
@@ -443,10 +478,16 @@ class WqFile:
         cols = codecs.view_2d_shape(info.shape)[1]
         ng = codecs.n_groups(cols, info.group_size)
         zeros = packing.unpack_codes(views["zeros"], info.bits, ng) if "zeros" in views else None
-        return codecs.QuantizedTensor(info.shape, info.bits, info.group_size,
-                                      packing.unpack_codes(views["codes"], info.bits, cols),
-                                      np.asarray(views["scales"], dtype=np.float16), zeros,
-                                      **self._decomposition(info, views), rotation=info.rotation)
+        return codecs.QuantizedTensor(
+            info.shape,
+            info.bits,
+            info.group_size,
+            packing.unpack_codes(views["codes"], info.bits, cols),
+            np.asarray(views["scales"], dtype=np.float16),
+            zeros,
+            **self._decomposition(info, views),
+            rotation=info.rotation,
+        )
 
     def array(self, name: str, rows: slice | None = None, dtype=np.float32, *, unrotate: bool = True) -> np.ndarray:
         """A tensor as a float array of its stored shape (dequantized if needed); `rows` selects along dim 0.
@@ -468,8 +509,9 @@ class WqFile:
         dec = self._decomposition(info, views)
         if dec:
             dec["outliers"] = dec["outliers"][sel]  # the rows of the codes: the fused loop applies them per block
-        w = codecs.dequantize_packed(views["codes"][sel], views["scales"][sel], zeros, info.bits, r_cols,
-                                     info.group_size, **dec)
+        w = codecs.dequantize_packed(
+            views["codes"][sel], views["scales"][sel], zeros, info.bits, r_cols, info.group_size, **dec
+        )
         if info.rotation and unrotate:
             w = codecs.unrotate_columns(w, info.rotation)
         return w.reshape((w.shape[0],) + info.shape[1:]).astype(dtype, copy=False)
@@ -479,7 +521,7 @@ class WqFile:
         view of it is garbage-collected (closing it under live views would make them dangle and crash)."""
         self._mm = None
 
-    def __enter__(self) -> "WqFile":
+    def __enter__(self) -> WqFile:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -14,8 +14,13 @@ OFFSET_BITS = 8 * np.dtype(OFFSET_DTYPE).itemsize  # a decomposed tensor stores 
 OUTLIER_BITS = 8 * np.dtype(OUTLIER_DTYPE).itemsize  # ... and one float16 per row for each float column
 
 
-def payload_bits(encoding: Encoding, shape: tuple[int, ...], bits: int | None = None,
-                 group_size: int | None = None, outliers: int | None = None) -> int:
+def payload_bits(
+    encoding: Encoding,
+    shape: tuple[int, ...],
+    bits: int | None = None,
+    group_size: int | None = None,
+    outliers: int | None = None,
+) -> int:
     """Bits of information a tensor stores: codes, scales and zero points (row padding and alignment excluded);
     for a decomposed tensor (`outliers` = k, its number of float columns; None = not decomposed) also the
     offset row and the float columns. The codes of the float columns are still stored, so they still count.
@@ -34,8 +39,9 @@ def payload_bits(encoding: Encoding, shape: tuple[int, ...], bits: int | None = 
     return total
 
 
-def bits_per_weight(bits: int, group_size: int, symmetric: bool, shape: tuple[int, ...],
-                    outliers: int | None = None) -> float:
+def bits_per_weight(
+    bits: int, group_size: int, symmetric: bool, shape: tuple[int, ...], outliers: int | None = None
+) -> float:
     """Effective bits per weight of one quantized tensor of `shape` (group_size 0 = per-channel); `outliers` is
     the number k of float columns of a decomposed tensor (None = not decomposed)."""
     rows, cols = codecs.view_2d_shape(shape)

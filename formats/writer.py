@@ -6,7 +6,8 @@ import math
 import os
 import tempfile
 import zlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -71,13 +72,19 @@ def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encodin
     """(entry fields, list of part byte arrays in storage order) for one tensor."""
     if isinstance(tensor, codecs.QuantizedTensor):
         if encoding is not None and encoding != tensor.encoding:
-            raise ValueError(f"a {'symmetric' if tensor.symmetric else 'asymmetric'} QuantizedTensor is stored "
-                             f"as {tensor.encoding.name}, not {Encoding(encoding).name}")
+            raise ValueError(
+                f"a {'symmetric' if tensor.symmetric else 'asymmetric'} QuantizedTensor is stored "
+                f"as {tensor.encoding.name}, not {Encoding(encoding).name}"
+            )
         _check_shape(tensor.shape)
         if not np.isfinite(tensor.scales).all():
             raise ValueError("quantized tensor has non-finite scales")
-        fields = {"encoding": int(tensor.encoding), "shape": list(tensor.shape), "bits": tensor.bits,
-                  "group_size": tensor.group_size}
+        fields = {
+            "encoding": int(tensor.encoding),
+            "shape": list(tensor.shape),
+            "bits": tensor.bits,
+            "group_size": tensor.group_size,
+        }
         arrays = {"codes": packing.pack_codes(tensor.codes, tensor.bits), "scales": tensor.scales.astype(SCALE_DTYPE)}
         if tensor.zeros is not None:
             arrays["zeros"] = packing.pack_codes(tensor.zeros, tensor.bits)
@@ -154,8 +161,9 @@ class WqWriter:
             raise ValueError(f"duplicate tensor name {name!r}")
         fields, parts = _encode_parts(tensor, encoding)
         k = len(fields["outlier_columns"]) if "outlier_columns" in fields else None
-        expected = tensor_parts(Encoding(fields["encoding"]), tuple(fields["shape"]), fields.get("bits"),
-                                fields.get("group_size"), k)
+        expected = tensor_parts(
+            Encoding(fields["encoding"]), tuple(fields["shape"]), fields.get("bits"), fields.get("group_size"), k
+        )
         crc = 0
         start = self._size
         try:
@@ -195,8 +203,14 @@ class WqWriter:
         tmp = None
         try:
             header = msgpack.packb(
-                canonical({"layout_revision": self.layout_revision, "meta": self.meta, "tensors": self._entries,
-                           "data_size": self._size}),
+                canonical(
+                    {
+                        "layout_revision": self.layout_revision,
+                        "meta": self.meta,
+                        "tensors": self._entries,
+                        "data_size": self._size,
+                    }
+                ),
                 use_bin_type=True,
             )
             if len(header) > MAX_HEADER_LEN:
@@ -235,7 +249,7 @@ class WqWriter:
             self._spool.close()
         self._state = state
 
-    def __enter__(self) -> "WqWriter":
+    def __enter__(self) -> WqWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

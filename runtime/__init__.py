@@ -28,7 +28,8 @@ def load(path: str | os.PathLike, *, cache: bool = False):
         return Wav2Vec2CTCModel(weights)
     f.close()
     raise MalformedHeaderError(
-        f.path, f"architecture {arch!r} is not one this runtime runs ({', '.join(ARCHITECTURES)})")
+        f.path, f"architecture {arch!r} is not one this runtime runs ({', '.join(ARCHITECTURES)})"
+    )
 
 
 __all__ = ["load", "load_audio", "AudioError", "Transcription", "Segment", "Weights", "FormatError"]

@@ -91,7 +91,8 @@ def read_audio_file(path) -> tuple[np.ndarray, int]:
     if not _has_soundfile():
         raise AudioError(
             f"{path}: only WAV is read without extra packages; install soundfile (pip install soundfile or "
-            "pip install 'wavq[audio]') to read FLAC, OGG and other formats")
+            "pip install 'wavq[audio]') to read FLAC, OGG and other formats"
+        )
     import soundfile
 
     try:

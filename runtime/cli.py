@@ -57,11 +57,20 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
         rows = [(t.name, list(t.shape), encoding_label(t), t.nbytes) for t in f.tensors.values()]
         n_rotated = sum(bool(t.rotation) for t in f.tensors.values())
     if as_json:
-        out = {"file": file, "architecture": s.architecture, "file_size": s.file_size, "parameters": s.n_params,
-               "quantized_parameters": s.n_quantized, "quantized_bits_per_weight": s.quantized_bpw,
-               "overall_bits_per_parameter": s.overall_bpw, "by_role": s.by_role, "by_encoding": s.by_encoding,
-               "dims": meta.get("dims"), "quantization": meta.get("quantization"),
-               "provenance": meta.get("provenance")}
+        out = {
+            "file": file,
+            "architecture": s.architecture,
+            "file_size": s.file_size,
+            "parameters": s.n_params,
+            "quantized_parameters": s.n_quantized,
+            "quantized_bits_per_weight": s.quantized_bpw,
+            "overall_bits_per_parameter": s.overall_bpw,
+            "by_role": s.by_role,
+            "by_encoding": s.by_encoding,
+            "dims": meta.get("dims"),
+            "quantization": meta.get("quantization"),
+            "provenance": meta.get("provenance"),
+        }
         if tensors:
             out["tensors"] = [dict(zip(("name", "shape", "encoding", "bytes"), r)) for r in rows]
         click.echo(json.dumps(out, indent=2, default=str))
@@ -73,8 +82,10 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
         click.echo("dims:          " + ", ".join(f"{k}={v}" for k, v in dims.items()))
     click.echo(f"parameters:    {s.n_params:,} ({s.n_quantized:,} quantized)")
     if s.n_quantized:
-        click.echo(f"bits/weight:   {s.quantized_bpw:.3f} over quantized tensors (codes, scales, zero points, "
-                   "offset rows and float columns)")
+        click.echo(
+            f"bits/weight:   {s.quantized_bpw:.3f} over quantized tensors (codes, scales, zero points, "
+            "offset rows and float columns)"
+        )
     click.echo(f"bits/param:    {s.overall_bpw:.3f} over the whole file")
     click.echo("by role:")
     for role, (count, params, nbytes) in sorted(s.by_role.items(), key=lambda kv: -kv[1][2]):
@@ -89,6 +100,7 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
     if q:
         click.echo("quantization:  " + ", ".join(f"{k}={v}" for k, v in q.items() if not isinstance(v, dict)))
     if allocation:
+
         def label(name):
             g = group_of.get(name)
             return f"{allocation[name]} bits" + ("" if g is None else f", {'per channel' if g == 0 else f'group {g}'}")
@@ -134,21 +146,36 @@ def _transcribe_options(model, beam_size, language, task) -> dict:
         if language:
             opts["language"] = language
         return opts
-    given = [n for n, v in (("--language", language), ("--task", task != "transcribe"),
-                            ("--beam-size", beam_size != 1)) if v]
+    given = [
+        n for n, v in (("--language", language), ("--task", task != "transcribe"), ("--beam-size", beam_size != 1)) if v
+    ]
     if given:
         raise click.UsageError(f"{', '.join(given)} apply to Whisper models only; this is a {arch} model")
     return {}
 
 
 _model_options = [
-    click.option("--beam-size", default=1, show_default=True, type=click.IntRange(1, 16),
-                 help="Beam width (Whisper); 1 is greedy decoding."),
+    click.option(
+        "--beam-size",
+        default=1,
+        show_default=True,
+        type=click.IntRange(1, 16),
+        help="Beam width (Whisper); 1 is greedy decoding.",
+    ),
     click.option("--language", default=None, help="Language code for multilingual Whisper (detected if omitted)."),
-    click.option("--task", type=click.Choice(["transcribe", "translate"]), default="transcribe",
-                 show_default=True, help="Whisper task."),
-    click.option("--cache/--low-memory", default=False, show_default=True,
-                 help="Keep dequantized weights in memory (faster) or dequantize each layer as it is used."),
+    click.option(
+        "--task",
+        type=click.Choice(["transcribe", "translate"]),
+        default="transcribe",
+        show_default=True,
+        help="Whisper task.",
+    ),
+    click.option(
+        "--cache/--low-memory",
+        default=False,
+        show_default=True,
+        help="Keep dequantized weights in memory (faster) or dequantize each layer as it is used.",
+    ),
 ]
 
 
@@ -193,20 +220,30 @@ def transcribe(model_path, files, beam_size, language, task, cache, as_json) -> 
 
 @main.command(name="eval")
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, type=click.Path(file_okay=False),
-              help="LibriSpeech-layout directory (or a subset folder inside one).")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="LibriSpeech-layout directory (or a subset folder inside one).",
+)
 @click.option("--subset", default=None, help="Subset folder under --data, e.g. test-clean.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N utterances (by id).")
 @_with_model_options
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the results, with every transcript, to this JSON file.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the results, with every transcript, to this JSON file.",
+)
 @_user_errors
 def eval_(model_path, data, subset, limit, beam_size, language, task, cache, json_path) -> None:
     """Word error rate, real-time factor and peak memory of MODEL on transcribed speech."""
     import time
 
-    from . import load
     from wavq.evaluation import evaluate  # measurement layer (the `eval` extra), outside the runtime
+
+    from . import load
 
     utts = [u for u in find_utterances(data, subset) if u.text is not None]
     if not utts:
@@ -220,8 +257,9 @@ def eval_(model_path, data, subset, limit, beam_size, language, task, cache, jso
     overlap = overlap_warning(calib_ids, [u.id for u in utts])
     if overlap:
         click.echo(f"warning: {overlap}", err=True)
-    with click.progressbar(length=len(utts), label="evaluating", file=sys.stderr,
-                           hidden=not sys.stderr.isatty()) as bar:
+    with click.progressbar(
+        length=len(utts), label="evaluating", file=sys.stderr, hidden=not sys.stderr.isatty()
+    ) as bar:
         try:
             r = evaluate(model, utts, opts, on_progress=bar.update)
         except RuntimeError as e:
@@ -233,10 +271,20 @@ def eval_(model_path, data, subset, limit, beam_size, language, task, cache, jso
     click.echo(f"load time      {load_s:.2f} s")
     click.echo(f"peak RSS       {r.peak_rss_mb:.0f} MiB")
     if json_path:
-        out = {"model": os.path.basename(model_path), "data": subset or os.path.basename(os.path.normpath(data)),
-               "wer": r.wer, "n_utterances": r.n_utterances, "n_words": r.n_words,
-               "audio_seconds": r.audio_seconds, "compute_seconds": r.compute_seconds, "rtf": r.rtf,
-               "load_seconds": load_s, "peak_rss_mb": r.peak_rss_mb, "options": opts, "utterances": r.hypotheses}
+        out = {
+            "model": os.path.basename(model_path),
+            "data": subset or os.path.basename(os.path.normpath(data)),
+            "wer": r.wer,
+            "n_utterances": r.n_utterances,
+            "n_words": r.n_words,
+            "audio_seconds": r.audio_seconds,
+            "compute_seconds": r.compute_seconds,
+            "rtf": r.rtf,
+            "load_seconds": load_s,
+            "peak_rss_mb": r.peak_rss_mb,
+            "options": opts,
+            "utterances": r.hypotheses,
+        }
         tmp = json_path + ".partial"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=1, ensure_ascii=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".opus", ".m4a", ".aiff", ".aif")
 
@@ -65,12 +65,16 @@ def overlap_warning(calibration: Iterable[str], evaluation: Iterable[str]) -> st
     evals = [_stem(e) for e in evaluation]
     shared = sorted({e for e in evals if e in calib})
     if shared:
-        return (f"{len(shared)} of {len(evals)} evaluation utterances were used for calibration "
-                f"(e.g. {', '.join(shared[:3])}); their error rates are optimistic")
+        return (
+            f"{len(shared)} of {len(evals)} evaluation utterances were used for calibration "
+            f"(e.g. {', '.join(shared[:3])}); their error rates are optimistic"
+        )
     speaker = lambda u: u.split("-")[0] if u.count("-") == 2 else None  # noqa: E731
     calib_speakers = {speaker(c) for c in calib} - {None}
     shared_speakers = sorted({speaker(e) for e in evals} & calib_speakers)
     if shared_speakers:
-        return (f"evaluation and calibration share {len(shared_speakers)} LibriSpeech speaker(s) "
-                f"({', '.join(shared_speakers[:3])}); results may be optimistic")
+        return (
+            f"evaluation and calibration share {len(shared_speakers)} LibriSpeech speaker(s) "
+            f"({', '.join(shared_speakers[:3])}); results may be optimistic"
+        )
     return None

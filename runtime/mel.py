@@ -26,16 +26,23 @@ def stft_power(audio: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     padded = np.pad(audio.astype(np.float32, copy=False), (half, half), mode="reflect")
     n_frames = 1 + (len(padded) - n_fft) // hop_length
     frames = np.lib.stride_tricks.as_strided(
-        padded, shape=(n_frames, n_fft), strides=(padded.strides[0] * hop_length, padded.strides[0]),
-        writeable=False)  # (frames, n_fft) view, no copy
+        padded, shape=(n_frames, n_fft), strides=(padded.strides[0] * hop_length, padded.strides[0]), writeable=False
+    )  # (frames, n_fft) view, no copy
     window = hann_window(n_fft).astype(np.float32)
     spec = np.fft.rfft(frames * window, n=n_fft, axis=-1)  # (frames, n_fft // 2 + 1) complex
     power = spec.real * spec.real + spec.imag * spec.imag
     return np.ascontiguousarray(power.T, dtype=np.float32)
 
 
-def log_mel_spectrogram(audio: np.ndarray, mel_filters: np.ndarray, *, n_fft: int = 400, hop_length: int = 160,
-                        n_samples: int | None = 480_000, padding_value: float = 0.0) -> np.ndarray:
+def log_mel_spectrogram(
+    audio: np.ndarray,
+    mel_filters: np.ndarray,
+    *,
+    n_fft: int = 400,
+    hop_length: int = 160,
+    n_samples: int | None = 480_000,
+    padding_value: float = 0.0,
+) -> np.ndarray:
     """(n_mels, n_samples // hop_length) float32 features of one window.
 
     `mel_filters` is (n_fft // 2 + 1, n_mels) as stored. `n_samples=None` keeps the audio's own length

@@ -8,12 +8,12 @@ dropped, as transformers' `decode(..., skip_special_tokens=True)` does (it remov
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (printable Latin-1 bytes map to themselves)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars = list(keep)
     n = 0
     for b in range(256):
@@ -35,7 +35,7 @@ class ByteLevelBPEDecoder:
         self._bytes: dict[int, bytes] = {}
 
     @classmethod
-    def from_meta(cls, meta: Mapping) -> "ByteLevelBPEDecoder":
+    def from_meta(cls, meta: Mapping) -> ByteLevelBPEDecoder:
         kind = meta.get("type")
         if kind != "byte-level-bpe":
             raise ValueError(f"tokenizer type {kind!r} is not supported (only byte-level-bpe)")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -86,13 +86,15 @@ class Wav2Vec2Dims:
     vocab_size: int
 
     @classmethod
-    def from_meta(cls, d: dict) -> "Wav2Vec2Dims":
+    def from_meta(cls, d: dict) -> Wav2Vec2Dims:
         fields = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(fields - set(d))
         if missing:
             raise ValueError(f"wav2vec2-ctc header lacks dims {', '.join(missing)}; re-convert the model")
-        kw = {k: (tuple(int(x) for x in d[k]) if k.startswith("conv_") and isinstance(d[k], (list, tuple))
-                  else d[k]) for k in fields}
+        kw = {
+            k: (tuple(int(x) for x in d[k]) if k.startswith("conv_") and isinstance(d[k], (list, tuple)) else d[k])
+            for k in fields
+        }
         return cls(**kw)
 
     @property
@@ -122,6 +124,8 @@ def conv_output_length(n_samples, kernels: Sequence[int], strides: Sequence[int]
 # ---------------------------------------------------------------------------------------------------- activations
 
 _SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
+
+
 def _gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)))
 
@@ -149,6 +153,7 @@ def activation(name: str):
 
 # ---------------------------------------------------------------------------------------------------- small ops
 
+
 def _norm_last(x: np.ndarray, eps: float) -> np.ndarray:
     """LayerNorm over the last axis without affine parameters."""
     mean = x.mean(axis=-1, keepdims=True)
@@ -174,7 +179,7 @@ class _Linear:
     input_scale: np.ndarray | None  # activation-aware quantization's unfolded per-input-channel scale
 
     @classmethod
-    def load(cls, w: Weights, prefix: str) -> "_Linear":
+    def load(cls, w: Weights, prefix: str) -> _Linear:
         return cls(w[prefix + ".weight"], w.get(prefix + ".bias"), w.get(prefix + ".input_scale"))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -198,6 +203,7 @@ def normalize(x: np.ndarray, length: int | None = None, padding_value: float = 0
 
 
 # ---------------------------------------------------------------------------------------------------- model
+
 
 class Wav2Vec2CTCModel:
     """A converted Wav2Vec2 / HuBERT / Data2VecAudio CTC model: `transcribe(audio)` and `logits(batch)`."""
@@ -255,7 +261,8 @@ class Wav2Vec2CTCModel:
         n = x.shape[1]
         if n < self.dims.receptive_field:
             raise Wav2Vec2InputError(
-                f"audio of {n} samples is shorter than the model's {self.dims.receptive_field}-sample receptive field")
+                f"audio of {n} samples is shorter than the model's {self.dims.receptive_field}-sample receptive field"
+            )
         lengths = None
         if attention_mask is not None:
             attention_mask = np.asarray(attention_mask)
@@ -263,12 +270,12 @@ class Wav2Vec2CTCModel:
                 attention_mask = attention_mask[None]
             if attention_mask.shape != x.shape:
                 raise Wav2Vec2InputError(
-                    f"attention_mask shape {attention_mask.shape} does not match input_values {x.shape}")
+                    f"attention_mask shape {attention_mask.shape} does not match input_values {x.shape}"
+                )
             # transformers uses only the number of attended samples per row (right padding)
             lengths = self.n_frames(attention_mask.astype(np.int64).sum(-1))
             if lengths.min() < 1:
-                raise Wav2Vec2InputError(
-                    f"an attention mask row covers fewer than {self.dims.receptive_field} samples")
+                raise Wav2Vec2InputError(f"an attention mask row covers fewer than {self.dims.receptive_field} samples")
 
         layers = self._conv_layers()
         h = np.stack([self.feature_encoder(row, layers=layers) for row in x])  # (B, T, C)
@@ -293,8 +300,9 @@ class Wav2Vec2CTCModel:
             layers.append((w[f"{p}.{i}.conv.weight"], w.get(f"{p}.{i}.conv.bias"), d.conv_stride[i], norm))
         return layers
 
-    def feature_encoder(self, x: np.ndarray, chunk_frames: int = FEATURE_CHUNK_FRAMES,
-                        layers: list | None = None) -> np.ndarray:
+    def feature_encoder(
+        self, x: np.ndarray, chunk_frames: int = FEATURE_CHUNK_FRAMES, layers: list | None = None
+    ) -> np.ndarray:
         """Convolutional feature encoder on one row of samples (N,) -> (T, C_last), computed in chunks of
         `chunk_frames` output frames; equal to the unchunked computation."""
         d = self.dims
@@ -307,7 +315,7 @@ class Wav2Vec2CTCModel:
 
         def run(segment: np.ndarray) -> np.ndarray:
             h = segment[None, :]  # (1, n)
-            for i, (weight, bias, stride, norm) in enumerate(layers):
+            for weight, bias, stride, norm in layers:
                 h = _conv1d(h, weight, bias, stride=stride)  # (C_i, t_i)
                 if norm is not None and d.feat_extract_norm == "layer":  # LayerNorm over channels, per frame
                     h = np.ascontiguousarray(_affine_norm(h.T, norm[0], norm[1], TORCH_NORM_EPS).T)
@@ -367,8 +375,9 @@ class Wav2Vec2CTCModel:
         p = f"{d.prefix}.encoder.pos_conv_embed"
         act = activation(d.feat_extract_activation)
         if d.pos_conv_stack:
-            convs = [(w[f"{p}.layers.{i}.conv.weight"], w.get(f"{p}.layers.{i}.conv.bias"))
-                     for i in range(d.pos_conv_layers)]
+            convs = [
+                (w[f"{p}.layers.{i}.conv.weight"], w.get(f"{p}.layers.{i}.conv.bias")) for i in range(d.pos_conv_layers)
+            ]
         else:
             convs = [(w[f"{p}.conv.weight"], w.get(f"{p}.conv.bias"))]
         out = np.empty_like(h)
@@ -428,7 +437,7 @@ class Wav2Vec2CTCModel:
         bsz, t, dim = h.shape
         heads = d.num_attention_heads
         hd = dim // heads
-        scaling = np.float32(hd ** -0.5)
+        scaling = np.float32(hd**-0.5)
         q_proj, k_proj, v_proj = (_Linear.load(w, f"{p}.{n}_proj") for n in ("q", "k", "v"))
         out_proj = _Linear.load(w, p + ".out_proj")
         out = np.empty((bsz, t, dim), dtype=np.float32)
@@ -441,8 +450,7 @@ class Wav2Vec2CTCModel:
             v = np.ascontiguousarray(v_proj(h[b, :n_keys]).reshape(n_keys, heads, hd).transpose(1, 0, 2))  # (H, Tk, hd)
             for a in range(0, t, block):
                 e = min(a + block, t)
-                q = np.ascontiguousarray(
-                    q_proj(h[b, a:e]).reshape(e - a, heads, hd).transpose(1, 0, 2))  # (H, Tq, hd)
+                q = np.ascontiguousarray(q_proj(h[b, a:e]).reshape(e - a, heads, hd).transpose(1, 0, 2))  # (H, Tq, hd)
                 scores = ops.softmax(np.matmul(q, k) * scaling)  # (H, Tq, Tk)
                 ctx = np.matmul(scores, v)  # (H, Tq, hd)
                 out[b, a:e] = out_proj(ctx.transpose(1, 0, 2).reshape(e - a, dim))
@@ -450,8 +458,14 @@ class Wav2Vec2CTCModel:
 
     # ------------------------------------------------------------------ transcription
 
-    def transcribe(self, audio, *, batch_size: int = 1, chunk_length_s: float | None = None,
-                   stride_length_s: float | tuple[float, float] | None = None):
+    def transcribe(
+        self,
+        audio,
+        *,
+        batch_size: int = 1,
+        chunk_length_s: float | None = None,
+        stride_length_s: float | tuple[float, float] | None = None,
+    ):
         """Greedy CTC transcription of a path / array, or a list of them (-> list of Transcription).
 
         `chunk_length_s`: None windows audio longer than MAX_UNWINDOWED_S into DEFAULT_CHUNK_LENGTH_S windows;
@@ -546,12 +560,12 @@ class Wav2Vec2CTCModel:
     def _decode(self, ids: np.ndarray) -> Transcription:
         frame_s = self.dims.total_stride / self.sampling_rate
         text, words = self.decoder.decode(ids)
-        segments = [Segment(start=round(s * frame_s, 3), end=round(e * frame_s, 3), text=word)
-                    for word, s, e in words]
+        segments = [Segment(start=round(s * frame_s, 3), end=round(e * frame_s, 3), text=word) for word, s, e in words]
         return Transcription(text=text, segments=segments)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+
 
 def _rowwise(fn, h: np.ndarray, out_dim: int, inplace: bool = False) -> np.ndarray:
     """Apply a per-frame function to (B, T, D_in) in blocks of ROW_BLOCK frames -> (B, T, out_dim)."""
@@ -574,8 +588,7 @@ def _equal_length_runs(spans: list, limit: int) -> list[list]:
     return runs
 
 
-def _conv1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int = 1,
-            groups: int = 1) -> np.ndarray:
+def _conv1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int = 1, groups: int = 1) -> np.ndarray:
     """torch conv1d without padding, (C_in, N) -> (C_out, T) with T = (N - K) // stride + 1, as one im2col matmul
     per group. (ops.conv1d's einsum is ~15x slower on the 1-channel first layer, which sees every sample.)"""
     c_in, n = x.shape
@@ -588,8 +601,11 @@ def _conv1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: 
     for g in range(groups):
         xg = x[g * c_per_group : (g + 1) * c_per_group]
         cols = np.lib.stride_tricks.as_strided(  # (Cg, K, T) view -> (Cg*K, T) copy
-            xg, shape=(c_per_group, k, t_out), strides=(xg.strides[0], xg.strides[1], xg.strides[1] * stride),
-            writeable=False).reshape(c_per_group * k, t_out)
+            xg,
+            shape=(c_per_group, k, t_out),
+            strides=(xg.strides[0], xg.strides[1], xg.strides[1] * stride),
+            writeable=False,
+        ).reshape(c_per_group * k, t_out)
         wg = weight[g * out_per_group : (g + 1) * out_per_group].reshape(out_per_group, c_per_group * k)
         np.matmul(wg, cols, out=out[g * out_per_group : (g + 1) * out_per_group])
     if bias is not None:
@@ -624,8 +640,9 @@ class CTCDecoder:
         self.clean_up = bool(tok.get("clean_up_tokenization_spaces", False))
         self.unk_token = tok.get("unk_token", "<unk>")
         # Ids are grouped by the token string they decode to (several ids may map to the same string, e.g. <unk>).
-        strings, self._canon = np.unique(np.array(self.vocab + [self.unk_token], dtype=object).astype(str),
-                                         return_inverse=True)
+        strings, self._canon = np.unique(
+            np.array(self.vocab + [self.unk_token], dtype=object).astype(str), return_inverse=True
+        )
         self._strings = strings
 
     def decode(self, ids: np.ndarray) -> tuple[str, list[tuple[str, int, int]]]:
@@ -669,7 +686,17 @@ def _word_offsets(chars, starts, ends, space: str, lower: bool) -> list[tuple[st
 
 def _clean_up_tokenization(text: str) -> str:
     """PreTrainedTokenizerBase.clean_up_tokenization (used when the tokenizer sets clean_up_tokenization_spaces)."""
-    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                 (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+    for a, b in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
         text = text.replace(a, b)
     return text

@@ -8,7 +8,8 @@ array (faster, for devices with the memory).
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -16,8 +17,9 @@ from ..formats import MissingTensorError, WqFile
 
 
 class Weights:
-    def __init__(self, source: WqFile | Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None,
-                 *, cache: bool = False):
+    def __init__(
+        self, source: WqFile | Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None, *, cache: bool = False
+    ):
         self._file = source if isinstance(source, WqFile) else None
         self._dict = None if self._file is not None else {k: np.asarray(v) for k, v in source.items()}
         self.meta: dict = dict(self._file.meta if self._file is not None else (meta or {}))
@@ -25,7 +27,7 @@ class Weights:
         self._cache: dict[str, np.ndarray] = {}
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, cache: bool = False) -> "Weights":
+    def open(cls, path: str | os.PathLike, *, cache: bool = False) -> Weights:
         return cls(WqFile(path), cache=cache)
 
     @property

@@ -11,7 +11,7 @@ without conditioning on the previous window's text (no timestamp-based seeking).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class WhisperDims:
     layer_norm_eps: float = 1e-5
 
     @classmethod
-    def from_meta(cls, dims: dict) -> "WhisperDims":
+    def from_meta(cls, dims: dict) -> WhisperDims:
         names = [f.name for f in dataclasses.fields(cls)]
         missing = [n for n in names if n not in dims and n != "layer_norm_eps"]
         if missing:
@@ -119,15 +119,21 @@ class WhisperModel:
         self._dec_head_dim = d.d_model // d.decoder_heads
         self._dec_prefix = [f"model.decoder.layers.{i}." for i in range(d.decoder_layers)]
         if self.n_samples // self.hop_length != 2 * d.n_audio_ctx:
-            raise MalformedHeaderError(w.path, f"{self.n_samples} samples per window do not fill "
-                                               f"{d.n_audio_ctx} encoder positions")
+            raise MalformedHeaderError(
+                w.path, f"{self.n_samples} samples per window do not fill {d.n_audio_ctx} encoder positions"
+            )
 
     # -- features and encoder ---------------------------------------------------------------------------------
     def log_mel(self, audio: np.ndarray) -> np.ndarray:
         """(n_mels, 3000) features of one 30-s window (audio zero-padded or cut to 30 s)."""
-        return log_mel_spectrogram(audio, self.weights[self._mel_name], n_fft=self.n_fft,
-                                   hop_length=self.hop_length, n_samples=self.n_samples,
-                                   padding_value=self.padding_value)
+        return log_mel_spectrogram(
+            audio,
+            self.weights[self._mel_name],
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            n_samples=self.n_samples,
+            padding_value=self.padding_value,
+        )
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         """(n_mels, 3000) log-mel -> (1500, D) encoder output."""
@@ -153,7 +159,7 @@ class WhisperModel:
         a head's T x T scores would exceed ATTENTION_SCORE_BYTES), so all heads' scores never coexist."""
         w, heads, hd = self.weights, self.dims.encoder_heads, self._enc_head_dim
         t = x.shape[0]
-        q = _split_heads(linear(w, prefix + ".q_proj", x) * np.float32(hd ** -0.5), heads)  # (H, T, hd)
+        q = _split_heads(linear(w, prefix + ".q_proj", x) * np.float32(hd**-0.5), heads)  # (H, T, hd)
         k = _split_heads(linear(w, prefix + ".k_proj", x), heads)
         v = _split_heads(linear(w, prefix + ".v_proj", x), heads)
         out = np.empty((heads, t, hd), dtype=np.float32)
@@ -180,8 +186,9 @@ class WhisperModel:
         d = self.dims
         return DecoderState(d.decoder_layers, batch, d.decoder_heads, self._dec_head_dim, capacity)
 
-    def decoder_step(self, tokens: np.ndarray, state: DecoderState,
-                     cross: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    def decoder_step(
+        self, tokens: np.ndarray, state: DecoderState, cross: list[tuple[np.ndarray, np.ndarray]]
+    ) -> np.ndarray:
         """Feed tokens (B, n) after the `state.length` cached ones; returns logits (B, V) of the last position."""
         w, d = self.weights, self.dims
         tokens = np.asarray(tokens, dtype=np.int64)
@@ -196,15 +203,17 @@ class WhisperModel:
         mask = None
         if n > 1:  # causal mask for the new queries against cached + new keys
             mask = np.where(np.arange(off + n)[None, :] > (off + np.arange(n))[:, None], NEG_INF, np.float32(0))
-        scale = np.float32(hd ** -0.5)
+        scale = np.float32(hd**-0.5)
         for li, p in enumerate(self._dec_prefix):
             # self-attention with the K/V cache
             h = layer_norm(w, p + "self_attn_layer_norm", x, eps)
             q = (linear(w, p + "self_attn.q_proj", h) * scale).reshape(b, n, heads, hd).transpose(0, 2, 1, 3)
-            state.k[li, :, :, off : off + n] = linear(w, p + "self_attn.k_proj", h).reshape(
-                b, n, heads, hd).transpose(0, 2, 1, 3)
-            state.v[li, :, :, off : off + n] = linear(w, p + "self_attn.v_proj", h).reshape(
-                b, n, heads, hd).transpose(0, 2, 1, 3)
+            state.k[li, :, :, off : off + n] = (
+                linear(w, p + "self_attn.k_proj", h).reshape(b, n, heads, hd).transpose(0, 2, 1, 3)
+            )
+            state.v[li, :, :, off : off + n] = (
+                linear(w, p + "self_attn.v_proj", h).reshape(b, n, heads, hd).transpose(0, 2, 1, 3)
+            )
             k, v = state.k[li, :, :, : off + n], state.v[li, :, :, : off + n]  # (B, H, L, hd)
             scores = q @ k.transpose(0, 1, 3, 2)  # (B, H, n, L)
             if mask is not None:
@@ -245,8 +254,9 @@ class WhisperModel:
         by_name = {name.lower(): code for code, name in self.languages.items()}
         if key in by_name:
             return self.lang_to_id[f"<|{by_name[key]}|>"]
-        raise ValueError(f"unknown language {language!r}; this model knows "
-                         f"{', '.join(sorted(c[2:-2] for c in self.lang_to_id))}")
+        raise ValueError(
+            f"unknown language {language!r}; this model knows {', '.join(sorted(c[2:-2] for c in self.lang_to_id))}"
+        )
 
     def language_code(self, token_id: int) -> str:
         for tok, tid in self.lang_to_id.items():
@@ -331,8 +341,9 @@ class WhisperModel:
             logits = self.decoder_step(np.array([[tok]]), state, cross)
         return _strip_eot(out, self.eot)
 
-    def beam_search(self, prompt: Sequence[int], cross, max_new: int, beam_size: int,
-                    length_penalty: float) -> list[int]:
+    def beam_search(
+        self, prompt: Sequence[int], cross, max_new: int, beam_size: int, length_penalty: float
+    ) -> list[int]:
         """transformers' beam search (early_stopping=False): keep 2*beam candidates per step, finished
         hypotheses scored by sum(log p) / generated_length ** length_penalty."""
         k, p_len, eot = beam_size, len(prompt), self.eot
@@ -362,7 +373,7 @@ class WhisperModel:
             hits = (tok == eot) | (step + 1 >= max_new)  # finished by end of text or by length
             # finished candidates among the first K enter the finished pool
             gen_len = step + 1
-            scored = top_scores / np.float32(gen_len ** length_penalty)
+            scored = top_scores / np.float32(gen_len**length_penalty)
             scored = scored + np.where(hits & (np.arange(n_cand) < k), 0, BEAM_FINISHED).astype(np.float32)
             if not improvable:
                 scored = scored + BEAM_FINISHED
@@ -379,7 +390,7 @@ class WhisperModel:
             if hits.all():
                 break
             worst_fin = fin_scores.min() if fin_done.all() else BEAM_FINISHED
-            best_possible = run_scores[0] / np.float32(gen_len ** length_penalty)
+            best_possible = run_scores[0] / np.float32(gen_len**length_penalty)
             improvable = improvable and bool(best_possible > worst_fin)
             if not improvable:
                 break
@@ -392,9 +403,16 @@ class WhisperModel:
     def decode_tokens(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode(tokens)
 
-    def generate(self, mel: np.ndarray, *, beam_size: int = 1, language: str | None = None,
-                 task: str | None = None, max_new_tokens: int | None = None,
-                 length_penalty: float | None = None) -> tuple[list[int], list[int]]:
+    def generate(
+        self,
+        mel: np.ndarray,
+        *,
+        beam_size: int = 1,
+        language: str | None = None,
+        task: str | None = None,
+        max_new_tokens: int | None = None,
+        length_penalty: float | None = None,
+    ) -> tuple[list[int], list[int]]:
         """(prompt tokens, generated tokens without end of text) for one window's mel features."""
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -417,8 +435,15 @@ class WhisperModel:
         size = -(-n // count)
         return [(s, min(n, s + size)) for s in range(0, n, size)]
 
-    def transcribe(self, audio, beam_size: int = 1, language: str | None = None, task: str = "transcribe",
-                   max_new_tokens: int | None = None, length_penalty: float | None = None):
+    def transcribe(
+        self,
+        audio,
+        beam_size: int = 1,
+        language: str | None = None,
+        task: str = "transcribe",
+        max_new_tokens: int | None = None,
+        length_penalty: float | None = None,
+    ):
         """Text of `audio` (path, array at 16 kHz, or a list of them -> list of results).
 
         language: code or name for multilingual models (detected from the first window when None).
@@ -432,12 +457,19 @@ class WhisperModel:
         detected = language
         for start, end in self.windows(samples):
             mel = self.log_mel(samples[start:end])
-            prompt, tokens = self.generate(mel, beam_size=beam_size, language=detected, task=task,
-                                           max_new_tokens=max_new_tokens, length_penalty=length_penalty)
+            prompt, tokens = self.generate(
+                mel,
+                beam_size=beam_size,
+                language=detected,
+                task=task,
+                max_new_tokens=max_new_tokens,
+                length_penalty=length_penalty,
+            )
             if self.is_multilingual and detected is None:  # later windows keep the first window's language
                 detected = self.language_code(prompt[1])
-            segments.append(Segment(start / self.sampling_rate, end / self.sampling_rate,
-                                    self.decode_tokens(tokens).strip()))
+            segments.append(
+                Segment(start / self.sampling_rate, end / self.sampling_rate, self.decode_tokens(tokens).strip())
+            )
         lang = self.language_code(self.language_id(detected)) if self.is_multilingual else "en"
         return Transcription(" ".join(s.text for s in segments if s.text), segments, lang)
 
@@ -460,8 +492,8 @@ def _conv3(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride: int) -> 
     xp = np.pad(x, ((0, 0), (1, 1)))
     t_out = (t + 2 - 3) // stride + 1
     cols = np.lib.stride_tricks.as_strided(
-        xp, shape=(t_out, c, 3), strides=(xp.strides[1] * stride, xp.strides[0], xp.strides[1]),
-        writeable=False).reshape(t_out, c * 3)  # (T_out, C*3) im2col copy
+        xp, shape=(t_out, c, 3), strides=(xp.strides[1] * stride, xp.strides[0], xp.strides[1]), writeable=False
+    ).reshape(t_out, c * 3)  # (T_out, C*3) im2col copy
     out = cols @ weight.reshape(weight.shape[0], -1).T  # (T_out, C_out)
     out += bias
     return np.ascontiguousarray(out.T)

@@ -40,9 +40,12 @@ def sample_tensors() -> dict[str, Any]:
 
 def decompose(qt: QuantizedTensor, offset, columns, outliers) -> QuantizedTensor:
     """qt with an offset row and float outlier columns (a decomposed tensor, layout revision 2)."""
-    return dataclasses.replace(qt, offset=np.asarray(offset, np.float32),
-                               outlier_columns=np.asarray(columns, np.int64).reshape(-1),
-                               outliers=np.asarray(outliers, np.float16))
+    return dataclasses.replace(
+        qt,
+        offset=np.asarray(offset, np.float32),
+        outlier_columns=np.asarray(columns, np.int64).reshape(-1),
+        outliers=np.asarray(outliers, np.float16),
+    )
 
 
 def decomposed_tensors() -> dict[str, Any]:
@@ -68,13 +71,13 @@ def _file_bytes(meta: dict, tensors: dict[str, Any]) -> bytes:
             return f.read()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sample_bytes() -> bytes:
     """Bytes of a valid (layout revision 1) file holding sample_tensors()."""
     return _file_bytes(SAMPLE_META, sample_tensors())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def decomposed_bytes() -> bytes:
     """Bytes of a valid (layout revision 2) file holding decomposed_tensors()."""
     return _file_bytes(SAMPLE_META, decomposed_tensors())
@@ -89,9 +92,17 @@ def split(buf: bytes) -> tuple[dict, dict, bytes]:
     return prefix, header, buf[data_start:]
 
 
-def rebuild(header: dict | bytes, data: bytes, *, magic: bytes = MAGIC, version: int = CONTAINER_VERSION,
-            flags: int = PREFIX_FLAGS, header_len: int | None = None, crc: int | None = None,
-            pad: bytes | None = None) -> bytes:
+def rebuild(
+    header: dict | bytes,
+    data: bytes,
+    *,
+    magic: bytes = MAGIC,
+    version: int = CONTAINER_VERSION,
+    flags: int = PREFIX_FLAGS,
+    header_len: int | None = None,
+    crc: int | None = None,
+    pad: bytes | None = None,
+) -> bytes:
     """A file from a header (dict to msgpack, or raw bytes) and a data region, with a correct header CRC
     and zero padding unless overridden."""
     raw = header if isinstance(header, bytes) else msgpack.packb(header, use_bin_type=True)
@@ -143,9 +154,16 @@ def _same_bits(a: np.ndarray | None, b: np.ndarray | None) -> bool:
 def quantized_codes_equal(a: QuantizedTensor, b: QuantizedTensor) -> bool:
     """Same shape, width, group size, codes, scales, zero points, decomposition (offset, columns, outliers) and
     rotation."""
-    return (a.shape == b.shape and a.bits == b.bits and a.group_size == b.group_size and a.rotation == b.rotation
-            and all(_same_bits(getattr(a, f), getattr(b, f))
-                    for f in ("codes", "scales", "zeros", "offset", "outlier_columns", "outliers")))
+    return (
+        a.shape == b.shape
+        and a.bits == b.bits
+        and a.group_size == b.group_size
+        and a.rotation == b.rotation
+        and all(
+            _same_bits(getattr(a, f), getattr(b, f))
+            for f in ("codes", "scales", "zeros", "offset", "outlier_columns", "outliers")
+        )
+    )
 
 
 def spec_lowbias32(x: int) -> int:

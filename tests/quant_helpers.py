@@ -36,7 +36,8 @@ def apply_to_model(model: torch.nn.Module, tensors: dict) -> None:
             if name.endswith(".input_scale"):
                 s = torch.from_numpy(np.asarray(value, dtype=np.float32))
                 modules[name.removesuffix(".input_scale")].register_forward_pre_hook(
-                    lambda m, args, s=s: (args[0] / s,) + tuple(args[1:]))
+                    lambda m, args, s=s: (args[0] / s,) + tuple(args[1:])
+                )
                 continue
             arr = dequantize(value) if isinstance(value, QuantizedTensor) else np.asarray(value, dtype=np.float32)
             params[name].copy_(torch.from_numpy(np.ascontiguousarray(arr)))
@@ -76,7 +77,8 @@ def run_awq_with_random_scales(cal, monkeypatch, seed: int):
 
     monkeypatch.setattr(sequential, "search_scales", random_scales)
     monkeypatch.setattr(sequential.SequentialQuantizer, "_quantize_target", lambda self, t, st: None)
-    q = sequential.SequentialQuantizer(parse_method("awq"), {n: None for n in cal.targets}, damp=0.01,
-                                       act_order=False, true_sequential=True, seed=0)
+    q = sequential.SequentialQuantizer(
+        parse_method("awq"), {n: None for n in cal.targets}, damp=0.01, act_order=False, true_sequential=True, seed=0
+    )
     q.run(cal.blocks, cal.batches)
     return q

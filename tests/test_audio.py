@@ -100,13 +100,16 @@ def test_arrays_int_and_channels():
     assert len(load_audio(x, source_rate=8000)) == 2 * len(x)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (np.zeros(0, np.float32), "no samples"),
-    (np.array([0.0, np.nan], np.float32), "NaN"),
-    (np.array([0.0, np.inf], np.float32), "NaN or infinite"),
-    (np.zeros((2, 3, 4), np.float32), "1-D or 2-D"),
-    (np.array(["a", "b"]), "numbers"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (np.zeros(0, np.float32), "no samples"),
+        (np.array([0.0, np.nan], np.float32), "NaN"),
+        (np.array([0.0, np.inf], np.float32), "NaN or infinite"),
+        (np.zeros((2, 3, 4), np.float32), "1-D or 2-D"),
+        (np.array(["a", "b"]), "numbers"),
+    ],
+)
 def test_bad_arrays(bad, match):
     with pytest.raises(AudioError, match=match):
         load_audio(bad)

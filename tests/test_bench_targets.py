@@ -31,11 +31,14 @@ def _row(label, kind, width, bpw, clean, other):
 
 def test_draws_are_pooled_and_judged_by_their_mean(bench):
     f32 = _row("f32", "f32", None, 32.0, 4.0, 10.0)
-    rows = [f32, _row("RTN 3 g128", "rtn", 3, 3.125, 90.0, 95.0),
-            _row("mixed 3.3", "calibrated", 3, 3.298, 5.2, 14.0),
-            _row("mixed 3.3 seed 1", "calibrated", 3, 3.298, 4.8, 16.0),  # alone it would meet +1.0
-            _row("mixed 3.3 seed 2", "calibrated", 3, 3.298, 5.6, 15.0),
-            _row("other 3.3", "calibrated", 3, 3.3, 5.3, 14.5)]
+    rows = [
+        f32,
+        _row("RTN 3 g128", "rtn", 3, 3.125, 90.0, 95.0),
+        _row("mixed 3.3", "calibrated", 3, 3.298, 5.2, 14.0),
+        _row("mixed 3.3 seed 1", "calibrated", 3, 3.298, 4.8, 16.0),  # alone it would meet +1.0
+        _row("mixed 3.3 seed 2", "calibrated", 3, 3.298, 5.6, 15.0),
+        _row("other 3.3", "calibrated", 3, 3.3, 5.3, 14.5),
+    ]
     draws = bench.calibration_draws(rows)
     assert list(draws) == ["mixed 3.3"] and [r["seed"] for r in draws["mixed 3.3"]] == [0, 1, 2]
     lines = bench.targets("openai/whisper-base", rows, f32)

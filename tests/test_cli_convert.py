@@ -70,7 +70,6 @@ def test_tune_epochs_and_min_bits_reach_the_recipe(tmp_path, monkeypatch):
     import soundfile as sf
 
     import wavq.converter.export as export
-
     from wavq.converter.registry import ConversionError
 
     seen = {}
@@ -82,17 +81,51 @@ def test_tune_epochs_and_min_bits_reach_the_recipe(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "convert", convert)
     (tmp_path / "calib").mkdir()
     sf.write(tmp_path / "calib" / "a.wav", np.zeros(1600, np.float32), 16000)
-    r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "3", "--method", "gptq+tune",
-             "--calib", tmp_path / "calib", "--tune-epochs", "5", "-q")
+    r = _run(
+        "openai/whisper-tiny.en",
+        "-o",
+        tmp_path / "o.wq",
+        "--bits",
+        "3",
+        "--method",
+        "gptq+tune",
+        "--calib",
+        tmp_path / "calib",
+        "--tune-epochs",
+        "5",
+        "-q",
+    )
     assert r.exit_code == 1 and "stopped before loading" in r.output
     assert seen["recipe"].tune_epochs == 5 and seen["recipe"].method == "gptq+tune"
     r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--target-bpw", "3.3", "--min-bits", "3", "-q")
     assert r.exit_code == 1 and seen["recipe"].mixed_min_bits == 3 and seen["recipe"].target_bpw == 3.3
     r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "3", "--tune-epochs", "0")
     assert r.exit_code == 2
-    r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "3", "--method", "gptq", "--rotate",
-             "--calib", tmp_path / "calib", "-q")
+    r = _run(
+        "openai/whisper-tiny.en",
+        "-o",
+        tmp_path / "o.wq",
+        "--bits",
+        "3",
+        "--method",
+        "gptq",
+        "--rotate",
+        "--calib",
+        tmp_path / "calib",
+        "-q",
+    )
     assert r.exit_code == 1 and seen["recipe"].rotate is True
-    r = _run("openai/whisper-tiny.en", "-o", tmp_path / "o.wq", "--bits", "3", "--method", "awq", "--rotate",
-             "--calib", tmp_path / "calib", "-q")
+    r = _run(
+        "openai/whisper-tiny.en",
+        "-o",
+        tmp_path / "o.wq",
+        "--bits",
+        "3",
+        "--method",
+        "awq",
+        "--rotate",
+        "--calib",
+        tmp_path / "calib",
+        "-q",
+    )
     assert r.exit_code == 1 and "rotation and AWQ do not combine" in r.output

@@ -22,9 +22,12 @@ def model_file(tmp_path):
         "enc.fc.bias": np.zeros(64, np.float32),
         "enc.norm.weight": np.ones(96, np.float16),
     }
-    meta = {"architecture": "whisper", "dims": {"d_model": 96},
-            "quantization": {"method": "rtn", "bits": 4, "tensor_bits": {"enc.conv.weight": 3, "enc.fc.weight": 4}},
-            "provenance": {"source": "unit-test"}}
+    meta = {
+        "architecture": "whisper",
+        "dims": {"d_model": 96},
+        "quantization": {"method": "rtn", "bits": 4, "tensor_bits": {"enc.conv.weight": 3, "enc.fc.weight": 4}},
+        "provenance": {"source": "unit-test"},
+    }
     path = tmp_path / "m.wq"
     write_wq(path, meta, tensors)
     return path
@@ -48,13 +51,22 @@ def test_info_lists_group_sizes_chosen_by_mixed_precision(tmp_path):
     shapes = {"a.weight": (8, 256), "b.weight": (8, 256), "c.weight": (8, 256), "d.weight": (8, 256)}
     groups = {"a.weight": 128, "b.weight": 64, "c.weight": 0, "d.weight": 64}
     tensors = {n: quantize(rng.normal(size=s).astype(np.float32), 3, groups[n], False)[0] for n, s in shapes.items()}
-    meta = {"architecture": "whisper", "quantization": {"method": "rtn", "bits": None, "tensor_bits": dict.fromkeys(
-        shapes, 3), "tensor_group_size": groups}}
+    meta = {
+        "architecture": "whisper",
+        "quantization": {
+            "method": "rtn",
+            "bits": None,
+            "tensor_bits": dict.fromkeys(shapes, 3),
+            "tensor_group_size": groups,
+        },
+    }
     write_wq(tmp_path / "g.wq", meta, tensors)
     r = CliRunner().invoke(main, ["info", str(tmp_path / "g.wq")])
     assert r.exit_code == 0, r.output
-    assert ("bit allocation: 2 tensors at 3 bits, group 64, 1 tensors at 3 bits, group 128, "
-            "1 tensors at 3 bits, per channel") in r.output
+    assert (
+        "bit allocation: 2 tensors at 3 bits, group 64, 1 tensors at 3 bits, group 128, "
+        "1 tensors at 3 bits, per channel"
+    ) in r.output
     assert "  3 bits, group 64     b.weight\n" in r.output and "  3 bits, per channel  c.weight\n" in r.output
 
 
@@ -67,22 +79,33 @@ def test_info_reports_decomposed_tensors(tmp_path):
 
     rng = np.random.default_rng(1)
     emb, _ = quantize(rng.normal(size=(100, 64)).astype(np.float32), 4, 32, False)
-    emb = dataclasses.replace(emb, offset=rng.normal(size=64).astype(np.float32),
-                              outlier_columns=np.array([5, 17], np.int64),
-                              outliers=rng.normal(size=(100, 2)).astype(np.float16))
+    emb = dataclasses.replace(
+        emb,
+        offset=rng.normal(size=64).astype(np.float32),
+        outlier_columns=np.array([5, 17], np.int64),
+        outliers=rng.normal(size=(100, 2)).astype(np.float16),
+    )
     fc, _ = quantize(rng.normal(size=(8, 64)).astype(np.float32), 3, 0, True)
-    fc0 = dataclasses.replace(fc, offset=np.zeros(64, np.float32), outlier_columns=np.zeros(0, np.int64),
-                              outliers=np.zeros((8, 0), np.float16))
+    fc0 = dataclasses.replace(
+        fc,
+        offset=np.zeros(64, np.float32),
+        outlier_columns=np.zeros(0, np.int64),
+        outliers=np.zeros((8, 0), np.float16),
+    )
     path = tmp_path / "d.wq"
     write_wq(path, {"architecture": "whisper"}, {"emb": emb, "fc": fc0, "plain": fc})
     r = CliRunner().invoke(main, ["info", "--tensors", str(path)])
     assert r.exit_code == 0, r.output
     assert "Q4 asym g32 +offset +2 float cols" in r.output
     assert "Q3 sym per-channel +offset" in r.output and "Q3 sym per-channel +offset +" not in r.output
-    bits = (payload_bits(Encoding.QASYM, (100, 64), 4, 32, 2) + payload_bits(Encoding.QSYM, (8, 64), 3, 64, 0)
-            + payload_bits(Encoding.QSYM, (8, 64), 3, 64))
+    bits = (
+        payload_bits(Encoding.QASYM, (100, 64), 4, 32, 2)
+        + payload_bits(Encoding.QSYM, (8, 64), 3, 64, 0)
+        + payload_bits(Encoding.QSYM, (8, 64), 3, 64)
+    )
     assert bits == (100 * 64 * 4 + 100 * 2 * 20 + 32 * 64 + 16 * 100 * 2) + (8 * 64 * 3 + 8 * 16 + 32 * 64) + (
-        8 * 64 * 3 + 8 * 16)
+        8 * 64 * 3 + 8 * 16
+    )
     assert f"{bits / (116 * 64):.3f}" in r.output
 
 

@@ -12,22 +12,22 @@ import math
 
 import numpy as np
 import pytest
+from formats_helpers import decompose, quantized_codes_equal, spec_lowbias32
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from formats_helpers import decompose, quantized_codes_equal, spec_lowbias32
 from wavq.formats import (
     Encoding,
     QuantizedTensor,
     WqFile,
     apply_decomposition,
+    codecs,
     dequantize,
     quantize,
     quantize_with_scales,
     rtn_scales,
     write_wq,
 )
-from wavq.formats import codecs
 from wavq.formats.codecs import error_bound, n_groups, resolve_group_size
 from wavq.formats.packing import pack_codes, row_bytes, unpack_codes
 from wavq.formats.stats import bits_per_weight, payload_bits
@@ -43,8 +43,14 @@ SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, suppress_h
 
 def group_size_for(kind: str, cols: int, pick: int) -> int:
     """An API group size of the given kind (0 = per-channel; > cols is allowed and means per-channel)."""
-    return {"one": 1, "odd": ODD_GROUPS[pick % len(ODD_GROUPS)], "32": 32, "128": 128, "per-channel": 0,
-            "larger-than-cols": cols + 1 + pick % 50}[kind]
+    return {
+        "one": 1,
+        "odd": ODD_GROUPS[pick % len(ODD_GROUPS)],
+        "32": 32,
+        "128": 128,
+        "per-channel": 0,
+        "larger-than-cols": cols + 1 + pick % 50,
+    }[kind]
 
 
 @st.composite
@@ -153,8 +159,13 @@ def check_quantized(w: np.ndarray, bits: int, group_size: int, symmetric: bool) 
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("bits", BITS)
 @SETTINGS
-@given(shape=shapes(), kind=st.sampled_from(GROUP_KINDS), pick=st.integers(0, 1000),
-       style=st.sampled_from(STYLES), seed=st.integers(0, 2**32 - 1))
+@given(
+    shape=shapes(),
+    kind=st.sampled_from(GROUP_KINDS),
+    pick=st.integers(0, 1000),
+    style=st.sampled_from(STYLES),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_quantize_within_reported_bound(bits, symmetric, shape, kind, pick, style, seed):
     w = weights(shape, seed, style)
     check_quantized(w, bits, group_size_for(kind, math.prod(shape[1:]), pick), symmetric)
@@ -209,8 +220,9 @@ def random_quantized(shape, bits, group_size, symmetric, seed) -> QuantizedTenso
     scales = (rng.standard_normal((rows, ng)) * 0.1).astype(np.float16)
     scales[rng.random((rows, ng)) < 0.1] = 0
     zeros = None if symmetric else rng.integers(0, 1 << bits, (rows, ng), dtype=np.uint8)
-    return QuantizedTensor(tuple(shape), bits, gs, rng.integers(0, 1 << bits, (rows, cols), dtype=np.uint8),
-                           scales, zeros)
+    return QuantizedTensor(
+        tuple(shape), bits, gs, rng.integers(0, 1 << bits, (rows, cols), dtype=np.uint8), scales, zeros
+    )
 
 
 def check_file_round_trip(path, qt: QuantizedTensor, seed: int) -> None:
@@ -224,8 +236,7 @@ def check_file_round_trip(path, qt: QuantizedTensor, seed: int) -> None:
         np.testing.assert_array_equal(full, dequantize(qt))
         rows = qt.shape[0]
         a, b = sorted(int(x) for x in rng.integers(0, rows + 1, 2))
-        for sel in (slice(a, b), slice(a, None), slice(None, b), slice(None, None, 2), slice(-1, None),
-                    slice(b, a)):
+        for sel in (slice(a, b), slice(a, None), slice(None, b), slice(None, None, 2), slice(-1, None), slice(b, a)):
             np.testing.assert_array_equal(f.array("w", rows=sel), full[sel], err_msg=str(sel))
         np.testing.assert_array_equal(f.array("b"), extra.astype(np.float32))
         assert f.verify() == []
@@ -295,8 +306,13 @@ def reference_decomposed(qt: QuantizedTensor) -> np.ndarray:
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("bits", BITS)
 @SETTINGS
-@given(shape=shapes(), kind=st.sampled_from(GROUP_KINDS), pick=st.integers(0, 1000), seed=st.integers(0, 2**32 - 1),
-       k=st.one_of(st.integers(0, 6), st.just(-1)))
+@given(
+    shape=shapes(),
+    kind=st.sampled_from(GROUP_KINDS),
+    pick=st.integers(0, 1000),
+    seed=st.integers(0, 2**32 - 1),
+    k=st.one_of(st.integers(0, 6), st.just(-1)),
+)
 def test_decomposed_write_read_exact(scratch, bits, symmetric, shape, kind, pick, seed, k):
     """Codes, scales, zeros, offset, columns and outliers come back bit for bit; array() (whole and row slices,
     through the fused dequantizer) equals codecs.dequantize, which equals the formula of SPEC.md 5.3."""
@@ -329,8 +345,7 @@ def test_decomposition_formula():
     other_codes = decompose(dataclasses.replace(qt, codes=codes[:, [0, 1, 2, 0]]), offset, [3], [[7.5], [-0.125]])
     np.testing.assert_array_equal(dequantize(other_codes), want)
     # k = 0: offset only; every column float: codes ignored entirely
-    np.testing.assert_array_equal(dequantize(decompose(qt, offset, [], np.zeros((2, 0)))),
-                                  dequantize(qt) + offset)
+    np.testing.assert_array_equal(dequantize(decompose(qt, offset, [], np.zeros((2, 0)))), dequantize(qt) + offset)
     every = decompose(qt, offset, [0, 1, 2, 3], np.arange(8).reshape(2, 4))
     np.testing.assert_array_equal(dequantize(every), np.arange(8, dtype=np.float32).reshape(2, 4))
 
@@ -351,8 +366,11 @@ def test_apply_decomposition_works_on_row_ranges():
 
 def _bad_decomposition(case: str) -> dict:
     """Keyword arguments for QuantizedTensor((3, 5), ...) with one decomposition field wrong."""
-    ok = {"offset": np.zeros(5, np.float32), "outlier_columns": np.array([1, 4], np.int64),
-          "outliers": np.zeros((3, 2), np.float16)}
+    ok = {
+        "offset": np.zeros(5, np.float32),
+        "outlier_columns": np.array([1, 4], np.int64),
+        "outliers": np.zeros((3, 2), np.float16),
+    }
     bad = {
         "offset only": {"offset": ok["offset"]},
         "columns without offset": {"outlier_columns": ok["outlier_columns"]},
@@ -375,24 +393,45 @@ def _bad_decomposition(case: str) -> dict:
     return {**ok, **bad}
 
 
-@pytest.mark.parametrize("case", [
-    "offset only", "columns without offset", "outliers without offset", "offset float64", "offset short",
-    "offset a list", "columns int32", "columns 2-D", "columns decreasing", "columns repeated", "column negative",
-    "column too large", "outliers float32", "outliers wrong k", "outliers wrong rows",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "offset only",
+        "columns without offset",
+        "outliers without offset",
+        "offset float64",
+        "offset short",
+        "offset a list",
+        "columns int32",
+        "columns 2-D",
+        "columns decreasing",
+        "columns repeated",
+        "column negative",
+        "column too large",
+        "outliers float32",
+        "outliers wrong k",
+        "outliers wrong rows",
+    ],
+)
 def test_quantized_tensor_validates_the_decomposition(case):
-    base = dict(shape=(3, 5), bits=3, group_size=2, codes=np.zeros((3, 5), np.uint8),
-                scales=np.ones((3, 3), np.float16))
+    base = dict(
+        shape=(3, 5), bits=3, group_size=2, codes=np.zeros((3, 5), np.uint8), scales=np.ones((3, 3), np.float16)
+    )
     with pytest.raises(ValueError, match="offset|outlier"):
         QuantizedTensor(**base, **_bad_decomposition(case))
     plain = QuantizedTensor(**base)
     assert not plain.decomposed
-    empty = QuantizedTensor(**base, offset=np.zeros(5, np.float32), outlier_columns=np.zeros(0, np.int64),
-                            outliers=np.zeros((3, 0), np.float16))
+    empty = QuantizedTensor(
+        **base,
+        offset=np.zeros(5, np.float32),
+        outlier_columns=np.zeros(0, np.int64),
+        outliers=np.zeros((3, 0), np.float16),
+    )
     assert empty.decomposed
 
 
 # ---- rotated tensors (SPEC.md 5.4) ------------------------------------------------------------------------
+
 
 def dense_rotation(cols: int, block: int) -> np.ndarray:
     """float64 R = S blockdiag(H_B, ..., H_B) / sqrt(B), H_B built by Sylvester's recursion (SPEC.md 5.4)."""
@@ -445,11 +484,14 @@ def test_rotation_is_orthogonal_and_invertible(rows, cols, block):
     w = (rng.standard_normal((rows, cols)) * 100).astype(np.float32)
     tol = rotation_tolerance(w, block)
     v = codecs.rotate_columns(w, block)
-    np.testing.assert_allclose(np.linalg.norm(v.astype(np.float64), axis=1),
-                               np.linalg.norm(w.astype(np.float64), axis=1), rtol=0, atol=math.sqrt(cols) * tol)
+    np.testing.assert_allclose(
+        np.linalg.norm(v.astype(np.float64), axis=1),
+        np.linalg.norm(w.astype(np.float64), axis=1),
+        rtol=0,
+        atol=math.sqrt(cols) * tol,
+    )
     np.testing.assert_allclose(codecs.unrotate_columns(v, block), w, rtol=0, atol=2 * tol)
-    np.testing.assert_allclose(codecs.rotate_columns(codecs.unrotate_columns(w, block), block), w, rtol=0,
-                               atol=2 * tol)
+    np.testing.assert_allclose(codecs.rotate_columns(codecs.unrotate_columns(w, block), block), w, rtol=0, atol=2 * tol)
 
 
 def test_rotation_of_zero_rows():
@@ -473,12 +515,14 @@ def test_rotation_signs_match_lowbias32():
     assert codecs.rotation_signs(0).shape == (0,)
 
 
-@pytest.mark.parametrize("block", [1, 3, 6, 12, -2, -8, 32, True, 8.0, "8", None, np.float32(2)],
-                         ids=lambda b: f"{type(b).__name__}-{b}")
+@pytest.mark.parametrize(
+    "block", [1, 3, 6, 12, -2, -8, 32, True, 8.0, "8", None, np.float32(2)], ids=lambda b: f"{type(b).__name__}-{b}"
+)
 def test_quantized_tensor_rejects_bad_rotations(block):
     """B must be 0 (not rotated) or an integer power of two >= 2 dividing cols (24 here; 32 does not divide)."""
-    base = dict(shape=(3, 24), bits=4, group_size=8, codes=np.zeros((3, 24), np.uint8),
-                scales=np.ones((3, 3), np.float16))
+    base = dict(
+        shape=(3, 24), bits=4, group_size=8, codes=np.zeros((3, 24), np.uint8), scales=np.ones((3, 3), np.float16)
+    )
     with pytest.raises(ValueError, match="rotation"):
         QuantizedTensor(**base, rotation=block)
     for ok in (0, 2, 8, np.int64(8), np.uint8(4)):
@@ -490,8 +534,9 @@ def test_quantized_tensor_rejects_rotation_with_decomposition():
     with pytest.raises(ValueError, match="decomposed or rotated"):
         dataclasses.replace(qt, rotation=4)
     with pytest.raises(ValueError, match="decomposed or rotated"):  # an offset alone decomposes too (k = 0)
-        dataclasses.replace(qt, rotation=4, outlier_columns=np.zeros(0, np.int64), outliers=np.zeros((3, 0),
-                                                                                                      np.float16))
+        dataclasses.replace(
+            qt, rotation=4, outlier_columns=np.zeros(0, np.int64), outliers=np.zeros((3, 0), np.float16)
+        )
 
 
 def test_writer_rechecks_a_mutated_rotation(tmp_path):
@@ -516,8 +561,12 @@ def test_dequantize_applies_the_rotation(shape, block, symmetric):
     assert got.shape == shape and got.dtype == np.float32
     np.testing.assert_array_equal(got.reshape(rows, cols), codecs.unrotate_columns(plain.reshape(rows, cols), block))
     v = plain.reshape(rows, cols)
-    np.testing.assert_allclose(got.reshape(rows, cols), v.astype(np.float64) @ dense_rotation(cols, block).T,
-                               rtol=0, atol=rotation_tolerance(v, block))
+    np.testing.assert_allclose(
+        got.reshape(rows, cols),
+        v.astype(np.float64) @ dense_rotation(cols, block).T,
+        rtol=0,
+        atol=rotation_tolerance(v, block),
+    )
     assert not np.allclose(got, plain, atol=rotation_tolerance(v, block))
 
 
@@ -549,8 +598,12 @@ def rotated_shapes(draw) -> tuple[tuple[int, ...], int]:
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @SETTINGS
-@given(shape_block=rotated_shapes(), kind=st.sampled_from(GROUP_KINDS), pick=st.integers(0, 1000),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    shape_block=rotated_shapes(),
+    kind=st.sampled_from(GROUP_KINDS),
+    pick=st.integers(0, 1000),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_rotated_write_read_exact(scratch, bits, symmetric, shape_block, kind, pick, seed):
     """Codes, scales and the block size come back exactly; array() (whole and row slices) equals
     codecs.dequantize of the rotated tensor bit for bit."""

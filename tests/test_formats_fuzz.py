@@ -16,8 +16,8 @@ import warnings
 import zlib
 
 import pytest
-
 from formats_helpers import decomposed_bytes, read_everything, rebuild, sample_bytes, split, tensor_span
+
 from wavq.formats import ChecksumError, FormatError, WqFile
 
 CASES = int(os.environ.get("WAVQ_FUZZ_CASES", "4000"))
@@ -28,10 +28,54 @@ DATA = pathlib.Path(__file__).parent / "data"
 # layout revisions 1, 2 (decomposed tensors) and 3 (rotated tensors)
 GOLDENS = [DATA / "golden_v1.wq", DATA / "golden_v2.wq", DATA / "golden_v3.wq"]
 
-VALUES = [None, True, False, 0, 1, -1, 2, 63, 64, 65, 255, 2**31, 2**32, 2**40 + 1, 2**48, 2**63 - 1, 2**64 - 1,
-          -(2**63), 0.0, 1.5, -0.0, math.nan, math.inf, "", "x", "q.sym3", "\u00e9", b"", b"\x00\xff", [], [0],
-          [1, 2], [3, 0], [2**40, 2**40], [2**20, 2**20, 2**20], [0] * 9, [1] * 200, {}, {"a": 1}, {"name": "x"},
-          [0, 1, 2, 3], [0, 9], [9, 1], [True], [-1], list(range(200))]
+VALUES = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    2,
+    63,
+    64,
+    65,
+    255,
+    2**31,
+    2**32,
+    2**40 + 1,
+    2**48,
+    2**63 - 1,
+    2**64 - 1,
+    -(2**63),
+    0.0,
+    1.5,
+    -0.0,
+    math.nan,
+    math.inf,
+    "",
+    "x",
+    "q.sym3",
+    "\u00e9",
+    b"",
+    b"\x00\xff",
+    [],
+    [0],
+    [1, 2],
+    [3, 0],
+    [2**40, 2**40],
+    [2**20, 2**20, 2**20],
+    [0] * 9,
+    [1] * 200,
+    {},
+    {"a": 1},
+    {"name": "x"},
+    [0, 1, 2, 3],
+    [0, 9],
+    [9, 1],
+    [True],
+    [-1],
+    list(range(200)),
+]
 
 
 def _random_value(rng: random.Random):
@@ -84,8 +128,19 @@ def mutate_prefix(rng: random.Random, buf: bytes) -> bytes:
     prefix, header, data = split(buf)
     field = rng.choice(["version", "header_len", "flags", "magic"])
     if field == "header_len":
-        n = rng.choice([0, 1, prefix["header_len"] - 1, prefix["header_len"] + 1, prefix["header_len"] + 64,
-                        len(buf), 2**30, 2**64 - 1, rng.randrange(2**64)])
+        n = rng.choice(
+            [
+                0,
+                1,
+                prefix["header_len"] - 1,
+                prefix["header_len"] + 1,
+                prefix["header_len"] + 64,
+                len(buf),
+                2**30,
+                2**64 - 1,
+                rng.randrange(2**64),
+            ]
+        )
         return rebuild(header, data, header_len=n)
     if field == "version":
         return rebuild(header, data, version=rng.choice([0, 2, 3, 255, 2**32 - 1]))
@@ -133,14 +188,25 @@ def splice(rng: random.Random, buf: bytes) -> bytes:
     return buf[:at] + buf[at + rng.randint(1, 70) :]
 
 
-MUTATORS = [mutate_header, mutate_header, mutate_header_bytes, mutate_header_bytes, mutate_prefix,
-            mutate_data_fixed_crc, flip_bytes, overwrite_range, truncate, splice]
+MUTATORS = [
+    mutate_header,
+    mutate_header,
+    mutate_header_bytes,
+    mutate_header_bytes,
+    mutate_prefix,
+    mutate_data_fixed_crc,
+    flip_bytes,
+    overwrite_range,
+    truncate,
+    splice,
+]
 
 
 @pytest.fixture
 def alarm():
     def on_alarm(signum, frame):
         raise TimeoutError(f"fuzz campaign exceeded {TIME_LIMIT_S} s")
+
     old = signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(TIME_LIMIT_S)
     yield
@@ -175,15 +241,25 @@ def test_fuzz_only_format_errors(tmp_path, alarm):
     assert slowest < CASE_LIMIT_S, f"one case took {slowest:.2f} s"
     # the campaign must reach deep checks, not stop at the magic or the checksum every time
     reached = set(outcomes)
-    for expected in ("ok", "ChecksumError", "MalformedHeaderError", "TruncatedFileError", "BadMagicError",
-                     "HeaderBoundsError", "UnsupportedVersionError", "ShapeMismatchError", "OutOfBoundsError",
-                     "InvalidValueError"):
+    for expected in (
+        "ok",
+        "ChecksumError",
+        "MalformedHeaderError",
+        "TruncatedFileError",
+        "BadMagicError",
+        "HeaderBoundsError",
+        "UnsupportedVersionError",
+        "ShapeMismatchError",
+        "OutOfBoundsError",
+        "InvalidValueError",
+    ):
         assert expected in reached, f"fuzz never produced {expected}: {dict(outcomes)}"
 
 
 def _source(name: str) -> bytes:
-    return {"sample": sample_bytes, "decomposed": decomposed_bytes,
-            "rotated": (DATA / "golden_v3.wq").read_bytes}[name]()
+    return {"sample": sample_bytes, "decomposed": decomposed_bytes, "rotated": (DATA / "golden_v3.wq").read_bytes}[
+        name
+    ]()
 
 
 @pytest.mark.parametrize("source", ["sample", "decomposed", "rotated"])

@@ -25,8 +25,8 @@ import zlib
 import msgpack
 import numpy as np
 import pytest
-
 from formats_helpers import quantized_codes_equal, spec_lowbias32
+
 from wavq.formats import Encoding, QuantizedTensor, WqFile, dequantize, write_wq
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -81,9 +81,10 @@ def _decomposed(qt: QuantizedTensor, columns: list[int], k: int) -> QuantizedTen
     # Offsets: multiples of 1/16 in -7/16 .. 7/16, exact in float32. Outliers: multiples of 3/8 up to 24, exact in
     # float16 and larger than the coded range, as a real outlier column would be.
     offset = (((np.arange(cols) * k) % 15 - 7) / 16).astype(np.float32)
-    outliers = (((np.arange(rows * len(columns)).reshape(rows, len(columns)) * k) % 129 - 64) * 3 / 8)
-    return dataclasses.replace(qt, offset=offset, outlier_columns=np.array(columns, np.int64).reshape(-1),
-                               outliers=outliers.astype(np.float16))
+    outliers = ((np.arange(rows * len(columns)).reshape(rows, len(columns)) * k) % 129 - 64) * 3 / 8
+    return dataclasses.replace(
+        qt, offset=offset, outlier_columns=np.array(columns, np.int64).reshape(-1), outliers=outliers.astype(np.float16)
+    )
 
 
 def golden_v2_tensors() -> dict:
@@ -99,8 +100,11 @@ def golden_v2_tensors() -> dict:
 META_V3 = {
     "architecture": "golden",
     "dims": {"n_state": 16, "eps": 1e-5},
-    "quantization": {"method": "rtn", "bits": [3, 4, 5], "rotation": {"encoder.layers.0.fc1.weight": 8,
-                                                                     "encoder.conv1.weight": 2}},
+    "quantization": {
+        "method": "rtn",
+        "bits": [3, 4, 5],
+        "rotation": {"encoder.layers.0.fc1.weight": 8, "encoder.conv1.weight": 2},
+    },
     "provenance": {"source": "synthetic", "revision": 3},
 }
 
@@ -119,12 +123,24 @@ def golden_v3_tensors() -> dict:
 
 # layout revision -> (file, its SHA-256, metadata, tensors)
 GOLDENS = {
-    1: (DATA / "golden_v1.wq", "8f23ae6920baa346a69559dbb5199e29ab3d1c808521e87d4dfa280a48269413", META,
-        golden_tensors),
-    2: (DATA / "golden_v2.wq", "b36a73c46a6919b1bf755072dde82fd2d68859a14e4028f75d85391ef78210b0", META_V2,
-        golden_v2_tensors),
-    3: (DATA / "golden_v3.wq", "0ae5ca3e47e227e40a281f83ce95882aec418bf097da7bdd389e6780d794197d", META_V3,
-        golden_v3_tensors),
+    1: (
+        DATA / "golden_v1.wq",
+        "8f23ae6920baa346a69559dbb5199e29ab3d1c808521e87d4dfa280a48269413",
+        META,
+        golden_tensors,
+    ),
+    2: (
+        DATA / "golden_v2.wq",
+        "b36a73c46a6919b1bf755072dde82fd2d68859a14e4028f75d85391ef78210b0",
+        META_V2,
+        golden_v2_tensors,
+    ),
+    3: (
+        DATA / "golden_v3.wq",
+        "0ae5ca3e47e227e40a281f83ce95882aec418bf097da7bdd389e6780d794197d",
+        META_V3,
+        golden_v3_tensors,
+    ),
 }
 REVISIONS = pytest.mark.parametrize("revision", sorted(GOLDENS))
 
@@ -138,11 +154,14 @@ def test_writer_reproduces_golden_bytes(tmp_path, revision):
     if REGEN:
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(data)
-        pytest.skip(f"rewrote {path}; sha256 = {hashlib.sha256(data).hexdigest()} -> update GOLDENS, "
-                    "bump the version and add a SPEC.md version-history row")
+        pytest.skip(
+            f"rewrote {path}; sha256 = {hashlib.sha256(data).hexdigest()} -> update GOLDENS, "
+            "bump the version and add a SPEC.md version-history row"
+        )
     assert data == path.read_bytes(), (
         f"the writer no longer produces the bytes of {path.name}: the .wq layout changed. If intended, see this "
-        "file's docstring (regenerate, bump the version, update SPEC.md)")
+        "file's docstring (regenerate, bump the version, update SPEC.md)"
+    )
 
 
 @REVISIONS
@@ -164,7 +183,6 @@ def _spec_unpack(row: bytes, bits: int, n: int) -> list[int]:
         out += [(run >> (bits * i)) & ((1 << bits) - 1) for i in range(8)]
     assert all(c == 0 for c in out[n:]), "padding codes are zero"
     return out[:n]
-
 
 
 def _spec_inv_sqrt_f32(block: int) -> np.float32:
@@ -206,7 +224,8 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
     decomposed_any = any("outlier_columns" in e for e in header["tensors"])
     rotated_any = any("rotation" in e for e in header["tensors"])
     assert revision == (3 if rotated_any else 2 if decomposed_any else 1), (
-        "section 9: the lowest revision that expresses the file")
+        "section 9: the lowest revision that expresses the file"
+    )
     data_start = _align64(24 + header_len)
     assert set(buf[24 + header_len : data_start]) <= {0}
     assert len(buf) == data_start + header["data_size"]
@@ -218,7 +237,7 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
         assert zlib.crc32(t) == e["crc32"]
         shape, numel = tuple(e["shape"]), math.prod(e["shape"])
         if e["encoding"] in (0, 1):
-            fmt = "<%df" % numel if e["encoding"] == 0 else "<%de" % numel
+            fmt = f"<{numel}f" if e["encoding"] == 0 else f"<{numel}e"
             assert struct.calcsize(fmt) == e["nbytes"]
             out[e["name"]] = np.array(struct.unpack(fmt, t), np.float32).reshape(shape)
             continue
@@ -237,7 +256,7 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
             assert all(0 <= c < cols for c in columns)
             k = len(columns)
             offset_at = _align64(end)
-            offset = struct.unpack_from("<%df" % cols, t, offset_at)
+            offset = struct.unpack_from(f"<{cols}f", t, offset_at)
             end = offset_at + cols * 4
             if k:
                 outlier_at = _align64(end)
@@ -250,7 +269,7 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
         w = np.zeros((rows, cols), np.float32)
         for r in range(rows):
             q = _spec_unpack(t[r * rb : (r + 1) * rb], b, cols)
-            s = struct.unpack_from("<%de" % ng, t, scale_at + r * ng * 2)
+            s = struct.unpack_from(f"<{ng}e", t, scale_at + r * ng * 2)
             if e["encoding"] == 2:
                 z = [1 << (b - 1)] * ng
             else:
@@ -263,7 +282,7 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
                     v = np.float32(float(v) + offset[c])
                 w[r, c] = v
             if columns:
-                values = struct.unpack_from("<%de" % k, t, outlier_at + r * k * 2)
+                values = struct.unpack_from(f"<{k}e", t, outlier_at + r * k * 2)
                 for i, c in enumerate(columns):
                     w[r, c] = values[i]  # assignment: the codes of an outlier column are ignored
             if block is not None:

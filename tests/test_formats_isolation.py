@@ -33,8 +33,9 @@ before = set(sys.modules)
 
 def run_isolated(body: str) -> dict:
     code = _PRELUDE + body
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(BLOCKED)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(BLOCKED)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -89,8 +90,13 @@ except ImportError:
 # Deferred imports (inside functions) escape the checks above, which only import the package. Every import
 # statement in formats/ and runtime/ is read here instead; the optional extras each name the file allowed them.
 # wavq's own packages count by their second part: runtime/ may use formats/, and only its CLI the eval layer.
-OPTIONAL = {"soundfile": {"audio.py"}, "click": {"cli.py"}, "wavq.evaluation": {"cli.py"},
-            "wavq.formats": None, "wavq.runtime": None}
+OPTIONAL = {
+    "soundfile": {"audio.py"},
+    "click": {"cli.py"},
+    "wavq.evaluation": {"cli.py"},
+    "wavq.formats": None,
+    "wavq.runtime": None,
+}
 
 
 @pytest.mark.parametrize("package", ["formats", "runtime"])

@@ -12,7 +12,6 @@ import zlib
 import msgpack
 import numpy as np
 import pytest
-
 from formats_helpers import (
     SAMPLE_META,
     decompose,
@@ -26,6 +25,7 @@ from formats_helpers import (
     split,
     tensor_span,
 )
+
 from wavq.formats import (
     AlignmentError,
     BadMagicError,
@@ -44,11 +44,11 @@ from wavq.formats import (
     UnknownEncodingError,
     UnsupportedVersionError,
     WqFile,
+    codecs,
     dequantize,
     quantize,
     write_wq,
 )
-from wavq.formats import codecs
 from wavq.formats import reader as reader_module
 from wavq.formats.constants import MAX_DIM, MAX_HEADER_LEN, MAX_NAME_LEN, PREFIX_SIZE, Encoding, align
 from wavq.formats.layout import part_names, tensor_parts
@@ -57,10 +57,12 @@ from wavq.formats.layout import part_names, tensor_parts
 @pytest.fixture
 def put(tmp_path):
     """put(bytes) -> path of a file holding them."""
+
     def _put(buf: bytes, name: str = "t.wq") -> str:
         p = tmp_path / name
         p.write_bytes(buf)
         return str(p)
+
     return _put
 
 
@@ -139,7 +141,8 @@ def _cut_points():
         "after prefix": (PREFIX_SIZE, HeaderBoundsError),  # the prefix promises a header the file lacks
         "inside header": (PREFIX_SIZE + header_len // 2, HeaderBoundsError),
         "header minus one": (PREFIX_SIZE + header_len - 1, HeaderBoundsError),
-        "in header padding": (data_start - 1, TruncatedFileError) if data_start > PREFIX_SIZE + header_len
+        "in header padding": (data_start - 1, TruncatedFileError)
+        if data_start > PREFIX_SIZE + header_len
         else (data_start, TruncatedFileError),
         "data start": (data_start, TruncatedFileError),
         "middle of data": ((data_start + len(buf)) // 2, TruncatedFileError),
@@ -192,13 +195,17 @@ def test_header_crc_field_wrong(put):
 
 
 # ---- malformed header --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("raw", [
-    b"\xc1",  # the one byte msgpack never uses
-    b"\x85\xa4name",  # a map cut short
-    msgpack.packb({"a": 1}) + b"\x01",  # extra bytes after the map
-    b"\xa2\xff\xfe",  # a str that is not UTF-8
-    b"\x91" * 5000 + b"\x00",  # nesting deeper than msgpack's stack
-], ids=["reserved-byte", "cut-map", "extra-bytes", "bad-utf8", "deep-nesting"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xc1",  # the one byte msgpack never uses
+        b"\x85\xa4name",  # a map cut short
+        msgpack.packb({"a": 1}) + b"\x01",  # extra bytes after the map
+        b"\xa2\xff\xfe",  # a str that is not UTF-8
+        b"\x91" * 5000 + b"\x00",  # nesting deeper than msgpack's stack
+    ],
+    ids=["reserved-byte", "cut-map", "extra-bytes", "bad-utf8", "deep-nesting"],
+)
 def test_header_not_msgpack(put, raw):
     _, data = parts()
     rejects(put, rebuild(raw, data), MalformedHeaderError, "msgpack")
@@ -217,10 +224,20 @@ def test_header_missing_key(put, key):
     rejects(put, rebuild(header, data), MalformedHeaderError, f"lacks '{key}'")
 
 
-@pytest.mark.parametrize("key,value", [
-    ("layout_revision", "1"), ("layout_revision", True), ("layout_revision", 1.0),
-    ("meta", []), ("meta", "x"), ("tensors", {}), ("tensors", None), ("data_size", "64"), ("data_size", False),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("layout_revision", "1"),
+        ("layout_revision", True),
+        ("layout_revision", 1.0),
+        ("meta", []),
+        ("meta", "x"),
+        ("tensors", {}),
+        ("tensors", None),
+        ("data_size", "64"),
+        ("data_size", False),
+    ],
+)
 def test_header_wrong_type(put, key, value):
     header, data = parts()
     header[key] = value
@@ -241,12 +258,16 @@ def test_header_repeated_key(put):
     rejects(put, rebuild(raw, data), MalformedHeaderError, "appears twice")
 
 
-@pytest.mark.parametrize("meta", [
-    {1: "integer key"},
-    {"when": msgpack.Timestamp(0, 0)},
-    {"blob": msgpack.ExtType(5, b"xyz")},
-    {"list": [msgpack.ExtType(1, b"")]},
-], ids=["int-key", "timestamp", "ext", "ext-in-list"])
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {1: "integer key"},
+        {"when": msgpack.Timestamp(0, 0)},
+        {"blob": msgpack.ExtType(5, b"xyz")},
+        {"list": [msgpack.ExtType(1, b"")]},
+    ],
+    ids=["int-key", "timestamp", "ext", "ext-in-list"],
+)
 def test_meta_not_plain(put, meta):
     header, data = parts()
     header["meta"] = meta
@@ -307,11 +328,23 @@ def test_entry_field_missing_or_not_int(put, key, value):
     rejects(put, rebuild(header, data), MalformedHeaderError, f"non-integer '{key}'")
 
 
-@pytest.mark.parametrize("shape", [
-    "missing", 5, "(5, 13)", [5, "13"], [5, 13.0], [5, True], [-1, 13], [MAX_DIM + 1, 1], [1] * 9,
-    [MAX_DIM, MAX_DIM, 0],  # an empty tensor, but its other dims would overflow any size arithmetic
-    [2**32, 2**32],  # 2**64 elements: an int64 product wraps to 0
-], ids=lambda s: repr(s)[:24])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "missing",
+        5,
+        "(5, 13)",
+        [5, "13"],
+        [5, 13.0],
+        [5, True],
+        [-1, 13],
+        [MAX_DIM + 1, 1],
+        [1] * 9,
+        [MAX_DIM, MAX_DIM, 0],  # an empty tensor, but its other dims would overflow any size arithmetic
+        [2**32, 2**32],  # 2**64 elements: an int64 product wraps to 0
+    ],
+    ids=lambda s: repr(s)[:24],
+)
 def test_entry_invalid_shape(put, shape):
     header, data = parts()
     e = entry(header, "f.f32")
@@ -411,9 +444,16 @@ def test_duplicate_names(put):
 
 
 # ---- sizes ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,shape", [
-    ("f.f32", [3, 3]), ("f.f32", [2, 3, 1, 2]), ("f.f16", [5]), ("q.sym3", [5, 17]), ("q.sym3", [6, 13]),
-])
+@pytest.mark.parametrize(
+    "name,shape",
+    [
+        ("f.f32", [3, 3]),
+        ("f.f32", [2, 3, 1, 2]),
+        ("f.f16", [5]),
+        ("q.sym3", [5, 17]),
+        ("q.sym3", [6, 13]),
+    ],
+)
 def test_shape_does_not_match_size(put, name, shape):
     header, data = parts()
     entry(header, name)["shape"] = shape
@@ -588,10 +628,23 @@ def test_outlier_columns_in_a_revision_1_file(put, source):
     rejects(put, rebuild(header, data), MalformedHeaderError, f"'{name}'.*layout revision 2.*revision 1")
 
 
-@pytest.mark.parametrize("value", [
-    5, "2,11,19", None, {}, [2.0, 11, 19], [True, 11, 19], [2, False, 19], ["2", 11, 19], [-1, 11, 19],
-    [2, 11, [19]], b"\x02",
-], ids=lambda v: repr(v)[:20])
+@pytest.mark.parametrize(
+    "value",
+    [
+        5,
+        "2,11,19",
+        None,
+        {},
+        [2.0, 11, 19],
+        [True, 11, 19],
+        [2, False, 19],
+        ["2", 11, 19],
+        [-1, 11, 19],
+        [2, 11, [19]],
+        b"\x02",
+    ],
+    ids=lambda v: repr(v)[:20],
+)
 def test_outlier_columns_not_an_array_of_uints(put, value):
     header, data = decomposed_parts()
     entry(header, "d.asym")["outlier_columns"] = value
@@ -612,10 +665,18 @@ def test_outlier_column_outside_the_columns(put, value):
     rejects(put, rebuild(header, data), MalformedHeaderError, r"'d.asym'.*outside 0\.\.19")
 
 
-@pytest.mark.parametrize("name,edit", [
-    ("d.asym", "fewer columns"), ("d.asym", "more columns"), ("d.asym", "key removed"), ("d.asym", "nbytes+1"),
-    ("d.sym0", "key removed"), ("d.sym0", "one column"), ("q.plain", "key added"),
-])
+@pytest.mark.parametrize(
+    "name,edit",
+    [
+        ("d.asym", "fewer columns"),
+        ("d.asym", "more columns"),
+        ("d.asym", "key removed"),
+        ("d.asym", "nbytes+1"),
+        ("d.sym0", "key removed"),
+        ("d.sym0", "one column"),
+        ("q.plain", "key added"),
+    ],
+)
 def test_decomposed_nbytes_does_not_match(put, name, edit):
     header, data = decomposed_parts()
     e = entry(header, name)
@@ -692,7 +753,7 @@ def rotated_tensors() -> dict:
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rotated_bytes() -> bytes:
     """Bytes of a valid (layout revision 3) file holding rotated_tensors()."""
     with tempfile.TemporaryDirectory() as d:
@@ -714,7 +775,12 @@ def test_rotated_sample_reads_back(put):
     header, _ = rotated_parts()
     assert header["layout_revision"] == 3
     assert {e["name"]: e.get("rotation") for e in header["tensors"]} == {
-        "r.asym": 8, "r.sym": 2, "d.asym": None, "q.plain": None, "f.f32": None}
+        "r.asym": 8,
+        "r.sym": 2,
+        "d.asym": None,
+        "q.plain": None,
+        "f.f32": None,
+    }
     with WqFile(put(rotated_bytes())) as f:
         assert f.layout_revision == 3 and f.verify() == []
         assert [f.info(n).rotation for n in f.tensors] == [8, 2, 0, 0, 0]
@@ -788,8 +854,9 @@ def test_rotation_adds_no_bytes(put):
     header, data = rotated_parts()
     del entry(header, "r.asym")["rotation"]  # and removing it leaves a valid, unrotated tensor
     with WqFile(put(rebuild(header, data))) as f:
-        np.testing.assert_array_equal(f.array("r.asym"), dequantize(dataclasses.replace(
-            rotated_tensors()["r.asym"], rotation=0)))
+        np.testing.assert_array_equal(
+            f.array("r.asym"), dequantize(dataclasses.replace(rotated_tensors()["r.asym"], rotation=0))
+        )
 
 
 @pytest.mark.parametrize("name", ["f.f32", "f.f16"])
@@ -802,8 +869,12 @@ def test_rotation_on_a_float_encoding(put, name, value):
     else:
         header, data = rotated_parts()
     entry(header, name)["rotation"] = value
-    rejects(put, rebuild(header, data), MalformedHeaderError, f"'{name}': 'rotation' is defined for quantized "
-            f"encodings only, not F{name[-2:]}")
+    rejects(
+        put,
+        rebuild(header, data),
+        MalformedHeaderError,
+        f"'{name}': 'rotation' is defined for quantized encodings only, not F{name[-2:]}",
+    )
 
 
 @pytest.mark.parametrize("revision", [1, 2])
@@ -812,18 +883,27 @@ def test_rotation_in_a_revision_1_or_2_file(put, revision):
     predates the key: such a reader would take the codes of W R for W's."""
     header, data = rotated_parts()
     header["layout_revision"] = revision
-    rejects(put, rebuild(header, data), MalformedHeaderError,
-            f"'r.asym': key 'rotation' exists only from layout revision 3; this file is revision {revision}")
+    rejects(
+        put,
+        rebuild(header, data),
+        MalformedHeaderError,
+        f"'r.asym': key 'rotation' exists only from layout revision 3; this file is revision {revision}",
+    )
 
 
-@pytest.mark.parametrize("value", [True, False, 8.0, 2.0, "8", None, [8], {"B": 8}, b"\x08"],
-                         ids=lambda v: repr(v)[:20])
+@pytest.mark.parametrize(
+    "value", [True, False, 8.0, 2.0, "8", None, [8], {"B": 8}, b"\x08"], ids=lambda v: repr(v)[:20]
+)
 def test_rotation_not_an_integer(put, value):
     """msgpack booleans, floats (even integral ones), strings, ... are not block sizes."""
     header, data = rotated_parts()
     entry(header, "r.asym")["rotation"] = value
-    rejects(put, rebuild(header, data), MalformedHeaderError,
-            rf"'r.asym': rotation {re.escape(repr(value))} is not an integer power of two >= 2 dividing the 24 columns")
+    rejects(
+        put,
+        rebuild(header, data),
+        MalformedHeaderError,
+        rf"'r.asym': rotation {re.escape(repr(value))} is not an integer power of two >= 2 dividing the 24 columns",
+    )
 
 
 @pytest.mark.parametrize("value", [3, 6, 12, 24], ids=lambda v: f"B={v}")
@@ -832,8 +912,12 @@ def test_rotation_not_a_power_of_two(put, value):
     matrix exists for powers of two only)."""
     header, data = rotated_parts()
     entry(header, "r.asym")["rotation"] = value
-    rejects(put, rebuild(header, data), MalformedHeaderError,
-            f"'r.asym': rotation {value} is not an integer power of two >= 2 dividing the 24 columns")
+    rejects(
+        put,
+        rebuild(header, data),
+        MalformedHeaderError,
+        f"'r.asym': rotation {value} is not an integer power of two >= 2 dividing the 24 columns",
+    )
 
 
 @pytest.mark.parametrize("value", [1, 0, -1, -2, -8, -(2**63)], ids=lambda v: f"B={v}")
@@ -842,24 +926,46 @@ def test_rotation_below_two(put, value):
     rotated" only by the key's absence; negative sizes are nonsense."""
     header, data = rotated_parts()
     entry(header, "r.asym")["rotation"] = value
-    rejects(put, rebuild(header, data), MalformedHeaderError,
-            f"'r.asym': rotation {value} is not an integer power of two >= 2 dividing the 24 columns")
+    rejects(
+        put,
+        rebuild(header, data),
+        MalformedHeaderError,
+        f"'r.asym': rotation {value} is not an integer power of two >= 2 dividing the 24 columns",
+    )
 
 
-@pytest.mark.parametrize("name,value,cols", [
-    ("r.asym", 16, 24), ("r.asym", 32, 24), ("r.asym", 2**40, 24), ("r.asym", 2**63, 24),
-    ("r.sym", 4, 6), ("r.sym", 8, 6),
-], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "name,value,cols",
+    [
+        ("r.asym", 16, 24),
+        ("r.asym", 32, 24),
+        ("r.asym", 2**40, 24),
+        ("r.asym", 2**63, 24),
+        ("r.sym", 4, 6),
+        ("r.sym", 8, 6),
+    ],
+    ids=lambda v: str(v),
+)
 def test_rotation_not_dividing_the_columns(put, name, value, cols):
     """Powers of two that do not divide cols (of the 2-D view: 2 * 3 for the 3-D tensor), up to uint64 sizes."""
     header, data = rotated_parts()
     entry(header, name)["rotation"] = value
-    rejects(put, rebuild(header, data), MalformedHeaderError,
-            f"'{name}': rotation {value} is not an integer power of two >= 2 dividing the {cols} columns")
+    rejects(
+        put,
+        rebuild(header, data),
+        MalformedHeaderError,
+        f"'{name}': rotation {value} is not an integer power of two >= 2 dividing the {cols} columns",
+    )
 
 
-@pytest.mark.parametrize("edit", ["rotation added to a decomposed tensor", "outlier columns added to a rotated one",
-                                  "empty outlier columns added to a rotated one"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "rotation added to a decomposed tensor",
+        "outlier columns added to a rotated one",
+        "empty outlier columns added to a rotated one",
+    ],
+)
 def test_rotation_with_outlier_columns(put, edit):
     """A tensor is never both rotated and decomposed (SPEC.md 5.4): rejected from the header, before the sizes
     (which would not match either) are compared."""

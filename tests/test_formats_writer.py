@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-
 from formats_helpers import SAMPLE_META, decompose, decomposed_tensors, sample_tensors
+
 from wavq.formats import (
     Encoding,
     OutputExistsError,
@@ -114,14 +114,18 @@ def test_bad_names_rejected(tmp_path, name):
             w.add(name, np.zeros(1, np.float32))
 
 
-@pytest.mark.parametrize("meta,exc", [
-    ([("a", 1)], TypeError),
-    ({"a": np.zeros(3)}, TypeError),
-    ({1: "x"}, TypeError),
-    ({"a": object()}, TypeError),
-    ({"a": 1 << 64}, ValueError),
-    ({"a": "\udc80"}, ValueError),
-], ids=["not-a-mapping", "array", "int-key", "object", "huge-int", "surrogate"])
+@pytest.mark.parametrize(
+    "meta,exc",
+    [
+        ([("a", 1)], TypeError),
+        ({"a": np.zeros(3)}, TypeError),
+        ({1: "x"}, TypeError),
+        ({"a": object()}, TypeError),
+        ({"a": 1 << 64}, ValueError),
+        ({"a": "\udc80"}, ValueError),
+    ],
+    ids=["not-a-mapping", "array", "int-key", "object", "huge-int", "surrogate"],
+)
 def test_bad_metadata_rejected(tmp_path, meta, exc):
     with pytest.raises(exc):
         WqWriter(tmp_path / "m.wq", meta)
@@ -133,8 +137,7 @@ def test_bad_tensors_rejected(tmp_path):
     with WqWriter(tmp_path / "m.wq", {}) as w:
         with pytest.raises(ValueError, match="not F16"):
             w.add("q", qt, Encoding.F16)
-        bad = QuantizedTensor(qt.shape, qt.bits, qt.group_size, qt.codes,
-                              np.full_like(qt.scales, np.inf), qt.zeros)
+        bad = QuantizedTensor(qt.shape, qt.bits, qt.group_size, qt.codes, np.full_like(qt.scales, np.inf), qt.zeros)
         with pytest.raises(ValueError, match="non-finite"):
             w.add("q", bad)
         with pytest.raises(TypeError, match="dtype"):
@@ -150,8 +153,10 @@ def test_bad_decomposed_tensors_rejected(tmp_path):
     qt, _ = quantize(np.random.default_rng(0).standard_normal((3, 10)).astype(np.float32), 4, 4, symmetric=False)
     good = decompose(qt, np.zeros(10), [2, 7], np.ones((3, 2)))
     with WqWriter(tmp_path / "m.wq", {}) as w:
-        for field, bad, match in (("offset", np.full(10, np.nan, np.float32), "non-finite offset"),
-                                  ("outliers", np.full((3, 2), np.inf, np.float16), "non-finite outlier")):
+        for field, bad, match in (
+            ("offset", np.full(10, np.nan, np.float32), "non-finite offset"),
+            ("outliers", np.full((3, 2), np.inf, np.float16), "non-finite outlier"),
+        ):
             with pytest.raises(ValueError, match=match):
                 w.add("d", dataclasses.replace(good, **{field: bad}))
         # numpy arrays stay mutable after QuantizedTensor checked them: the writer checks again
@@ -198,8 +203,7 @@ def test_same_inputs_same_bytes(tmp_path):
 
 def test_metadata_order_does_not_matter(tmp_path):
     meta1 = {"architecture": "test", "dims": {"a": 1, "b": 2.5, "c": {"x": True, "y": None}}, "z": [1, "two"]}
-    meta2 = {"z": (1, "two"), "dims": {"c": {"y": None, "x": True}, "b": 2.5, "a": np.int64(1)},
-             "architecture": "test"}
+    meta2 = {"z": (1, "two"), "dims": {"c": {"y": None, "x": True}, "b": 2.5, "a": np.int64(1)}, "architecture": "test"}
     a, b = tmp_path / "a.wq", tmp_path / "b.wq"
     write_wq(a, meta1, {"x": np.zeros(2, np.float32)})
     write_wq(b, meta2, {"x": np.zeros(2, np.float32)})

@@ -30,8 +30,14 @@ def _speech() -> list[np.ndarray]:
 
 
 def _ours(fe: WhisperFeatureExtractor, audio: np.ndarray) -> np.ndarray:
-    return log_mel_spectrogram(audio, fe.mel_filters.astype(np.float32), n_fft=fe.n_fft, hop_length=fe.hop_length,
-                               n_samples=fe.n_samples, padding_value=fe.padding_value)
+    return log_mel_spectrogram(
+        audio,
+        fe.mel_filters.astype(np.float32),
+        n_fft=fe.n_fft,
+        hop_length=fe.hop_length,
+        n_samples=fe.n_samples,
+        padding_value=fe.padding_value,
+    )
 
 
 def _ref(fe: WhisperFeatureExtractor, audio: np.ndarray) -> np.ndarray:

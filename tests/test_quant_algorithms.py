@@ -8,12 +8,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from quant_helpers import correlated_inputs, output_error  # noqa: E402
-from wavq.formats import dequantize, quantize, quantize_with_scales, rtn_scales  # noqa: E402
+
 from wavq.converter.quant.awq import candidate_scales, search_scales  # noqa: E402
 from wavq.converter.quant.clip import clip_ratios, group_errors, search_clip  # noqa: E402
 from wavq.converter.quant.gptq import gptq, inverse_hessian_factor  # noqa: E402
 from wavq.converter.quant.rtn import QuantSpec, fake_quant, rtn  # noqa: E402
 from wavq.converter.quant.stats import DiagStats, FullStats, IdentityStats  # noqa: E402
+from wavq.formats import dequantize, quantize, quantize_with_scales, rtn_scales  # noqa: E402
 
 ROWS, COLS, N = 48, 96, 2000
 
@@ -184,8 +185,7 @@ def test_rotated_hessian_is_the_statistics_of_rotated_inputs(layer):
     np.testing.assert_allclose(r @ r.T, np.eye(COLS), atol=1e-12)
     np.testing.assert_allclose(rotate_columns(w, 32), w.astype(np.float64) @ r, atol=1e-5)
     rotated = _stats((x.astype(np.float64) @ r).astype(np.float32))
-    np.testing.assert_allclose(rotate_stats(st, 32).hessian.numpy(), rotated.hessian.numpy(), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(rotate_stats(st, 32).hessian.numpy(), rotated.hessian.numpy(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -199,12 +199,18 @@ def test_rotated_rtn_and_gptq_store_codes_of_w_r(layer, symmetric):
     spec = QuantSpec(3, 32, symmetric)
     rotated_spec = QuantSpec(3, 32, symmetric, rotation=32)
     wr = rotate_columns(w, 32)
-    for got, ref in ((rtn(w, rotated_spec), rtn(wr, spec)),
-                     (gptq(w, st.hessian, rotated_spec, 0.01), gptq(wr, rotate_hessian(st.hessian, 32), spec, 0.01))):
+    for got, ref in (
+        (rtn(w, rotated_spec), rtn(wr, spec)),
+        (gptq(w, st.hessian, rotated_spec, 0.01), gptq(wr, rotate_hessian(st.hessian, 32), spec, 0.01)),
+    ):
         assert got.rotation == 32 and ref.rotation == 0
         assert got.codes.tobytes() == ref.codes.tobytes() and got.scales.tobytes() == ref.scales.tobytes()
-        np.testing.assert_allclose(dequantize(got), dequantize(ref) @ np.linalg.inv(
-            np.asarray(rotate_columns(np.eye(COLS, dtype=np.float32), 32), dtype=np.float64)), atol=1e-5)
+        np.testing.assert_allclose(
+            dequantize(got),
+            dequantize(ref)
+            @ np.linalg.inv(np.asarray(rotate_columns(np.eye(COLS, dtype=np.float32), 32), dtype=np.float64)),
+            atol=1e-5,
+        )
     np.testing.assert_allclose(fake_quant(w, rotated_spec), dequantize(rtn(w, rotated_spec)), atol=1e-6)
 
 

@@ -8,22 +8,42 @@ import pytest
 
 sf = pytest.importorskip("soundfile")
 
-from wavq.converter.calibrate import (MAX_SECONDS, SAMPLE_RATE, CalibrationError, choose,  # noqa: E402
-                                      list_audio_files, overlap_warning, read_transcripts, select_calibration)
+from wavq.converter.calibrate import (  # noqa: E402
+    MAX_SECONDS,
+    SAMPLE_RATE,
+    CalibrationError,
+    choose,
+    list_audio_files,
+    overlap_warning,
+    read_transcripts,
+    select_calibration,
+)
 from wavq.converter.quant.recipe import Recipe, parse_method  # noqa: E402
 
 
-@pytest.mark.parametrize("text, canonical", [
-    ("rtn", "rtn"), ("gptq", "gptq"), ("awq", "awq+rtn"), ("GPTQ+AWQ", "awq+gptq"), ("clip", "clip+rtn"),
-    ("gptq+clip+awq", "awq+clip+gptq"), ("awq+clip", "awq+clip+rtn"), ("none", "none")])
+@pytest.mark.parametrize(
+    "text, canonical",
+    [
+        ("rtn", "rtn"),
+        ("gptq", "gptq"),
+        ("awq", "awq+rtn"),
+        ("GPTQ+AWQ", "awq+gptq"),
+        ("clip", "clip+rtn"),
+        ("gptq+clip+awq", "awq+clip+gptq"),
+        ("awq+clip", "awq+clip+rtn"),
+        ("none", "none"),
+    ],
+)
 def test_method_syntax(text, canonical):
     r = Recipe(method=text, bits=4)
     assert r.method == canonical
     assert Recipe(method=r.method, bits=4) == r  # canonical names parse to themselves
 
 
-@pytest.mark.parametrize("text, message", [("gtpq", "unknown quantization method"), ("rtn+gptq", "two rounding"),
-                                           ("awq+awq", "twice"), ("", "unknown")])
+@pytest.mark.parametrize(
+    "text, message",
+    [("gtpq", "unknown quantization method"), ("rtn+gptq", "two rounding"), ("awq+awq", "twice"), ("", "unknown")],
+)
 def test_method_mistakes_are_explained(text, message):
     with pytest.raises(ValueError, match=message):
         Recipe(method=text)
@@ -37,8 +57,17 @@ def test_recipe_fields_and_calibration_needs():
     assert not Recipe(method="rtn").uses_calibration
     assert Recipe.from_options(method="gptq", bits=None, target_bpw=3.2, keep=[("a*", 8)]).keep == (("a*", 8),)
     assert Recipe.from_options(method="rtn").bits == 4
-    for bad in (dict(bits=9), dict(bits=1), dict(group_size=-1), dict(damp=0.0), dict(calib_samples=0),
-                dict(keep=(("x", 12),)), dict(bits=None), dict(target_bpw=0.0), dict(tune_epochs=0)):
+    for bad in (
+        dict(bits=9),
+        dict(bits=1),
+        dict(group_size=-1),
+        dict(damp=0.0),
+        dict(calib_samples=0),
+        dict(keep=(("x", 12),)),
+        dict(bits=None),
+        dict(target_bpw=0.0),
+        dict(tune_epochs=0),
+    ):
         with pytest.raises(ValueError):
             Recipe(**bad)
     meta = Recipe(method="awq+gptq", keep=(("*fc1*", 6),), target_bpw=3.3).to_meta()
@@ -67,8 +96,7 @@ def librispeech(tmp_path_factory):
             lines = []
             for n in range(3):
                 utt = f"{spk}-{chap}-{n:04d}"
-                sf.write(d / f"{utt}.flac", (rng.standard_normal(1600 * (n + 1)) * 0.1).astype(np.float32),
-                         SAMPLE_RATE)
+                sf.write(d / f"{utt}.flac", (rng.standard_normal(1600 * (n + 1)) * 0.1).astype(np.float32), SAMPLE_RATE)
                 lines.append(f"{utt} HELLO WORLD NUMBER {n}")
             (d / f"{spk}-{chap}.trans.txt").write_text("\n".join(lines) + "\n")
     return root
@@ -92,8 +120,7 @@ def test_librispeech_selection_is_seeded_and_has_transcripts(librispeech):
 def test_plain_folder_of_audio(tmp_path):
     (tmp_path / "sub").mkdir()
     sf.write(tmp_path / "b.wav", np.zeros(800, np.float32), SAMPLE_RATE)
-    sf.write(tmp_path / "sub" / "a.flac", np.full(int(SAMPLE_RATE * (MAX_SECONDS + 2)), 0.1, np.float32),
-             SAMPLE_RATE)
+    sf.write(tmp_path / "sub" / "a.flac", np.full(int(SAMPLE_RATE * (MAX_SECONDS + 2)), 0.1, np.float32), SAMPLE_RATE)
     sf.write(tmp_path / "c.wav", np.zeros(800, np.float32), 8000)  # resampled to 16 kHz
     (tmp_path / "notes.txt").write_text("not audio")
     items = select_calibration(tmp_path, 10)

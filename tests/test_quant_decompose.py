@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from quant_helpers import correlated_inputs, output_error  # noqa: E402
+
 from wavq.converter.quant.decompose import decompose  # noqa: E402
 from wavq.converter.quant.gptq import gptq  # noqa: E402
 from wavq.converter.quant.rtn import QuantSpec, rtn  # noqa: E402

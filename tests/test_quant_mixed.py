@@ -9,8 +9,14 @@ import pytest
 
 pytest.importorskip("torch")
 
-from wavq.converter.quant.mixed import (AllocationError, Candidate, allocate_bits, bits_per_weight,  # noqa: E402
-                                        make_candidate, storage_bits)
+from wavq.converter.quant.mixed import (  # noqa: E402
+    AllocationError,
+    Candidate,
+    allocate_bits,
+    bits_per_weight,
+    make_candidate,
+    storage_bits,
+)
 from wavq.converter.quant.pipeline import quantize_tensors  # noqa: E402
 from wavq.converter.quant.recipe import Recipe  # noqa: E402
 from wavq.converter.registry import ConversionError, ExportTensor  # noqa: E402
@@ -63,9 +69,11 @@ def test_allocation_is_near_optimal_on_small_problems():
         target = 3.4
         bits = allocate_bits(cands, target)
         got = sum(c.error[bits[c.name]] for c in cands)
-        best = min(sum(c.error[b] for c, b in zip(cands, combo))
-                   for combo in itertools.product(range(2, 9), repeat=4)
-                   if sum(c.cost[b] for c, b in zip(cands, combo)) <= target * numel)
+        best = min(
+            sum(c.error[b] for c, b in zip(cands, combo))
+            for combo in itertools.product(range(2, 9), repeat=4)
+            if sum(c.cost[b] for c, b in zip(cands, combo)) <= target * numel
+        )
         assert got <= 1.25 * best
 
 
@@ -98,8 +106,9 @@ def _tensors(seed: int = 0) -> list[ExportTensor]:
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_pipeline_target_bpw_without_calibration(symmetric):
     tensors = _tensors()
-    out, info = quantize_tensors(_NoModel(), tensors, Recipe(method="rtn", bits=None, target_bpw=3.6,
-                                                              symmetric=symmetric, group_size=32))
+    out, info = quantize_tensors(
+        _NoModel(), tensors, Recipe(method="rtn", bits=None, target_bpw=3.6, symmetric=symmetric, group_size=32)
+    )
     qts = [v for v in out.values() if isinstance(v, QuantizedTensor)]
     assert len(qts) == 6 and list(out) == [t.name for t in tensors]
     bpw = bits_per_weight(qts)
@@ -111,8 +120,13 @@ def test_pipeline_target_bpw_without_calibration(symmetric):
 
 def test_keep_pins_and_float_keep():
     tensors = _tensors()
-    recipe = Recipe(method="rtn", bits=None, target_bpw=3.5, group_size=32,
-                    keep=(("layers.1.*", 8), ("conv.*", 16), ("layers.0.*", 6), ("layers.0.weight", 2)))
+    recipe = Recipe(
+        method="rtn",
+        bits=None,
+        target_bpw=3.5,
+        group_size=32,
+        keep=(("layers.1.*", 8), ("conv.*", 16), ("layers.0.*", 6), ("layers.0.weight", 2)),
+    )
     out, info = quantize_tensors(_NoModel(), tensors, recipe)
     assert out["layers.1.weight"].bits == 8
     assert out["layers.0.weight"].bits == 2  # the last matching pattern wins
@@ -155,8 +169,11 @@ def _grouped_candidates(n: int, seed: int) -> list[Candidate]:
     for i in range(n):
         shape = (int(rng.integers(8, 64)) * 4, int(rng.integers(2, 8)) * 64)
         sens = float(rng.lognormal(0, 2))
-        err = {(b, g): sens * 4.0 ** (-b) * (g / 128) ** 0.5 * float(rng.uniform(0.8, 1.2))
-               for b in range(2, 9) for g in (32, 64, 128)}
+        err = {
+            (b, g): sens * 4.0 ** (-b) * (g / 128) ** 0.5 * float(rng.uniform(0.8, 1.2))
+            for b in range(2, 9)
+            for g in (32, 64, 128)
+        }
         out.append(make_candidate(f"t{i}", shape, 128, False, err))
     return out
 
@@ -178,8 +195,15 @@ def test_allocation_over_bits_and_group_sizes(target):
     assert all(isinstance(o, tuple) and o in c.cost for c in cands for o in [chosen[c.name]])
     # more options can only help: no worse than choosing bits alone at group 128
     err = sum(c.error[chosen[c.name]] for c in cands)
-    only128 = [Candidate(c.name, c.numel, {o: v for o, v in c.cost.items() if o[1] == 128},
-                         {o: v for o, v in c.error.items() if o[1] == 128}) for c in cands]
+    only128 = [
+        Candidate(
+            c.name,
+            c.numel,
+            {o: v for o, v in c.cost.items() if o[1] == 128},
+            {o: v for o, v in c.error.items() if o[1] == 128},
+        )
+        for c in cands
+    ]
     bits_only = allocate_bits(only128, target)
     assert err <= sum(c.error[bits_only[c.name]] for c in only128) * (1 + 1e-9)
     assert len({chosen[c.name][1] for c in cands}) > 1  # it does use the group-size choice
@@ -192,9 +216,11 @@ def test_allocation_over_groups_is_near_optimal_on_small_problems():
         chosen = allocate_bits(cands, 3.4)
         got = sum(c.error[chosen[c.name]] for c in cands)
         opts = list(cands[0].cost)
-        best = min(sum(c.error[o] for c, o in zip(cands, combo))
-                   for combo in itertools.product(opts, repeat=3)
-                   if sum(c.cost[o] for c, o in zip(cands, combo)) <= 3.4 * numel)
+        best = min(
+            sum(c.error[o] for c, o in zip(cands, combo))
+            for combo in itertools.product(opts, repeat=3)
+            if sum(c.cost[o] for c, o in zip(cands, combo)) <= 3.4 * numel
+        )
         assert got <= 1.25 * best
 
 
@@ -206,8 +232,9 @@ def test_pipeline_chooses_group_sizes_with_mixed_groups(tmp_path):
     from wavq.runtime.info import summarize
 
     tensors = _tensors()
-    recipe = Recipe(method="rtn", bits=None, target_bpw=3.4, group_size=128, mixed_group_sizes=(32, 64),
-                    keep=(("conv.*", 8),))
+    recipe = Recipe(
+        method="rtn", bits=None, target_bpw=3.4, group_size=128, mixed_group_sizes=(32, 64), keep=(("conv.*", 8),)
+    )
     out, info = quantize_tensors(_NoModel(), tensors, recipe)
     qts = {n: v for n, v in out.items() if isinstance(v, QuantizedTensor)}
     groups = info["tensor_group_size"]
@@ -223,8 +250,9 @@ def test_pipeline_chooses_group_sizes_with_mixed_groups(tmp_path):
         assert summarize(f).quantized_bpw == pytest.approx(info["bits_per_weight"], rel=1e-5)
     # the menu with group 128 alone is a special case: the same files as without mixed_group_sizes
     plain = quantize_tensors(_NoModel(), tensors, Recipe(method="rtn", bits=None, target_bpw=3.4, group_size=128))
-    again = quantize_tensors(_NoModel(), tensors, Recipe(method="rtn", bits=None, target_bpw=3.4, group_size=128,
-                                                         mixed_group_sizes=(128,)))
+    again = quantize_tensors(
+        _NoModel(), tensors, Recipe(method="rtn", bits=None, target_bpw=3.4, group_size=128, mixed_group_sizes=(128,))
+    )
     assert plain.info == again.info and "tensor_group_size" not in plain.info
 
 
@@ -242,8 +270,7 @@ def test_min_bits_keeps_free_tensors_off_the_narrow_widths():
     tensors = _tensors()
     _, plain = quantize_tensors(_NoModel(), tensors, Recipe(method="rtn", bits=None, target_bpw=3.9, group_size=32))
     assert min(plain["tensor_bits"].values()) == 2  # the floor below has something to change
-    recipe = Recipe(method="rtn", bits=None, target_bpw=3.9, group_size=32, mixed_min_bits=3,
-                    keep=(("layers.3.*", 2),))
+    recipe = Recipe(method="rtn", bits=None, target_bpw=3.9, group_size=32, mixed_min_bits=3, keep=(("layers.3.*", 2),))
     out, info = quantize_tensors(_NoModel(), tensors, recipe)
     bits = info["tensor_bits"]
     assert bits["layers.3.weight"] == 2
@@ -251,8 +278,9 @@ def test_min_bits_keeps_free_tensors_off_the_narrow_widths():
     assert bits_per_weight(v for v in out.values() if isinstance(v, QuantizedTensor)) <= 3.9
     # a floor the target cannot afford is the same clear error as an infeasible target
     with pytest.raises(ConversionError, match="below the smallest"):
-        quantize_tensors(_NoModel(), tensors, Recipe(method="rtn", bits=None, target_bpw=3.9, group_size=32,
-                                                     mixed_min_bits=5))
+        quantize_tensors(
+            _NoModel(), tensors, Recipe(method="rtn", bits=None, target_bpw=3.9, group_size=32, mixed_min_bits=5)
+        )
 
 
 def test_min_bits_is_validated_and_recorded():
@@ -270,7 +298,7 @@ def test_blockwise_pair_search_matches_the_full_matrix(monkeypatch):
     from wavq.converter.quant import mixed
 
     rng = np.random.default_rng(3)
-    for trial in range(30):
+    for _ in range(30):
         n = int(rng.integers(2, 60))
         dc = rng.integers(-50, 50, n).astype(np.float64)
         de = rng.integers(-5, 5, n).astype(np.float64)  # small integers: many ties

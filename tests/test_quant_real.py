@@ -68,6 +68,8 @@ def test_gptq_transcribes_samples(gptq_file):
     model = load(gptq_file, cache=True)
     with open(os.path.join(SAMPLES, "samples.trans.txt"), encoding="utf-8") as f:
         refs = dict(line.strip().split(" ", 1) for line in f if line.strip())
-    pairs = [(_norm(text), _norm(model.transcribe(os.path.join(SAMPLES, uid + ".flac")).text))
-             for uid, text in sorted(refs.items())]
+    pairs = [
+        (_norm(text), _norm(model.transcribe(os.path.join(SAMPLES, uid + ".flac")).text))
+        for uid, text in sorted(refs.items())
+    ]
     assert jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) <= GPTQ_WER_MAX

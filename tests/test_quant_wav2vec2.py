@@ -16,9 +16,10 @@ transformers = pytest.importorskip("transformers")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import wavq.converter.wav2vec2 as w2v_converter  # noqa: E402
 from quant_helpers import apply_to_model, run_awq_with_random_scales  # noqa: E402
 from test_wav2vec2_parity import VARIANTS, build_checkpoint  # noqa: E402
+
+import wavq.converter.wav2vec2 as w2v_converter  # noqa: E402
 from wavq.converter import calib_wav2vec2  # noqa: E402
 from wavq.converter.calibrate import CalibItem  # noqa: E402
 from wavq.converter.quant import pipeline  # noqa: E402
@@ -40,9 +41,15 @@ def case(request, tmp_path_factory):
     exporter = w2v_converter.load(str(d / "ckpt"))
     rng = np.random.default_rng(0)
     t = np.arange(6000) / SR
-    items = [CalibItem(f"u{i}", (0.3 * np.sin(2 * np.pi * (300 + 200 * i) * t * (1 + 2 * t))
-                                 + 0.05 * rng.standard_normal(t.size)).astype(np.float32)[: 4000 + 700 * i])
-             for i in range(4)]
+    items = [
+        CalibItem(
+            f"u{i}",
+            (0.3 * np.sin(2 * np.pi * (300 + 200 * i) * t * (1 + 2 * t)) + 0.05 * rng.standard_normal(t.size)).astype(
+                np.float32
+            )[: 4000 + 700 * i],
+        )
+        for i in range(4)
+    ]
     return request.param, exporter, list(exporter.tensors()), items
 
 
@@ -99,14 +106,18 @@ def test_quantized_output_runs_in_the_runtime_as_in_torch(case, tmp_path):
     to torch; and the exporter's model is left untouched by calibration."""
     name, exporter, tensors, items = case
     state = {k: v.clone() for k, v in exporter.model.state_dict().items()}
-    out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="awq+clip+gptq", bits=4, group_size=8),
-                                          items)
+    out, info = pipeline.quantize_tensors(
+        exporter, tensors, Recipe(method="awq+clip+gptq", bits=4, group_size=8), items
+    )
     assert all(torch.equal(v, exporter.model.state_dict()[k]) for k, v in state.items())
     assert sum(isinstance(v, QuantizedTensor) for v in out.values()) == sum(t.quantizable for t in tensors)
     assert info["relative_output_error"]
     originals = {t.name: t.array for t in tensors}
-    folded = [n for n, v in out.items() if n in originals and not isinstance(v, QuantizedTensor)
-              and not np.array_equal(v, originals[n])]
+    folded = [
+        n
+        for n, v in out.items()
+        if n in originals and not isinstance(v, QuantizedTensor) and not np.array_equal(v, originals[n])
+    ]
     scales = [n for n in out if n.endswith(".input_scale")]
     # AWQ changed things the runtime has to honour: folded LayerNorms (pre-norm layers), input scales (post-norm)
     if exporter.dims["do_stable_layer_norm"]:
@@ -136,8 +147,9 @@ def test_module_is_importable_by_name():
 
 def test_mixed_precision_with_calibration(case):
     _, exporter, tensors, items = case
-    out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq", bits=None, target_bpw=5.0,
-                                                                     group_size=8), items)
+    out, info = pipeline.quantize_tensors(
+        exporter, tensors, Recipe(method="gptq", bits=None, target_bpw=5.0, group_size=8), items
+    )
     qts = [v for v in out.values() if isinstance(v, QuantizedTensor)]
     assert 4.7 < info["bits_per_weight"] <= 5.0 and len({q.bits for q in qts}) > 1
 
@@ -157,18 +169,19 @@ def test_tune_lowers_the_kl_and_runs_in_the_runtime(case, tmp_path):
         apply_to_model(m, out)
         with torch.no_grad():
             logits = [calib_wav2vec2.outputs(m, b)[0] for b in cal.batches]
-        kl = sum(float(partition_kl(lg, teacher.ids[i], teacher.logp[i], teacher.log_rest[i]))
-                 for i, lg in enumerate(logits)) / sum(lg.shape[0] for lg in logits)
+        kl = sum(
+            float(partition_kl(lg, teacher.ids[i], teacher.logp[i], teacher.log_rest[i])) for i, lg in enumerate(logits)
+        ) / sum(lg.shape[0] for lg in logits)
         return kl, logits
 
     base, _ = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq", bits=3, group_size=8), items)
-    tuned, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq+tune", bits=3, group_size=8),
-                                            items)
+    tuned, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq+tune", bits=3, group_size=8), items)
     kl_base, _ = kl_and_logits(base)
     kl_tuned, logits = kl_and_logits(tuned)
     assert kl_tuned < kl_base, (kl_tuned, kl_base)  # 8 steps on 4 tiny utterances: a small but sure gain
-    path = write_wq(tmp_path / "t.wq", exporter.meta(),
-                    {**{t.name: t.array for t in exporter.extra_tensors()}, **tuned})
+    path = write_wq(
+        tmp_path / "t.wq", exporter.meta(), {**{t.name: t.array for t in exporter.extra_tensors()}, **tuned}
+    )
     runtime = Wav2Vec2CTCModel(Weights.open(path))
     for b, ref in zip(cal.batches, logits):
         assert np.abs(runtime.logits(b.x[0].numpy()) - ref.numpy()).max() < 1e-3 * max(1.0, float(ref.abs().max()))
@@ -178,8 +191,9 @@ def test_rotated_weights_run_in_the_runtime_as_in_torch(case, tmp_path):
     """--rotate on every architecture variant: the weights that kept a rotation (their error on the calibration
     inputs was smaller) are undone by the runtime exactly as torch computes with the converter's weights."""
     name, exporter, tensors, items = case
-    out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq+tune", bits=3, group_size=8,
-                                                                     rotate=True), items)
+    out, info = pipeline.quantize_tensors(
+        exporter, tensors, Recipe(method="gptq+tune", bits=3, group_size=8, rotate=True), items
+    )
     assert info["rotated"], "no weight of the random model kept a rotation"
     assert all(out[n].rotation for n in info["rotated"])
     _runtime_matches_torch(exporter, tensors, items, out, tmp_path)

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from quant_helpers import apply_to_model, run_awq_with_random_scales, same_bytes  # noqa: E402
+
 from wavq.converter.calib_whisper import WhisperCalibration, sentence_case  # noqa: E402
 from wavq.converter.calibrate import CalibItem  # noqa: E402
 from wavq.converter.quant import pipeline  # noqa: E402
@@ -43,9 +44,22 @@ class CharTokenizer:
 def tiny():
     torch.manual_seed(0)
     cfg = transformers.WhisperConfig(
-        vocab_size=VOCAB, num_mel_bins=16, encoder_layers=2, decoder_layers=2, d_model=64, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=50,
-        max_target_positions=24, decoder_start_token_id=SOT, eos_token_id=EOT, pad_token_id=EOT, bos_token_id=EOT)
+        vocab_size=VOCAB,
+        num_mel_bins=16,
+        encoder_layers=2,
+        decoder_layers=2,
+        d_model=64,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=50,
+        max_target_positions=24,
+        decoder_start_token_id=SOT,
+        eos_token_id=EOT,
+        pad_token_id=EOT,
+        bos_token_id=EOT,
+    )
     model = transformers.WhisperForConditionalGeneration(cfg).eval()
     with torch.no_grad():  # LayerNorms start at 1 / 0: make them (and the folding into them) matter
         for name, p in model.named_parameters():
@@ -55,15 +69,22 @@ def tiny():
     exporter = WhisperExporter(model, "tiny", fe, None, None)
     rng = np.random.default_rng(0)
     t = np.arange(12000) / SR
-    items = [CalibItem(id=f"u{i}", audio=(0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t * (1 + t))
-                                          + 0.05 * rng.standard_normal(t.size)).astype(np.float32))
-             for i in range(6)]
+    items = [
+        CalibItem(
+            id=f"u{i}",
+            audio=(0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t * (1 + t)) + 0.05 * rng.standard_normal(t.size)).astype(
+                np.float32
+            ),
+        )
+        for i in range(6)
+    ]
     return model, exporter, list(exporter.tensors()), items
 
 
 def _calibration(exporter, tensors, items, split_attention=True):
-    return pipeline._Calibration(exporter, tensors, items, importlib.import_module("wavq.converter.calib_whisper"),
-                                 split_attention)
+    return pipeline._Calibration(
+        exporter, tensors, items, importlib.import_module("wavq.converter.calib_whisper"), split_attention
+    )
 
 
 def _teacher_forced_logits(model, cal):
@@ -127,8 +148,9 @@ def test_gptq_beats_rtn_and_awq_output_is_consistent(tiny):
 
 def test_output_contract(tiny):
     model, exporter, tensors, items = tiny
-    out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="awq+gptq", bits=4, group_size=32,
-                                                                     act_order=True), items)
+    out, info = pipeline.quantize_tensors(
+        exporter, tensors, Recipe(method="awq+gptq", bits=4, group_size=32, act_order=True), items
+    )
     names = [t.name for t in tensors]
     assert [n for n in out if not n.endswith(".input_scale")] == names
     for n in out:
@@ -141,8 +163,9 @@ def test_output_contract(tiny):
         assert isinstance(out[t.name], QuantizedTensor) == t.quantizable
     folded = [t.name for t in tensors if not t.quantizable and not np.array_equal(out[t.name], t.array)]
     assert folded and all("layer_norm" in n or "v_proj.bias" in n for n in folded)  # AWQ's folds, nothing else
-    assert all(out[t.name].shape == t.array.shape and out[t.name].dtype == np.float32
-               for t in tensors if t.name in folded)
+    assert all(
+        out[t.name].shape == t.array.shape and out[t.name].dtype == np.float32 for t in tensors if t.name in folded
+    )
     assert info["method"] == "awq+gptq" and info["calibration"]["samples"] == len(items)
     assert info["calibration"]["decoder_inputs"] == {"transcripts": 0, "greedy": len(items)}
     assert set(info["tensor_bits"]) == {t.name for t in tensors if t.quantizable}
@@ -167,8 +190,9 @@ def test_mixed_precision_with_calibration_meets_target(tiny, tmp_path):
     from wavq.runtime.info import summarize
 
     _, exporter, tensors, items = tiny
-    out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq", bits=None, target_bpw=3.6,
-                                                                     group_size=32), items)
+    out, info = pipeline.quantize_tensors(
+        exporter, tensors, Recipe(method="gptq", bits=None, target_bpw=3.6, group_size=32), items
+    )
     bpw = bits_per_weight(v for v in out.values() if isinstance(v, QuantizedTensor))
     assert 3.45 < bpw <= 3.6 and info["bits_per_weight"] == pytest.approx(bpw, rel=1e-5)
     assert len(set(info["tensor_bits"].values())) > 1
@@ -188,15 +212,18 @@ def test_mixed_groups_reach_gptq_and_tune(tiny, tmp_path):
     from wavq.runtime.cli import main as wavq_main
 
     _, exporter, tensors, items = tiny
-    recipe = Recipe(method="gptq+tune", bits=None, target_bpw=3.5, group_size=64, mixed_group_sizes=(16, 32),
-                    tune_epochs=3)
+    recipe = Recipe(
+        method="gptq+tune", bits=None, target_bpw=3.5, group_size=64, mixed_group_sizes=(16, 32), tune_epochs=3
+    )
     out, info = pipeline.quantize_tensors(exporter, tensors, recipe, items)
     qts = {n: v for n, v in out.items() if isinstance(v, QuantizedTensor)}
     groups = info["tensor_group_size"]
     assert set(groups) == set(qts) and {16, 32} & set(groups.values())
     for name, qt in qts.items():
-        assert (qt.bits, qt.group_size) == (info["tensor_bits"][name],
-                                            resolve_group_size(view_2d_shape(qt.shape)[1], groups[name]))
+        assert (qt.bits, qt.group_size) == (
+            info["tensor_bits"][name],
+            resolve_group_size(view_2d_shape(qt.shape)[1], groups[name]),
+        )
     assert 3.3 < bits_per_weight(qts.values()) <= 3.5
     assert len(info["tune"]["kl_per_epoch"]) == 3  # the recipe's epochs, not the default 2
     assert info["tune"]["kl_per_epoch"][-1] < info["tune"]["kl_per_epoch"][0]
@@ -210,8 +237,9 @@ def test_mixed_groups_reach_gptq_and_tune(tiny, tmp_path):
 def test_teacher_forcing_uses_transcripts(tiny):
     model, exporter, tensors, items = tiny
     texted = [CalibItem(it.id, it.audio, "HELLO THERE") if i % 2 == 0 else it for i, it in enumerate(items)]
-    cal = WhisperCalibration(copy.deepcopy(model), texted, tokenizer=CharTokenizer(),
-                             feature_extractor=exporter.feature_extractor)
+    cal = WhisperCalibration(
+        copy.deepcopy(model), texted, tokenizer=CharTokenizer(), feature_extractor=exporter.feature_extractor
+    )
     batches = cal.batches()
     assert cal.info["decoder_inputs"] == {"transcripts": 3, "greedy": 3}
     tokens = [t for b in batches for t in b.tokens]
@@ -246,8 +274,9 @@ def test_decomposed_embedding_cuts_logits_error_and_reads_back_in_the_runtime(ti
     cal = _calibration(exporter2, tensors2, items)
     errs, outs = {}, {}
     for k in (0, 4):
-        out, info = pipeline.quantize_tensors(exporter2, tensors2, Recipe(method="gptq", bits=3, group_size=32,
-                                                                          outlier_columns=k), items)
+        out, info = pipeline.quantize_tensors(
+            exporter2, tensors2, Recipe(method="gptq", bits=3, group_size=32, outlier_columns=k), items
+        )
         errs[k], outs[k] = _quantized_logits_error(ref, cal, out), (out, info)
     assert errs[4] < 0.7 * errs[0], errs
     out, info = outs[4]
@@ -293,8 +322,7 @@ def test_tune_moves_only_scales_and_floats_and_lowers_the_kl(tiny):
         return total / n
 
     base, _ = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq", bits=3, group_size=32), items)
-    tuned, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq+tune", bits=3, group_size=32),
-                                            items)
+    tuned, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq+tune", bits=3, group_size=32), items)
     assert info["method"] == "gptq+tune" and len(info["tune"]["kl_per_epoch"]) == 2
     assert kl(tuned) < 0.9 * kl(base)
     changed_scales = 0
@@ -333,10 +361,12 @@ def test_rotation_is_chosen_per_tensor_tuned_and_read_back_by_the_runtime(tiny, 
         assert info["relative_output_error"][name] == min(plain, turned)
         cols = int(np.prod(qts[name].shape[1:]))
         assert qts[name].rotation == (min(cols & -cols, 128) if name in rotated else 0)
-    plain_out, plain_info = pipeline.quantize_tensors(exporter, tensors, dataclasses.replace(recipe, rotate=False),
-                                                      items)
-    assert "rotated" not in plain_info and not any(v.rotation for v in plain_out.values()
-                                                   if isinstance(v, QuantizedTensor))
+    plain_out, plain_info = pipeline.quantize_tensors(
+        exporter, tensors, dataclasses.replace(recipe, rotate=False), items
+    )
+    assert "rotated" not in plain_info and not any(
+        v.rotation for v in plain_out.values() if isinstance(v, QuantizedTensor)
+    )
 
     tuned, tinfo = pipeline.quantize_tensors(exporter, tensors, dataclasses.replace(recipe, method="gptq+tune"), items)
     assert set(tinfo["rotated"]) == rotated
@@ -363,16 +393,19 @@ def test_rotated_model_matches_transformers_with_its_weights(tiny):
     weights equals the model the converter calibrated (its working copy), so GPTQ saw what the runtime computes."""
     model, exporter, tensors, items = tiny
     cal = _calibration(exporter, tensors, items)
-    out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq", bits=3, group_size=32,
-                                                                     rotate=True), items)
+    out, info = pipeline.quantize_tensors(
+        exporter, tensors, Recipe(method="gptq", bits=3, group_size=32, rotate=True), items
+    )
     assert info["rotated"]
     qmodel = copy.deepcopy(model)
     apply_to_model(qmodel, out)
     ref = _teacher_forced_logits(model, cal)
     got = _teacher_forced_logits(qmodel, cal)
     # close to the float model (3 bits), and far closer than the rotated codes read without undoing the rotation
-    unrotated = {n: dataclasses.replace(v, rotation=0) if isinstance(v, QuantizedTensor) and v.rotation else v
-                 for n, v in out.items()}
+    unrotated = {
+        n: dataclasses.replace(v, rotation=0) if isinstance(v, QuantizedTensor) and v.rotation else v
+        for n, v in out.items()
+    }
     wrong = copy.deepcopy(model)
     apply_to_model(wrong, unrotated)
     bad = _teacher_forced_logits(wrong, cal)
@@ -385,8 +418,9 @@ def test_mixed_precision_with_rotation_meets_target(tiny, tmp_path):
     from wavq.runtime.info import summarize
 
     _, exporter, tensors, items = tiny
-    out, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="gptq", bits=None, target_bpw=3.6,
-                                                                     group_size=32, rotate=True), items)
+    out, info = pipeline.quantize_tensors(
+        exporter, tensors, Recipe(method="gptq", bits=None, target_bpw=3.6, group_size=32, rotate=True), items
+    )
     assert info["rotated"] and len(set(info["tensor_bits"].values())) > 1
     write_wq(tmp_path / "m.wq", {"architecture": "test"}, out)
     with WqFile(tmp_path / "m.wq") as f:
@@ -398,15 +432,18 @@ def test_rotation_without_calibration_keeps_the_smaller_weight_error(tiny):
     """Round-to-nearest without audio: a weight is stored rotated exactly when that lowers its weight error
     against the plain round-to-nearest tensor."""
     _, exporter, tensors, _ = tiny
-    rotated, info = pipeline.quantize_tensors(exporter, tensors, Recipe(method="rtn", bits=3, group_size=32,
-                                                                         rotate=True))
+    rotated, info = pipeline.quantize_tensors(
+        exporter, tensors, Recipe(method="rtn", bits=3, group_size=32, rotate=True)
+    )
     plain, _ = pipeline.quantize_tensors(exporter, tensors, Recipe(method="rtn", bits=3, group_size=32))
     assert info["rotated"] and "rotation_errors" not in info  # no calibration: no output errors to report
     for t in tensors:
         if not t.quantizable:
             continue
-        err = {k: float(((dequantize(v[t.name]) - t.array).astype(np.float64) ** 2).sum())
-               for k, v in (("rotated", rotated), ("plain", plain))}
+        err = {
+            k: float(((dequantize(v[t.name]) - t.array).astype(np.float64) ** 2).sum())
+            for k, v in (("rotated", rotated), ("plain", plain))
+        }
         if t.name in info["rotated"]:
             assert err["rotated"] < err["plain"]
         else:

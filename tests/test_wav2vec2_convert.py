@@ -12,8 +12,9 @@ transformers = pytest.importorskip("transformers")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from test_wav2vec2_parity import _TINY, SR, VARIANTS, VOCAB, build_checkpoint, hf_logits, speechlike  # noqa: E402
+
 import wavq.converter.wav2vec2 as w2v_converter  # noqa: E402
-from test_wav2vec2_parity import _TINY, VARIANTS, VOCAB, SR, build_checkpoint, hf_logits, speechlike  # noqa: E402
 from wavq.converter.export import convert  # noqa: E402
 from wavq.converter.registry import QUANTIZABLE_KINDS, UnsupportedModelError, loader_for  # noqa: E402
 from wavq.runtime import load  # noqa: E402
@@ -35,8 +36,7 @@ def test_stored_names_and_kinds(base):
     names = [t.name for t in tensors]
     assert len(names) == len(set(names))
     assert "wav2vec2.encoder.pos_conv_embed.conv.weight" in names  # the folded weight norm, the listed exception
-    assert not any("parametrizations" in n or n.endswith(("weight_g", "weight_v", "masked_spec_embed"))
-                   for n in names)
+    assert not any("parametrizations" in n or n.endswith(("weight_g", "weight_v", "masked_spec_embed")) for n in names)
     kinds = {t.name: t.kind for t in tensors}
     assert kinds["wav2vec2.feature_extractor.conv_layers.0.conv.weight"] == "conv"
     assert kinds["wav2vec2.encoder.pos_conv_embed.conv.weight"] == "conv"
@@ -44,14 +44,19 @@ def test_stored_names_and_kinds(base):
     assert kinds["wav2vec2.encoder.layers.0.attention.q_proj.weight"] == "linear"
     assert all(t.kind not in QUANTIZABLE_KINDS for t in tensors if t.array.ndim == 1)
     folded = model.wav2vec2.encoder.pos_conv_embed.conv.weight.detach().numpy()
-    np.testing.assert_allclose(dict((t.name, t.array) for t in tensors)[
-        "wav2vec2.encoder.pos_conv_embed.conv.weight"], folded, atol=1e-7)
+    np.testing.assert_allclose(
+        dict((t.name, t.array) for t in tensors)["wav2vec2.encoder.pos_conv_embed.conv.weight"], folded, atol=1e-7
+    )
     meta = exporter.meta()
     assert meta["architecture"] == "wav2vec2-ctc"
     assert meta["tokenizer"]["vocab"] == VOCAB and meta["tokenizer"]["pad_token"] == "<pad>"
     assert meta["tokenizer"]["word_delimiter_token"] == "|"
-    assert meta["preprocess"] == {"sampling_rate": SR, "do_normalize": True, "return_attention_mask": False,
-                                  "padding_value": 0.0}
+    assert meta["preprocess"] == {
+        "sampling_rate": SR,
+        "do_normalize": True,
+        "return_attention_mask": False,
+        "padding_value": 0.0,
+    }
 
 
 @pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
@@ -63,8 +68,9 @@ def test_old_style_weight_norm_module_folds():
     x = torch.randn(1, 8, 20)
     with torch.no_grad():
         ref = old(x)
-        got = torch.nn.functional.conv1d(x, torch.from_numpy(w2v_converter.fold_weight_norm(old)), old.bias,
-                                         padding=2, groups=2)
+        got = torch.nn.functional.conv1d(
+            x, torch.from_numpy(w2v_converter.fold_weight_norm(old)), old.bias, padding=2, groups=2
+        )
     assert (got - ref).abs().max() < 1e-6
 
 
@@ -83,20 +89,24 @@ def test_rejects_pretraining_only_checkpoints(tmp_path):
 
     build_checkpoint(tmp_path / "nohead", config_name, overrides, mask)
     path = tmp_path / "nohead" / "model.safetensors"
-    save_file({k: v for k, v in load_file(path).items() if not k.startswith("lm_head")}, path,
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in load_file(path).items() if not k.startswith("lm_head")}, path, metadata={"format": "pt"}
+    )
     cfg = transformers.AutoConfig.from_pretrained(tmp_path / "nohead")
     cfg.architectures = None
     cfg.save_pretrained(tmp_path / "nohead")
     _expect_rejected(tmp_path / "nohead", "no trained CTC head")
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (dict(add_adapter=True, output_hidden_size=16), "add_adapter"),
-    (dict(adapter_attn_dim=8), "adapter"),
-    (dict(hidden_act="gelu_fast"), "hidden_act"),
-    (dict(feat_extract_activation="tanh"), "feat_extract_activation"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(add_adapter=True, output_hidden_size=16), "add_adapter"),
+        (dict(adapter_attn_dim=8), "adapter"),
+        (dict(hidden_act="gelu_fast"), "hidden_act"),
+        (dict(feat_extract_activation="tanh"), "feat_extract_activation"),
+    ],
+)
 def test_rejects_options_it_cannot_run(tmp_path, overrides, match):
     config_name, base_overrides, mask = VARIANTS["w2v-base"]
     build_checkpoint(tmp_path / "x", config_name, {**base_overrides, **overrides}, mask)
@@ -117,7 +127,8 @@ def test_rtn_quantized_file_runs(base, tmp_path, bits, group_size, tol):
     d, model, tok, fe = base
     report = convert(str(d / "ckpt"), tmp_path / "q.wq", Recipe(method="rtn", bits=bits, group_size=group_size))
     assert set(report.quantization["tensor_bits"]) == {
-        t.name for t in w2v_converter.load(str(d / "ckpt")).tensors() if t.quantizable}
+        t.name for t in w2v_converter.load(str(d / "ckpt")).tensors() if t.quantizable
+    }
     rt = load(tmp_path / "q.wq")
     x = speechlike(8_000, seed=2)
     ref = hf_logits(model, fe(x, sampling_rate=SR, return_tensors="pt"))
@@ -157,8 +168,15 @@ def test_input_errors(base, tmp_path):
 def test_ctc_decoder_matches_tokenizer(tmp_path, lower):
     config_name, overrides, mask = VARIANTS["w2v-base"]
     _, tok, _ = build_checkpoint(tmp_path / "t", config_name, overrides, mask, do_lower_case=lower)
-    meta = {"vocab": VOCAB + ["<extra>"], "pad_token": "<pad>", "unk_token": "<unk>", "word_delimiter_token": "|",
-            "replace_word_delimiter_char": " ", "do_lower_case": lower, "clean_up_tokenization_spaces": False}
+    meta = {
+        "vocab": VOCAB + ["<extra>"],
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "word_delimiter_token": "|",
+        "replace_word_delimiter_char": " ",
+        "do_lower_case": lower,
+        "clean_up_tokenization_spaces": False,
+    }
     meta["vocab"][-1] = "<unk>"  # an lm_head row beyond the tokenizer's vocabulary decodes to <unk>
     dec = CTCDecoder(meta)
     rng = np.random.default_rng(0)
@@ -173,7 +191,8 @@ def test_ctc_decoder_matches_tokenizer(tmp_path, lower):
         if ids.size:
             want = tok.decode(ids.tolist(), output_word_offsets=True)["word_offsets"]
             assert [(w.lower() if lower else w, s, e) for w, s, e in words] == [
-                (o["word"].lower() if lower else o["word"], o["start_offset"], o["end_offset"]) for o in want]
+                (o["word"].lower() if lower else o["word"], o["start_offset"], o["end_offset"]) for o in want
+            ]
 
 
 def test_eval_cli_reports_wer_and_warns_when_evaluating_calibration_audio(base, tmp_path):

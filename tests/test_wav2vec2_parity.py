@@ -31,44 +31,121 @@ CHUNK_TOL = 1e-5
 VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|"] + list("ETAOINSHRDLUCMWFGYPBVKJXQZ") + ["'"]  # base-960h's layout
 
 # tiny shared dims; conv stack with total stride 20 (800 frames/s) keeps attention over ~1 s of audio small
-_TINY = dict(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
-             conv_dim=(16, 16, 16), conv_kernel=(10, 3, 2), conv_stride=(5, 2, 2), num_conv_pos_embedding_groups=2,
-             pad_token_id=0, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
-             final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)
+_TINY = dict(
+    vocab_size=len(VOCAB),
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=24,
+    conv_dim=(16, 16, 16),
+    conv_kernel=(10, 3, 2),
+    conv_stride=(5, 2, 2),
+    num_conv_pos_embedding_groups=2,
+    pad_token_id=0,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+    feat_proj_dropout=0.0,
+    final_dropout=0.0,
+    layerdrop=0.0,
+    mask_time_prob=0.0,
+)
 
 # id -> (config class name, config overrides, feature-extractor return_attention_mask)
 VARIANTS = {
-    "w2v-base": ("Wav2Vec2Config", dict(feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False,
-                                        num_conv_pos_embeddings=4), False),
-    "w2v-lv60": ("Wav2Vec2Config", dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
-                                        num_conv_pos_embeddings=5, num_conv_pos_embedding_groups=4,
-                                        num_attention_heads=4), True),
-    "w2v-group-stable-odd": ("Wav2Vec2Config", dict(
-        feat_extract_norm="group", do_stable_layer_norm=True, conv_bias=True, conv_dim=(8, 12, 16),
-        conv_kernel=(7, 3, 2), conv_stride=(3, 2, 2), num_conv_pos_embeddings=6, num_conv_pos_embedding_groups=4,
-        feat_extract_activation="relu", hidden_act="gelu_new", mask_time_prob=0.05), True),
-    "w2v-layer-post-silu": ("Wav2Vec2Config", dict(
-        feat_extract_norm="layer", do_stable_layer_norm=False, conv_bias=False, num_conv_pos_embeddings=3,
-        hidden_act="silu", layer_norm_eps=1e-6, num_hidden_layers=3), False),
-    "hubert-base-noprojln": ("HubertConfig", dict(feat_extract_norm="group", do_stable_layer_norm=False,
-                                                  feat_proj_layer_norm=False, num_conv_pos_embeddings=4), False),
-    "hubert-large-batchnorm": ("HubertConfig", dict(feat_extract_norm="layer", do_stable_layer_norm=True,
-                                                    conv_bias=True, conv_pos_batch_norm=True,
-                                                    num_conv_pos_embeddings=5), True),
-    "data2vec": ("Data2VecAudioConfig", dict(conv_bias=True, conv_pos_kernel_size=4, num_conv_pos_embeddings=3,
-                                             num_conv_pos_embedding_groups=4), True),
+    "w2v-base": (
+        "Wav2Vec2Config",
+        dict(feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False, num_conv_pos_embeddings=4),
+        False,
+    ),
+    "w2v-lv60": (
+        "Wav2Vec2Config",
+        dict(
+            feat_extract_norm="layer",
+            do_stable_layer_norm=True,
+            conv_bias=True,
+            num_conv_pos_embeddings=5,
+            num_conv_pos_embedding_groups=4,
+            num_attention_heads=4,
+        ),
+        True,
+    ),
+    "w2v-group-stable-odd": (
+        "Wav2Vec2Config",
+        dict(
+            feat_extract_norm="group",
+            do_stable_layer_norm=True,
+            conv_bias=True,
+            conv_dim=(8, 12, 16),
+            conv_kernel=(7, 3, 2),
+            conv_stride=(3, 2, 2),
+            num_conv_pos_embeddings=6,
+            num_conv_pos_embedding_groups=4,
+            feat_extract_activation="relu",
+            hidden_act="gelu_new",
+            mask_time_prob=0.05,
+        ),
+        True,
+    ),
+    "w2v-layer-post-silu": (
+        "Wav2Vec2Config",
+        dict(
+            feat_extract_norm="layer",
+            do_stable_layer_norm=False,
+            conv_bias=False,
+            num_conv_pos_embeddings=3,
+            hidden_act="silu",
+            layer_norm_eps=1e-6,
+            num_hidden_layers=3,
+        ),
+        False,
+    ),
+    "hubert-base-noprojln": (
+        "HubertConfig",
+        dict(
+            feat_extract_norm="group", do_stable_layer_norm=False, feat_proj_layer_norm=False, num_conv_pos_embeddings=4
+        ),
+        False,
+    ),
+    "hubert-large-batchnorm": (
+        "HubertConfig",
+        dict(
+            feat_extract_norm="layer",
+            do_stable_layer_norm=True,
+            conv_bias=True,
+            conv_pos_batch_norm=True,
+            num_conv_pos_embeddings=5,
+        ),
+        True,
+    ),
+    "data2vec": (
+        "Data2VecAudioConfig",
+        dict(conv_bias=True, conv_pos_kernel_size=4, num_conv_pos_embeddings=3, num_conv_pos_embedding_groups=4),
+        True,
+    ),
 }
 
 
-def build_checkpoint(directory, config_name: str, overrides: dict, return_attention_mask: bool, *, seed: int = 0,
-                     do_normalize: bool = True, do_lower_case: bool = False):
+def build_checkpoint(
+    directory,
+    config_name: str,
+    overrides: dict,
+    return_attention_mask: bool,
+    *,
+    seed: int = 0,
+    do_normalize: bool = True,
+    do_lower_case: bool = False,
+):
     """Save a random *ForCTC model with its tokenizer and feature extractor to `directory`; return the model."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     config_cls = getattr(transformers, config_name)
     config = config_cls(**{**_TINY, **overrides})
-    model_cls = {"Wav2Vec2Config": transformers.Wav2Vec2ForCTC, "HubertConfig": transformers.HubertForCTC,
-                 "Data2VecAudioConfig": transformers.Data2VecAudioForCTC}[config_name]
+    model_cls = {
+        "Wav2Vec2Config": transformers.Wav2Vec2ForCTC,
+        "HubertConfig": transformers.HubertForCTC,
+        "Data2VecAudioConfig": transformers.Data2VecAudioForCTC,
+    }[config_name]
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     gen = torch.Generator().manual_seed(seed + 1)
@@ -84,8 +161,9 @@ def build_checkpoint(directory, config_name: str, overrides: dict, return_attent
         json.dump({t: i for i, t in enumerate(VOCAB)}, f)
     tokenizer = transformers.Wav2Vec2CTCTokenizer(os.path.join(directory, "vocab.json"), do_lower_case=do_lower_case)
     tokenizer.save_pretrained(directory)
-    fe = transformers.Wav2Vec2FeatureExtractor(sampling_rate=SR, do_normalize=do_normalize,
-                                               return_attention_mask=return_attention_mask)
+    fe = transformers.Wav2Vec2FeatureExtractor(
+        sampling_rate=SR, do_normalize=do_normalize, return_attention_mask=return_attention_mask
+    )
     fe.save_pretrained(directory)
     return model, tokenizer, fe
 
@@ -182,8 +260,9 @@ def test_windowed_matches_transformers_pipeline(variant, tmp_path):
 def test_windowed_equals_unwindowed_when_context_is_local(tmp_path):
     """With no attention layers, no input normalisation and LayerNorm convs, every frame depends on a bounded
     neighbourhood; windows whose strides cover it must reproduce the unwindowed ids exactly."""
-    overrides = dict(feat_extract_norm="layer", do_stable_layer_norm=False, num_hidden_layers=0,
-                     num_conv_pos_embeddings=4)
+    overrides = dict(
+        feat_extract_norm="layer", do_stable_layer_norm=False, num_hidden_layers=0, num_conv_pos_embeddings=4
+    )
     model, tok, fe = build_checkpoint(tmp_path / "ckpt", "Wav2Vec2Config", overrides, True, do_normalize=False)
     convert(str(tmp_path / "ckpt"), tmp_path / "model.wq")
     rt = load(tmp_path / "model.wq")
@@ -205,8 +284,12 @@ def test_old_weight_norm_naming_loads_the_same(tmp_path):
     model, tok, fe = build_checkpoint(tmp_path / "ckpt", config_name, overrides, mask)
     path = tmp_path / "ckpt" / "model.safetensors"
     state = load_file(path)
-    old = {k.replace("parametrizations.weight.original0", "weight_g")
-           .replace("parametrizations.weight.original1", "weight_v"): v for k, v in state.items()}
+    old = {
+        k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): v
+        for k, v in state.items()
+    }
     assert any(k.endswith("weight_g") for k in old)
     save_file(old, path, metadata={"format": "pt"})
     convert(str(tmp_path / "ckpt"), tmp_path / "model.wq")

@@ -65,13 +65,26 @@ def _build(spec: Spec, root) -> str:
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     tok, fe, gen = _processor_parts(spec.processor_from, spec.n_mels)
-    special = dict(decoder_start_token_id=gen.decoder_start_token_id, eos_token_id=gen.eos_token_id,
-                   pad_token_id=gen.pad_token_id, bos_token_id=gen.bos_token_id)
-    config = WhisperConfig(vocab_size=len(tok), num_mel_bins=spec.n_mels, d_model=64,
-                           encoder_layers=spec.encoder_layers, encoder_attention_heads=4,
-                           decoder_layers=spec.decoder_layers, decoder_attention_heads=4,
-                           encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=1500,
-                           max_target_positions=448, **special)
+    special = dict(
+        decoder_start_token_id=gen.decoder_start_token_id,
+        eos_token_id=gen.eos_token_id,
+        pad_token_id=gen.pad_token_id,
+        bos_token_id=gen.bos_token_id,
+    )
+    config = WhisperConfig(
+        vocab_size=len(tok),
+        num_mel_bins=spec.n_mels,
+        d_model=64,
+        encoder_layers=spec.encoder_layers,
+        encoder_attention_heads=4,
+        decoder_layers=spec.decoder_layers,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=1500,
+        max_target_positions=448,
+        **special,
+    )
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(config).eval()
     with torch.no_grad():  # larger than the 0.02 init so logits have clear winners (no float near-ties)
@@ -144,8 +157,11 @@ def test_encoder_matches_transformers(built, speech, spec):
 def test_decoder_logits_match_transformers(built, speech, spec):
     hf, model, d = built(spec)
     feats = _features(d, speech)
-    prompt = [model.sot] + ([model.lang_to_id["<|en|>"], model.task_to_id["transcribe"]]
-                            if model.is_multilingual else []) + [model.no_timestamps]
+    prompt = (
+        [model.sot]
+        + ([model.lang_to_id["<|en|>"], model.task_to_id["transcribe"]] if model.is_multilingual else [])
+        + [model.no_timestamps]
+    )
     ids = prompt + [400, 401, 402, 11, 13]
     with torch.no_grad():
         ref = hf(input_features=feats, decoder_input_ids=torch.tensor([ids])).logits[0].numpy()
@@ -318,8 +334,17 @@ def test_rotated_file_matches_transformers_with_its_weights(built, speech, tmp_p
                 params[name].copy_(torch.from_numpy(f.array(name)))
     qmodel = load(path, cache=cache)
     feats = _features(d, speech)
-    ids = [qmodel.sot, qmodel.lang_to_id["<|en|>"], qmodel.task_to_id["transcribe"], qmodel.no_timestamps,
-           400, 401, 402, 11, 13]
+    ids = [
+        qmodel.sot,
+        qmodel.lang_to_id["<|en|>"],
+        qmodel.task_to_id["transcribe"],
+        qmodel.no_timestamps,
+        400,
+        401,
+        402,
+        11,
+        13,
+    ]
     with torch.no_grad():
         ref = qhf(input_features=feats, decoder_input_ids=torch.tensor([ids])).logits[0].numpy()
     cross = qmodel.cross_kv(qmodel.encode(feats[0].numpy()))
@@ -346,17 +371,28 @@ def test_weights_from_dict(built, speech):
 def test_unsupported_heads_are_rejected(tmp_path):
     from transformers import WhisperConfig, WhisperForAudioClassification
 
-    config = WhisperConfig(vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                           decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_labels=3)
+    config = WhisperConfig(
+        vocab_size=100,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        num_labels=3,
+    )
     WhisperForAudioClassification(config).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match="WhisperForAudioClassification"):
         convert(str(tmp_path), str(tmp_path / "x.wq"))
 
 
 def test_runtime_imports_without_torch():
-    code = ("import sys, wavq.runtime.whisper, wavq.runtime.mel, wavq.runtime.tokenizer; "
-            "bad = [m for m in ('torch', 'transformers', 'safetensors', 'jiwer') if m in sys.modules]; "
-            "sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, wavq.runtime.whisper, wavq.runtime.mel, wavq.runtime.tokenizer; "
+        "bad = [m for m in ('torch', 'transformers', 'safetensors', 'jiwer') if m in sys.modules]; "
+        "sys.exit(1 if bad else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -39,8 +39,10 @@ def _hf(source):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     try:
-        return (WhisperForConditionalGeneration.from_pretrained(source).eval(),
-                WhisperProcessor.from_pretrained(source))
+        return (
+            WhisperForConditionalGeneration.from_pretrained(source).eval(),
+            WhisperProcessor.from_pretrained(source),
+        )
     except OSError:
         pytest.skip(f"{source} is not in the Hugging Face cache")
 

@@ -64,6 +64,7 @@ def search_scales(weights: list[np.ndarray], specs: list[QuantSpec], stats: Full
 # Folding into torch modules (the calibration runners' working copy of the model). Each returns the state_dict
 # suffixes it changed, so the pipeline can return the modified float tensors.
 
+
 @torch.no_grad()
 def scale_columns(linear: torch.nn.Linear, s: torch.Tensor) -> None:
     """W <- W * s (per input column)."""

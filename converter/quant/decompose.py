@@ -46,8 +46,12 @@ class Decomposition:
 
     def attach(self, qt: QuantizedTensor, outliers: np.ndarray) -> QuantizedTensor:
         """The quantized residual `qt` as a decomposed tensor (what the .wq stores)."""
-        return dataclasses.replace(qt, offset=self.offset, outlier_columns=self.columns,
-                                   outliers=np.ascontiguousarray(outliers, dtype=np.float16))
+        return dataclasses.replace(
+            qt,
+            offset=self.offset,
+            outlier_columns=self.columns,
+            outliers=np.ascontiguousarray(outliers, dtype=np.float16),
+        )
 
 
 def decompose(w2d: np.ndarray, n_columns: int, hessian_diag: np.ndarray | None = None) -> Decomposition:

@@ -11,14 +11,15 @@ both its uses (input lookup and output projection).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 
 
-def diagonal_fisher(weights: dict[str, torch.nn.Parameter], losses: Iterable[Callable[[], torch.Tensor]],
-                    progress: bool = False) -> dict[str, np.ndarray]:
+def diagonal_fisher(
+    weights: dict[str, torch.nn.Parameter], losses: Iterable[Callable[[], torch.Tensor]], progress: bool = False
+) -> dict[str, np.ndarray]:
     """Mean squared gradient of each weight over the per-sample losses (one backward pass each)."""
     unique = {}
     for name, p in weights.items():

@@ -57,8 +57,15 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor |
     return None
 
 
-def gptq(w: np.ndarray, hessian: torch.Tensor, spec: QuantSpec, damp: float, act_order: bool = False,
-         clip: np.ndarray | None = None, decomposition: Decomposition | None = None) -> QuantizedTensor | None:
+def gptq(
+    w: np.ndarray,
+    hessian: torch.Tensor,
+    spec: QuantSpec,
+    damp: float,
+    act_order: bool = False,
+    clip: np.ndarray | None = None,
+    decomposition: Decomposition | None = None,
+) -> QuantizedTensor | None:
     """GPTQ codes for `w` (any rank >= 2, quantized as its 2-D view) given H = mean x x^T of its inputs.
 
     `clip` (rows, n_groups) shrinks each group's range like round-to-nearest's clip. A decomposed spec uses
@@ -70,8 +77,14 @@ def gptq(w: np.ndarray, hessian: torch.Tensor, spec: QuantSpec, damp: float, act
     rows = shape[0]
     w2d = np.ascontiguousarray(w, dtype=np.float32).reshape(rows, -1)
     if spec.rotation:
-        qt = gptq(rotate_columns(w2d, spec.rotation).reshape(shape), rotate_hessian(hessian, spec.rotation),
-                  spec.unrotated, damp, act_order, clip)
+        qt = gptq(
+            rotate_columns(w2d, spec.rotation).reshape(shape),
+            rotate_hessian(hessian, spec.rotation),
+            spec.unrotated,
+            damp,
+            act_order,
+            clip,
+        )
         return None if qt is None else dataclasses.replace(qt, rotation=spec.rotation)
     cols = w2d.shape[1]
     dec = None

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from typing import Iterable, Mapping, Tuple, Union
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ EXCHANGE_ROUNDS = 1000  # bound on the local-search moves after the hull walk (e
 EXCHANGE_BLOCK = 512  # rows of the pairwise search evaluated at once (bounds its memory)
 MIXED_BITS = tuple(range(MIN_BITS, MAX_BITS + 1))
 
-Option = Union[int, Tuple[int, int]]  # bits (at the candidate's default group size) or (bits, group size)
+Option = int | tuple[int, int]  # bits (at the candidate's default group size) or (bits, group size)
 
 
 def option_bits_group(option: Option, group_size: int) -> tuple[int, int]:
@@ -62,35 +62,50 @@ def storage_bits(shape: tuple[int, ...], bits: int, group_size: int, symmetric: 
     offset row and `outliers` float columns when decomposed (formats.stats.payload_bits, as `wavq info`)."""
     cols = view_2d_shape(shape)[1]
     encoding = Encoding.QSYM if symmetric else Encoding.QASYM
-    return payload_bits(encoding, tuple(shape), bits, resolve_group_size(cols, group_size),
-                        outliers=outliers if outliers > 0 else None)
+    return payload_bits(
+        encoding, tuple(shape), bits, resolve_group_size(cols, group_size), outliers=outliers if outliers > 0 else None
+    )
 
 
 def bits_per_weight(tensors: Iterable[QuantizedTensor]) -> float:
     """Effective bits per weight over quantized tensors (0.0 when there are none)."""
     total = numel = 0
     for qt in tensors:
-        total += payload_bits(qt.encoding, tuple(qt.shape), qt.bits, qt.group_size,
-                              outliers=len(qt.outlier_columns) if qt.decomposed else None)
+        total += payload_bits(
+            qt.encoding,
+            tuple(qt.shape),
+            qt.bits,
+            qt.group_size,
+            outliers=len(qt.outlier_columns) if qt.decomposed else None,
+        )
         numel += int(np.prod(qt.shape))
     return total / numel if numel else 0.0
 
 
-def sensitivity(w2d: np.ndarray, group_size: int, symmetric: bool, stats: Stats,
-                bits_options: Iterable[Option] = MIXED_BITS, outliers: int = 0,
-                rotation: int = 0) -> dict[Option, float]:
+def sensitivity(
+    w2d: np.ndarray,
+    group_size: int,
+    symmetric: bool,
+    stats: Stats,
+    bits_options: Iterable[Option] = MIXED_BITS,
+    outliers: int = 0,
+    rotation: int = 0,
+) -> dict[Option, float]:
     """err(o): summed output (or, with IdentityStats, weight) squared error of round-to-nearest for each option
     (a width at `group_size`, or a (bits, group size) pair); with `rotation` (a block size) the smaller of the
     plain and the rotated tensor's error, as the quantizer keeps the better of the two."""
+
     def error(deq: np.ndarray) -> float:
         return float(stats.row_error(torch.from_numpy(w2d - deq)).sum())
 
-    return {o: min(error(d) for d in option_fakes(w2d, o, group_size, symmetric, outliers, rotation))
-            for o in bits_options}
+    return {
+        o: min(error(d) for d in option_fakes(w2d, o, group_size, symmetric, outliers, rotation)) for o in bits_options
+    }
 
 
-def option_fakes(w2d: np.ndarray, option: Option, group_size: int, symmetric: bool, outliers: int = 0,
-                 rotation: int = 0) -> list[np.ndarray]:
+def option_fakes(
+    w2d: np.ndarray, option: Option, group_size: int, symmetric: bool, outliers: int = 0, rotation: int = 0
+) -> list[np.ndarray]:
     """What round-to-nearest with `option` would store for w2d, dequantized: plain, and rotated too when
     `rotation` is a block size (the quantizer keeps whichever errs less)."""
     b, g = option_bits_group(option, group_size)
@@ -133,8 +148,9 @@ def _hull(c: Candidate) -> list[Option]:
     return pts
 
 
-def allocate_bits(candidates: list[Candidate], target_bpw: float, fixed_bits: int = 0,
-                  fixed_numel: int = 0) -> dict[str, Option]:
+def allocate_bits(
+    candidates: list[Candidate], target_bpw: float, fixed_bits: int = 0, fixed_numel: int = 0
+) -> dict[str, Option]:
     """The option (bits, or (bits, group size)) per candidate minimising the summed error with
     (fixed + chosen storage) <= target * all weights.
 
@@ -149,7 +165,8 @@ def allocate_bits(candidates: list[Candidate], target_bpw: float, fixed_bits: in
         lowest = (spent + fixed_bits) / numel if numel else 0.0
         raise AllocationError(
             f"target {target_bpw:.3f} bits per weight is below the smallest this model can store with these "
-            f"group sizes, smallest width, embedding outlier columns and --keep pins ({lowest:.3f})")
+            f"group sizes, smallest width, embedding outlier columns and --keep pins ({lowest:.3f})"
+        )
 
     def push(heap, i):
         h, k = hulls[i], level[i]
@@ -210,8 +227,11 @@ def _best_pair(dc: np.ndarray, de: np.ndarray, who: np.ndarray, left: float) -> 
     for start in range(0, dc.size, EXCHANGE_BLOCK):
         stop = min(start + EXCHANGE_BLOCK, dc.size)
         total_e = de[start:stop, None] + de[None, :]
-        ok = ((dc[start:stop, None] + dc[None, :] <= left) & (who[start:stop, None] != who[None, :])
-              & np.isfinite(total_e))
+        ok = (
+            (dc[start:stop, None] + dc[None, :] <= left)
+            & (who[start:stop, None] != who[None, :])
+            & np.isfinite(total_e)
+        )
         total_e = np.where(ok, total_e, np.inf)
         k = int(np.argmin(total_e))  # first minimum of the block
         if total_e.flat[k] < gain:  # strict: an earlier block wins ties
@@ -228,8 +248,9 @@ def fixed_storage(items: Mapping[str, tuple], group_size: int, symmetric: bool) 
     return total, numel
 
 
-def make_candidate(name: str, shape: tuple[int, ...], group_size: int, symmetric: bool,
-                   error: dict[Option, float], outliers: int = 0) -> Candidate:
+def make_candidate(
+    name: str, shape: tuple[int, ...], group_size: int, symmetric: bool, error: dict[Option, float], outliers: int = 0
+) -> Candidate:
     """A tensor's options (the keys of `error`: widths at `group_size`, or (bits, group size) pairs) with
     their stored bits."""
     cost = {o: storage_bits(shape, *option_bits_group(o, group_size), symmetric, outliers) for o in error}

@@ -27,10 +27,18 @@ import torch
 
 from ...formats import QuantizedTensor
 from ..registry import ConversionError, ExportTensor
-from .mixed import (AllocationError, allocate_bits, bits_per_weight, fixed_storage, make_candidate, mixed_options,
-                    option_fakes, sensitivity)
-from .recipe import FLOAT_KEEP_BITS, Recipe
 from .fisher import diagonal_fisher, fisher_error
+from .mixed import (
+    AllocationError,
+    allocate_bits,
+    bits_per_weight,
+    fixed_storage,
+    make_candidate,
+    mixed_options,
+    option_fakes,
+    sensitivity,
+)
+from .recipe import FLOAT_KEEP_BITS, Recipe
 from .rotate import block_size
 from .rtn import QuantSpec, as_2d
 from .sequential import SequentialQuantizer, quantize_weight
@@ -64,8 +72,9 @@ class _Calibration:
                 if p is not None and tuple(p.shape) == tuple(t.array.shape):
                     p.copy_(torch.from_numpy(np.asarray(t.array, dtype=np.float32)))
                     self.loaded.add(t.name)
-        self.blocks, self.batches, self.info = module.build(self.model, exporter, items, {t.name for t in tensors},
-                                                            split_attention)
+        self.blocks, self.batches, self.info = module.build(
+            self.model, exporter, items, {t.name for t in tensors}, split_attention
+        )
         self.targets = {t.name: t for b in self.blocks for t in b.targets if t.name in self.loaded}
         self.module = module
 
@@ -77,16 +86,18 @@ def _check_keep(recipe: Recipe, quantizable: list[ExportTensor]) -> None:
     for pattern, _ in recipe.keep:
         if not any(fnmatch.fnmatchcase(t.name, pattern) for t in quantizable):
             example = quantizable[0].name if quantizable else "none"
-            raise ConversionError(f"--keep pattern {pattern!r} matches no quantizable tensor (names look like "
-                                  f"{example!r})")
+            raise ConversionError(
+                f"--keep pattern {pattern!r} matches no quantizable tensor (names look like {example!r})"
+            )
 
 
 def _significant(x: float) -> float:
     return float(f"{x:.{ERROR_DIGITS}g}")
 
 
-def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, calib_audio: list | None = None,
-                     progress: bool = False) -> QuantResult:
+def quantize_tensors(
+    exporter, tensors: list[ExportTensor], recipe: Recipe, calib_audio: list | None = None, progress: bool = False
+) -> QuantResult:
     plan = recipe.plan
     if plan is None:
         return QuantResult({t.name: t.array for t in tensors}, {"method": "none"})
@@ -113,13 +124,25 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
                 raise ConversionError(f"calibrated quantization ({plan.name}) is not available for {architecture}")
         else:
             # AWQ folds out_proj's scale into v_proj before v_proj is quantized: attention must stay one block
-            cal = _Calibration(exporter, tensors, list(calib_audio), importlib.import_module(module_name, __package__),
-                               split_attention=not plan.awq)
+            cal = _Calibration(
+                exporter,
+                tensors,
+                list(calib_audio),
+                importlib.import_module(module_name, __package__),
+                split_attention=not plan.awq,
+            )
 
     def quantizer(specs: dict[str, QuantSpec]) -> SequentialQuantizer:
-        return SequentialQuantizer(plan, specs, damp=recipe.damp, act_order=recipe.act_order,
-                                   true_sequential=recipe.true_sequential, seed=recipe.seed,
-                                   rotate=recipe.rotate, progress=progress)
+        return SequentialQuantizer(
+            plan,
+            specs,
+            damp=recipe.damp,
+            act_order=recipe.act_order,
+            true_sequential=recipe.true_sequential,
+            seed=recipe.seed,
+            rotate=recipe.rotate,
+            progress=progress,
+        )
 
     # embedding tables are stored decomposed (offset row + float columns + codes of the residual)
     outliers = {t.name: recipe.outlier_columns if t.kind == "embedding" else 0 for t in quantizable}
@@ -136,18 +159,26 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
         errors: dict[str, dict] = {}
         if cal is not None:
             wanted = [t for t in free if t.name in cal.targets]
-            fisher = diagonal_fisher({t.name: cal.targets[t.name].module.weight for t in wanted},
-                                     cal.module.losses(cal.model, cal.batches), progress)
+            fisher = diagonal_fisher(
+                {t.name: cal.targets[t.name].module.weight for t in wanted},
+                cal.module.losses(cal.model, cal.batches),
+                progress,
+            )
             for t in wanted:
                 w2d = as_2d(t.array)
-                errors[t.name] = {o: min(fisher_error(t.array, d, fisher[t.name]) for d in option_fakes(
-                    w2d, o, gs, sym, outliers[t.name], rotation_for(t)))
-                                  for o in options}
+                errors[t.name] = {
+                    o: min(
+                        fisher_error(t.array, d, fisher[t.name])
+                        for d in option_fakes(w2d, o, gs, sym, outliers[t.name], rotation_for(t))
+                    )
+                    for o in options
+                }
         for t in free:
             if t.name not in errors:
                 w2d = as_2d(t.array)
-                errors[t.name] = sensitivity(w2d, gs, sym, IdentityStats(w2d.shape[1]), options, outliers[t.name],
-                                             rotation_for(t))
+                errors[t.name] = sensitivity(
+                    w2d, gs, sym, IdentityStats(w2d.shape[1]), options, outliers[t.name], rotation_for(t)
+                )
         candidates = [make_candidate(t.name, t.array.shape, gs, sym, errors[t.name], outliers[t.name]) for t in free]
         shapes = {t.name: t.array.shape for t in quantizable}
         fixed_bits, fixed_numel = fixed_storage({n: (shapes[n], b, outliers[n]) for n, b in pinned.items()}, gs, sym)
@@ -160,8 +191,10 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
     else:
         bits = {t.name: recipe.bits for t in free}
     bits.update(pinned)
-    specs = {name: QuantSpec(b, groups.get(name, recipe.group_size), recipe.symmetric, outliers[name])
-             for name, b in bits.items()}
+    specs = {
+        name: QuantSpec(b, groups.get(name, recipe.group_size), recipe.symmetric, outliers[name])
+        for name, b in bits.items()
+    }
 
     # -- quantize -------------------------------------------------------------------------------------------
     results: dict[str, QuantizedTensor] = {}
@@ -174,8 +207,15 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
     for t in quantizable:
         if t.name in specs and t.name not in results:
             # the weight error decides clip ranges and, with rotate, whether the tensor is stored rotated
-            results[t.name] = quantize_weight(t.array, specs[t.name], IdentityStats(as_2d(t.array).shape[1]), plan,
-                                              damp=recipe.damp, act_order=recipe.act_order, rotate=recipe.rotate).qt
+            results[t.name] = quantize_weight(
+                t.array,
+                specs[t.name],
+                IdentityStats(as_2d(t.array).shape[1]),
+                plan,
+                damp=recipe.damp,
+                act_order=recipe.act_order,
+                rotate=recipe.rotate,
+            ).qt
             uncalibrated.append(t.name)
 
     # -- tune -----------------------------------------------------------------------------------------------
@@ -186,8 +226,16 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
 
         teacher = teacher_targets(exporter.model.float().eval(), cal.batches, cal.module.outputs)
         tuned, tuned_floats, tune_report = tune(
-            cal.model, results, [t.name for t in tensors if t.kind in TUNED_KINDS], cal.batches,
-            cal.module.outputs, teacher, epochs=recipe.tune_epochs, seed=recipe.seed, progress=progress)
+            cal.model,
+            results,
+            [t.name for t in tensors if t.kind in TUNED_KINDS],
+            cal.batches,
+            cal.module.outputs,
+            teacher,
+            epochs=recipe.tune_epochs,
+            seed=recipe.seed,
+            progress=progress,
+        )
         results.update(tuned)
 
     # -- assemble -------------------------------------------------------------------------------------------
@@ -217,8 +265,12 @@ def quantize_tensors(exporter, tensors: list[ExportTensor], recipe: Recipe, cali
     if kept_float:
         info["kept_float"] = kept_float
     if cal is not None:
-        info["calibration"] = {"samples": len(calib_audio), "seed": recipe.seed,
-                               "ids": [str(getattr(it, "id", i)) for i, it in enumerate(calib_audio)], **cal.info}
+        info["calibration"] = {
+            "samples": len(calib_audio),
+            "seed": recipe.seed,
+            "ids": [str(getattr(it, "id", i)) for i, it in enumerate(calib_audio)],
+            **cal.info,
+        }
         info["relative_output_error"] = {n: _significant(e) for n, e in q.errors.items()}
         if q.rotation_errors:  # with rotate: each weight's relative output error stored plain and rotated
             info["rotation_errors"] = {n: [_significant(a), _significant(b)] for n, (a, b) in q.rotation_errors.items()}

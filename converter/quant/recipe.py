@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...formats.constants import MAX_BITS, MIN_BITS
 
@@ -43,8 +43,11 @@ class Plan:
 
     @property
     def name(self) -> str:
-        return "+".join([s for s, on in (("awq", self.awq), ("clip", self.clip)) if on] + [self.rounder]
-                        + (["tune"] if self.tune else []))
+        return "+".join(
+            [s for s, on in (("awq", self.awq), ("clip", self.clip)) if on]
+            + [self.rounder]
+            + (["tune"] if self.tune else [])
+        )
 
 
 def parse_method(method: str, clip: bool = False) -> Plan | None:
@@ -60,14 +63,19 @@ def parse_method(method: str, clip: bool = False) -> Plan | None:
     if not text or bad:
         raise ValueError(
             f"unknown quantization method {method!r}: use {', '.join(known)} or a '+' combination such as "
-            "awq+clip+gptq (or 'none')")
+            "awq+clip+gptq (or 'none')"
+        )
     if len(set(parts)) != len(parts):
         raise ValueError(f"method {method!r} names a stage twice")
     rounders = [p for p in parts if p in ROUNDERS]
     if len(rounders) > 1:
         raise ValueError(f"method {method!r} has two rounding stages ({' and '.join(rounders)}); pick one")
-    return Plan(awq="awq" in parts, clip=clip or "clip" in parts, rounder=rounders[0] if rounders else "rtn",
-                tune="tune" in parts)
+    return Plan(
+        awq="awq" in parts,
+        clip=clip or "clip" in parts,
+        rounder=rounders[0] if rounders else "rtn",
+        tune="tune" in parts,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,37 +119,45 @@ class Recipe:
         if self.target_bpw is not None and not self.target_bpw > 0:
             raise ValueError(f"target bits per weight must be positive, got {self.target_bpw}")
         if any(g < 0 for g in self.mixed_group_sizes):
-            raise ValueError(f"mixed-precision group sizes must be >= 0 (0 = per output channel), "
-                             f"got {list(self.mixed_group_sizes)}")
+            raise ValueError(
+                f"mixed-precision group sizes must be >= 0 (0 = per output channel), got {list(self.mixed_group_sizes)}"
+            )
         if not MIN_BITS <= self.mixed_min_bits <= MAX_BITS:
-            raise ValueError(f"the smallest mixed-precision width must be {MIN_BITS}..{MAX_BITS}, "
-                             f"got {self.mixed_min_bits}")
+            raise ValueError(
+                f"the smallest mixed-precision width must be {MIN_BITS}..{MAX_BITS}, got {self.mixed_min_bits}"
+            )
         if (self.mixed_group_sizes or self.mixed_min_bits != MIN_BITS) and self.target_bpw is None:
-            raise ValueError("choosing group sizes per tensor or a smallest width is part of mixed precision: it "
-                             "needs a target bits per weight")
+            raise ValueError(
+                "choosing group sizes per tensor or a smallest width is part of mixed precision: it "
+                "needs a target bits per weight"
+            )
         for pattern, bits in self.keep:
             if not pattern:
                 raise ValueError("a --keep pattern is empty")
             if not (MIN_BITS <= bits <= MAX_BITS or bits in FLOAT_KEEP_BITS):
-                raise ValueError(f"--keep {pattern}={bits}: bits must be {MIN_BITS}..{MAX_BITS} "
-                                 f"(or {' / '.join(map(str, FLOAT_KEEP_BITS))} to keep the tensors float)")
+                raise ValueError(
+                    f"--keep {pattern}={bits}: bits must be {MIN_BITS}..{MAX_BITS} "
+                    f"(or {' / '.join(map(str, FLOAT_KEEP_BITS))} to keep the tensors float)"
+                )
         if not 0 < self.damp < 1:
-            raise ValueError(f"GPTQ dampening must be between 0 and 1 (fraction of the mean Hessian diagonal), "
-                             f"got {self.damp}")
+            raise ValueError(
+                f"GPTQ dampening must be between 0 and 1 (fraction of the mean Hessian diagonal), got {self.damp}"
+            )
         if not 0 <= self.outlier_columns <= MAX_OUTLIER_COLUMNS:
             raise ValueError(f"embedding outlier columns must be 0..{MAX_OUTLIER_COLUMNS}, got {self.outlier_columns}")
         if self.calib_samples < 1:
             raise ValueError(f"calibration samples must be >= 1, got {self.calib_samples}")
         if self.rotate and plan is not None and plan.awq:
-            raise ValueError("rotation and AWQ do not combine: AWQ scales input channels that a rotation mixes "
-                             "(use one of them)")
+            raise ValueError(
+                "rotation and AWQ do not combine: AWQ scales input channels that a rotation mixes (use one of them)"
+            )
         if self.rotate and plan is None:
             raise ValueError("method 'none' exports float weights; there is nothing to rotate")
         if self.tune_epochs < 1:
             raise ValueError(f"tune epochs must be >= 1, got {self.tune_epochs}")
 
     @classmethod
-    def from_options(cls, *, method: str = "rtn", bits: int | None = None, keep: Iterable = (), **kwargs) -> "Recipe":
+    def from_options(cls, *, method: str = "rtn", bits: int | None = None, keep: Iterable = (), **kwargs) -> Recipe:
         """Build from CLI options: `bits` may be None with a target_bpw; `keep` is any iterable of pairs."""
         if bits is None and kwargs.get("target_bpw") is None:
             bits = 4

@@ -39,7 +39,7 @@ def block_size(cols: int) -> int:
     return b if b >= MIN_BLOCK else 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hadamard(block: int) -> torch.Tensor:
     """float64 H_B / sqrt(B) (Sylvester order; symmetric, its own inverse). Cached: never modify it in place."""
     h = torch.ones(1, 1, dtype=torch.float64)
@@ -48,7 +48,7 @@ def _hadamard(block: int) -> torch.Tensor:
     return h / math.sqrt(block)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _signs(cols: int) -> torch.Tensor:
     return torch.from_numpy(rotation_signs(cols).astype(np.float64))
 

@@ -33,12 +33,12 @@ class QuantSpec:
         return resolve_group_size(cols, self.group_size)
 
     @property
-    def plain(self) -> "QuantSpec":
+    def plain(self) -> QuantSpec:
         """The same codes without decomposition (what the residual of a decomposed tensor is quantized with)."""
         return dataclasses.replace(self, outliers=0)
 
     @property
-    def unrotated(self) -> "QuantSpec":
+    def unrotated(self) -> QuantSpec:
         """The same codes without the rotation (what W R itself is quantized with)."""
         return dataclasses.replace(self, rotation=0)
 
@@ -49,8 +49,9 @@ def as_2d(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w, dtype=np.float32).reshape(rows, cols)
 
 
-def rtn(w: np.ndarray, spec: QuantSpec, clip: np.ndarray | None = None,
-        decomposition: Decomposition | None = None) -> QuantizedTensor:
+def rtn(
+    w: np.ndarray, spec: QuantSpec, clip: np.ndarray | None = None, decomposition: Decomposition | None = None
+) -> QuantizedTensor:
     """Round-to-nearest codes for `w` (any rank >= 2); `clip` (rows, n_groups) shrinks each group's range.
 
     A decomposed spec quantizes the residual of `decomposition` (by default chosen from the weight alone); a
@@ -86,8 +87,13 @@ def fake_quant(w2d: np.ndarray, spec: QuantSpec, clip: np.ndarray | float = 1.0)
     if spec.rotation:
         return unrotate_columns(fake_quant(rotate_columns(w2d, spec.rotation), spec.unrotated, clip), spec.rotation)
     if spec.outliers:
-        clip_arr = None if np.ndim(clip) == 0 and float(clip) == 1.0 else np.broadcast_to(
-            np.asarray(clip, dtype=np.float32), (w2d.shape[0], -(-w2d.shape[1] // spec.resolve(w2d.shape[1]))))
+        clip_arr = (
+            None
+            if np.ndim(clip) == 0 and float(clip) == 1.0
+            else np.broadcast_to(
+                np.asarray(clip, dtype=np.float32), (w2d.shape[0], -(-w2d.shape[1] // spec.resolve(w2d.shape[1])))
+            )
+        )
         return dequantize(rtn(w2d, spec, clip_arr))
     gs = spec.resolve(w2d.shape[1])
     scales, zeros = rtn_scales(w2d, spec.bits, gs, spec.symmetric, clip)

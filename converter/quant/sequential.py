@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,6 @@ from .recipe import Plan
 from .rotate import block_size, rotate_stats
 from .rtn import QuantSpec, as_2d, rtn
 from .stats import DiagStats, FullStats, IdentityStats, Stats
-
 
 # A tied embedding is calibrated as the output projection, on its logits error tr(dE H dE^T). Its other use, the
 # decoder's input lookup, sees the weight error of the looked-up row directly; GPTQ alone would push error into
@@ -98,12 +98,12 @@ def without_output_projection(attention: torch.nn.Module):
 
 # -- turning a module's input into rows of its 2-D weight view --------------------------------------------------
 
+
 def supports_stats(module: torch.nn.Module) -> bool:
     if isinstance(module, torch.nn.Linear):
         return True
     if isinstance(module, torch.nn.Conv1d):
-        return (module.dilation == (1,) and isinstance(module.padding, tuple)
-                and module.padding_mode == "zeros")
+        return module.dilation == (1,) and isinstance(module.padding, tuple) and module.padding_mode == "zeros"
     return False
 
 
@@ -138,8 +138,18 @@ def _positions(module: torch.nn.Module, x: torch.Tensor) -> int:
 class SequentialQuantizer:
     """Runs blocks in order, quantizing the targets named in `specs`; collects results and what it changed."""
 
-    def __init__(self, plan: Plan, specs: dict[str, QuantSpec], *, damp: float, act_order: bool,
-                 true_sequential: bool, seed: int, rotate: bool = False, progress: bool = False):
+    def __init__(
+        self,
+        plan: Plan,
+        specs: dict[str, QuantSpec],
+        *,
+        damp: float,
+        act_order: bool,
+        true_sequential: bool,
+        seed: int,
+        rotate: bool = False,
+        progress: bool = False,
+    ):
         self.plan = plan
         self.specs = specs
         self.damp = damp
@@ -192,8 +202,9 @@ class SequentialQuantizer:
                 if x.dim() == 2 and isinstance(module, torch.nn.Linear):
                     x = x[None]
                 n = _positions(module, x)
-                st.add_batch(torch.cat([_rows(module, x, b, self._select(b, n, t.domain))
-                                        for b in range(x.shape[0])], dim=-2))
+                st.add_batch(
+                    torch.cat([_rows(module, x, b, self._select(b, n, t.domain)) for b in range(x.shape[0])], dim=-2)
+                )
                 seen.add(t.name)
                 if stop_early and seen >= wanted:
                     raise StopForward
@@ -252,8 +263,11 @@ class SequentialQuantizer:
         stages = sorted({t.stage for t in targets})
         for k, stage in enumerate(stages):
             members = [t for t in targets if t.stage == stage]
-            need = [t for t in members if supports_stats(t.module) and (t.name not in stats or
-                                                                       (self.true_sequential and k > 0))]
+            need = [
+                t
+                for t in members
+                if supports_stats(t.module) and (t.name not in stats or (self.true_sequential and k > 0))
+            ]
             if need:
                 fresh, _ = self.collect(block, batches, need, stop_early=True)
                 stats.update(fresh)
@@ -288,8 +302,9 @@ class SequentialQuantizer:
             st = IdentityStats(as_2d(w).shape[1])
         elif t.lookup and isinstance(st, FullStats):
             st = st.with_identity(LOOKUP_WEIGHT)
-        r = quantize_weight(w, self.specs[t.name], st, self.plan, damp=self.damp, act_order=self.act_order,
-                            rotate=self.rotate)
+        r = quantize_weight(
+            w, self.specs[t.name], st, self.plan, damp=self.damp, act_order=self.act_order, rotate=self.rotate
+        )
         with torch.no_grad():
             t.module.weight.copy_(torch.from_numpy(dequantize(r.qt)))
         self.errors[t.name] = r.error
@@ -308,8 +323,9 @@ class Rounded:
     gptq_failed: bool  # GPTQ could not factor the Hessian: rounded to nearest instead
 
 
-def quantize_weight(w: np.ndarray, spec: QuantSpec, st: Stats, plan: Plan, *, damp: float, act_order: bool,
-                    rotate: bool = False) -> Rounded:
+def quantize_weight(
+    w: np.ndarray, spec: QuantSpec, st: Stats, plan: Plan, *, damp: float, act_order: bool, rotate: bool = False
+) -> Rounded:
     """One weight's codes on the statistics of its inputs (IdentityStats: no calibration, weight error): the
     decomposition's columns, clip search, GPTQ (with FullStats) or round-to-nearest. With `rotate`, the weight is
     also quantized under a block Hadamard rotation (rotate.py), and the version with the smaller error is kept."""
@@ -326,8 +342,9 @@ def quantize_weight(w: np.ndarray, spec: QuantSpec, st: Stats, plan: Plan, *, da
         if plan.clip:
             target = w2d if dec is None else dec.residual(w2d)
             if sp.rotation:  # searched on W R, with the statistics of the rotated inputs
-                clip = search_clip(rotate_columns(target, sp.rotation), sp.plain.unrotated,
-                                   rotate_stats(st, sp.rotation))[0]
+                clip = search_clip(
+                    rotate_columns(target, sp.rotation), sp.plain.unrotated, rotate_stats(st, sp.rotation)
+                )[0]
             else:
                 clip = search_clip(target, sp.plain, st)[0]
         qt = None

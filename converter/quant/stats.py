@@ -62,7 +62,7 @@ class FullStats:
         self._abs *= inv
         self._h32 = None
 
-    def with_identity(self, weight: float) -> "FullStats":
+    def with_identity(self, weight: float) -> FullStats:
         """Statistics whose H is H + weight * mean(diag H) * I: adds a plain weight-error term to the objective,
         for a matrix that is also read row by row (a tied embedding table) where weight error itself matters."""
         out = FullStats(self.cols)

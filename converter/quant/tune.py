@@ -17,7 +17,7 @@ utterances, 2 epochs) it cut the held-out teacher-forced KL by about a third.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -81,8 +81,11 @@ class _Quantized:
         self.shape = tuple(qt.shape)
         rows, cols = qt.codes.shape
         gs = qt.group_size
-        zero = (np.full(qt.scales.shape, 1 << (qt.bits - 1), np.float32) if qt.zeros is None
-                else qt.zeros.astype(np.float32))
+        zero = (
+            np.full(qt.scales.shape, 1 << (qt.bits - 1), np.float32)
+            if qt.zeros is None
+            else qt.zeros.astype(np.float32)
+        )
         self.q = torch.from_numpy(qt.codes.astype(np.float32) - np.repeat(zero, gs, axis=1)[:, :cols])
         self.s0 = torch.from_numpy(qt.scales.astype(np.float32))
         self.gs, self.cols = gs, cols
@@ -125,8 +128,11 @@ class _Quantized:
         s[bad] = self.qt.scales[bad]
         out = dataclasses.replace(self.qt, scales=s)
         if self.offset is not None:
-            out = dataclasses.replace(out, offset=self.offset.detach().numpy().astype(np.float32).copy(),
-                                      outliers=_finite_f16(self.outliers.detach().numpy(), self.qt.outliers))
+            out = dataclasses.replace(
+                out,
+                offset=self.offset.detach().numpy().astype(np.float32).copy(),
+                outliers=_finite_f16(self.outliers.detach().numpy(), self.qt.outliers),
+            )
         return out
 
 
@@ -142,9 +148,18 @@ def _owners(model: torch.nn.Module, param: torch.nn.Parameter) -> list[torch.nn.
     return [m for m in model.modules() if m._parameters.get("weight") is param]
 
 
-def tune(model: torch.nn.Module, quantized: dict[str, QuantizedTensor], float_names: list[str], batches: list,
-         outputs: Callable, teacher: Teacher, *, epochs: int = DEFAULT_TUNE_EPOCHS, seed: int = 0,
-         progress: bool = False) -> tuple[dict[str, QuantizedTensor], dict, dict]:
+def tune(
+    model: torch.nn.Module,
+    quantized: dict[str, QuantizedTensor],
+    float_names: list[str],
+    batches: list,
+    outputs: Callable,
+    teacher: Teacher,
+    *,
+    epochs: int = DEFAULT_TUNE_EPOCHS,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[dict[str, QuantizedTensor], dict, dict]:
     """Tune `model` (whose quantized weights hold the dequantized values of `quantized`) towards `teacher`.
 
     Returns (tuned quantized tensors, float tensor name -> tuned float32 array, report). `model` keeps the
@@ -164,12 +179,14 @@ def tune(model: torch.nn.Module, quantized: dict[str, QuantizedTensor], float_na
     for p in floats.values():
         p.requires_grad_(True)
     n_steps = epochs * len(batches)
-    groups = [{"params": [t for w in weights.values() for t in w.scale_params()], "lr": SCALE_LR},
-              {"params": [t for w in weights.values() for t in w.float_params()] + list(floats.values()),
-               "lr": FLOAT_LR}]
+    groups = [
+        {"params": [t for w in weights.values() for t in w.scale_params()], "lr": SCALE_LR},
+        {"params": [t for w in weights.values() for t in w.float_params()] + list(floats.values()), "lr": FLOAT_LR},
+    ]
     opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[SCALE_LR, FLOAT_LR], total_steps=max(n_steps, 1),
-                                                pct_start=WARMUP)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[SCALE_LR, FLOAT_LR], total_steps=max(n_steps, 1), pct_start=WARMUP
+    )
     starts = np.cumsum([0] + [len(b.ids) for b in batches])
     rng = np.random.default_rng(seed)
     history = []
@@ -190,8 +207,9 @@ def tune(model: torch.nn.Module, quantized: dict[str, QuantizedTensor], float_na
                     n = 0
                     for j, logits in enumerate(outs):
                         item = starts[bi] + j
-                        loss = loss + partition_kl(logits, teacher.ids[item], teacher.logp[item],
-                                                   teacher.log_rest[item])
+                        loss = loss + partition_kl(
+                            logits, teacher.ids[item], teacher.logp[item], teacher.log_rest[item]
+                        )
                         n += logits.shape[0]
                     opt.zero_grad()
                     (loss / max(n, 1)).backward()

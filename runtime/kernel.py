@@ -1,0 +1,286 @@
+"""Products with quantized weights computed on their packed codes: an optional compiled kernel and its numpy twin.
+
+`matmul(x, t)` is x @ W^T for a quantized tensor `t` as stored (SPEC.md 5): packed 2..8-bit codes, float16 group
+scales, packed zero points when asymmetric, decomposed (offset row + float16 outlier columns) or rotated (codes
+of W R, the inputs rotated instead). `matmul_int8(x, t)` is the integer path: x quantized to int8 per block of
+`act_block` columns on the fly, integer dot products, one rescale per (block, group) segment.
+
+The compiled kernel (runtime/_kernel/wq_kernel.c, a CPython extension built at install when a C compiler is
+present) is used when `available()`; otherwise, or with WAVQ_NO_KERNEL=1, the same functions run their numpy
+reference. What each path promises against the other:
+
+* dequantize: bit for bit (the same float32 operations in the same order, SPEC.md 5.2 / 5.3).
+* matmul, float path: every product is numpy's (x times the exactly dequantized weight), only the summation
+  order differs, so |kernel - numpy| <= FLOAT_BOUND_ULPS * eps32 * (|x| @ |W|^T) (`float_error_bound`).
+* matmul_int8: bit for bit. Integer: the int8 activation codes, the (code - zero point) differences and their
+  int32 segment sums. Float (float32, each step rounded once, in this order): the activation scales
+  amax / 127 and inverses 127 / amax, the rounding x * inverse -> code (half to even), and per segment
+  y = y + float(sum) * (weight scale * activation scale), segments in increasing column order. A decomposed
+  tensor's offset row and outlier columns stay float (numpy, shared by both paths); its codes at the outlier
+  columns meet zeroed activations.
+
+Large row counts (the encoder's 1500 frames) go to BLAS on weight tiles the kernel dequantizes: the kernel's own
+loops are written for the few rows of a decoding step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from ..formats import WqFile, codecs, packing
+
+try:
+    from . import _wq_kernel  # type: ignore[attr-defined]
+except ImportError:  # not built: no compiler at install time, or a source checkout without `pip install -e .`
+    _wq_kernel = None
+
+DISABLE_ENV = "WAVQ_NO_KERNEL"
+THREADS_ENV = "WAVQ_KERNEL_THREADS"
+DEFAULT_THREADS = 2  # the runtime's budget: two cores
+ACT_BLOCK = 32  # activation columns per int8 scale, as ggml's Q8_0 blocks
+ACT_LEVELS = 127  # int8 activation codes are symmetric: -127..127
+# At most this many input rows go through the kernel's row-by-row loops; more go to BLAS on dequantized tiles.
+SMALL_M = 16
+# Float32 elements per dequantized weight tile of the large-M path: a tile stays in L2 cache (1 MiB).
+TILE_ELEMENTS = 1 << 17
+# The float path's summation-order bound in units of eps32: LANES / 2 + cols / LANES + 4 terms of a sum tree
+# on the kernel's side; see float_error_bound.
+_LANES = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedTensor:
+    """A quantized tensor's stored parts (SPEC.md 5) in its 2-D view: what the kernel reads, never unpacked."""
+
+    codes: np.ndarray  # uint8 (rows, row_bytes(cols, bits))
+    scales: np.ndarray  # float16 (rows, n_groups)
+    zeros: np.ndarray | None  # uint8 (rows, row_bytes(n_groups, bits)) for QASYM, None for QSYM
+    bits: int
+    cols: int
+    group_size: int
+    offset: np.ndarray | None = None  # decomposed: float32 (cols,)
+    outlier_columns: np.ndarray | None = None  # decomposed: int64 (k,)
+    outliers: np.ndarray | None = None  # decomposed: float16 (rows, k)
+    rotation: int = 0  # Hadamard block size of a rotated tensor (SPEC.md 5.4), 0 = not rotated
+
+    @property
+    def rows(self) -> int:
+        return self.codes.shape[0]
+
+    @classmethod
+    def from_file(cls, f: WqFile, name: str) -> PackedTensor:
+        """Zero-copy views of a quantized tensor of an open file."""
+        info = f.info(name)
+        if not info.quantized:
+            raise TypeError(f"{name!r} is stored as {info.encoding.name}, not quantized")
+        parts = dict(zip(info.part_names, f.raw(name)))
+        rows, cols = codecs.view_2d_shape(info.shape)
+        dec = {}
+        if info.decomposed:
+            k = len(info.outlier_columns or ())
+            dec = {
+                "offset": parts["offset"],
+                "outlier_columns": np.array(info.outlier_columns, dtype=np.int64).reshape(k),
+                "outliers": parts.get("outliers", np.zeros((rows, 0), np.float16)),
+            }
+        return cls(
+            parts["codes"], parts["scales"], parts.get("zeros"), int(info.bits or 0), cols, int(info.group_size or 0),
+            **dec, rotation=info.rotation,
+        )  # fmt: skip
+
+    @classmethod
+    def from_quantized(cls, qt: codecs.QuantizedTensor) -> PackedTensor:
+        """Pack an in-memory QuantizedTensor the way the writer stores it."""
+        rows, cols = codecs.view_2d_shape(qt.shape)
+        zeros = None if qt.zeros is None else packing.pack_codes(qt.zeros, qt.bits)
+        return cls(
+            packing.pack_codes(qt.codes.reshape(rows, cols), qt.bits), qt.scales, zeros, qt.bits, cols,
+            qt.group_size, qt.offset, qt.outlier_columns, qt.outliers, qt.rotation,
+        )  # fmt: skip
+
+    def row_slice(self, start: int, stop: int) -> PackedTensor:
+        """Rows [start, stop): contiguous views of every per-row part (the offset applies to every row)."""
+        sel = slice(start, stop)
+        return dataclasses.replace(
+            self,
+            codes=self.codes[sel],
+            scales=self.scales[sel],
+            zeros=None if self.zeros is None else self.zeros[sel],
+            outliers=None if self.outliers is None else self.outliers[sel],
+        )
+
+    def _c_args(self, with_decomposition: bool = True) -> tuple:
+        dec = self.offset is not None and with_decomposition
+        return (
+            np.ascontiguousarray(self.codes),
+            np.ascontiguousarray(self.scales).view(np.uint16),
+            None if self.zeros is None else np.ascontiguousarray(self.zeros),
+            np.ascontiguousarray(self.offset, dtype=np.float32) if dec else None,
+            np.ascontiguousarray(self.outlier_columns, dtype=np.int64) if dec else None,
+            np.ascontiguousarray(self.outliers).view(np.uint16) if dec else None,
+            self.rows,
+            self.bits,
+            self.cols,
+            self.group_size,
+        )
+
+
+def available() -> bool:
+    """True when the compiled kernel is built and not turned off with WAVQ_NO_KERNEL=1."""
+    return _wq_kernel is not None and os.environ.get(DISABLE_ENV, "") in ("", "0")
+
+
+def kernel_status() -> str:
+    """One line for `wavq --version` / `wavq info`: whether products on packed codes use the compiled kernel."""
+    if _wq_kernel is None:
+        return "compiled kernel: not built (numpy path)"
+    if not available():
+        return f"compiled kernel: off ({DISABLE_ENV}=1, numpy path)"
+    return f"compiled kernel: in use ({threads()} threads)"
+
+
+def threads() -> int:
+    """Threads the kernel splits a product's output rows over (WAVQ_KERNEL_THREADS, default 2)."""
+    value = os.environ.get(THREADS_ENV, "")
+    return max(1, int(value)) if value.isdigit() else DEFAULT_THREADS
+
+
+def _rows(x: np.ndarray, cols: int) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != cols:
+        raise ValueError(f"inputs must be float32 (M, {cols}), got shape {x.shape}")
+    return x
+
+
+def dequantize(t: PackedTensor) -> np.ndarray:
+    """float32 (rows, cols) of the stored codes (V for a rotated tensor), bit for bit codecs.dequantize_packed."""
+    if not available():
+        return _reference_dequantize(t)
+    out = np.empty((t.rows, t.cols), dtype=np.float32)
+    _wq_kernel.dequantize(out, t._c_args())
+    return out
+
+
+def _reference_dequantize(t: PackedTensor) -> np.ndarray:
+    dec = {}
+    if t.offset is not None:
+        dec = {"offset": t.offset, "outlier_columns": t.outlier_columns, "outliers": t.outliers}
+    return codecs.dequantize_packed(t.codes, t.scales, t.zeros, t.bits, t.cols, t.group_size, **dec)
+
+
+def _rotated_inputs(x: np.ndarray, t: PackedTensor) -> np.ndarray:
+    """x R for a rotated tensor (x W^T = (x R) V^T, SPEC.md 5.4), else x."""
+    return codecs.rotate_columns(x, t.rotation) if t.rotation else x
+
+
+def matmul(x: np.ndarray, t: PackedTensor) -> np.ndarray:
+    """float32 (M, rows) = x @ W^T, x float32 (M, cols): the compiled kernel when available, else numpy."""
+    x = _rotated_inputs(_rows(x, t.cols), t)
+    if not available():
+        return x @ _reference_dequantize(t).T
+    m = x.shape[0]
+    out = np.empty((m, t.rows), dtype=np.float32)
+    if m <= SMALL_M:
+        _wq_kernel.matmul(out, x, m, t._c_args(), threads())
+        return out
+    step = max(1, TILE_ELEMENTS // t.cols)
+    for r0 in range(0, t.rows, step):
+        r1 = min(t.rows, r0 + step)
+        np.matmul(x, dequantize(t.row_slice(r0, r1)).T, out=out[:, r0:r1])
+    return out
+
+
+def float_error_bound(x: np.ndarray, t: PackedTensor) -> np.ndarray:
+    """Bound on |matmul(kernel) - matmul(numpy)| per output: both sum the same float32 products (x times the
+    exactly dequantized weight), in different orders. A sum tree of depth d errs by at most d * eps32 * sum|terms|
+    (first order); the kernel's tree is cols / LANES + log2(LANES) + 1 deep, a BLAS dot product at most cols deep,
+    so their difference is within (2 * cols + LANES) * eps32 * (|x| @ |W|^T)."""
+    x = _rotated_inputs(_rows(x, t.cols), t)
+    depth = 2 * t.cols + _LANES
+    return np.float32(depth * np.finfo(np.float32).eps) * (np.abs(x) @ np.abs(_reference_dequantize(t)).T)
+
+
+# ---- the integer path ----
+
+
+def quantize_activations(x: np.ndarray, act_block: int = ACT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes (M, cols) and float32 scales (M, ceil(cols / act_block)): x ~ codes * scale per block."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"inputs must be 2-D (M, cols), got shape {x.shape}")
+    m, cols = x.shape
+    nb = codecs.n_groups(cols, act_block)
+    if not available():
+        return _reference_quantize_activations(x, act_block)
+    qx = np.empty((m, cols), dtype=np.int8)
+    sx = np.empty((m, nb), dtype=np.float32)
+    _wq_kernel.quantize_act(qx, sx, x, m, cols, act_block)
+    return qx, sx
+
+
+def _reference_quantize_activations(x: np.ndarray, act_block: int) -> tuple[np.ndarray, np.ndarray]:
+    m, cols = x.shape
+    nb = codecs.n_groups(cols, act_block)
+    blocks = np.zeros((m, nb * act_block), dtype=np.float32)
+    blocks[:, :cols] = x
+    blocks = blocks.reshape(m, nb, act_block)
+    amax = np.abs(blocks).max(axis=2) if m and nb else np.zeros((m, nb), np.float32)
+    levels = np.float32(ACT_LEVELS)
+    inv = np.divide(levels, amax, out=np.zeros_like(amax), where=amax > 0)
+    codes = np.clip(np.rint(blocks * inv[:, :, None]), -ACT_LEVELS, ACT_LEVELS).astype(np.int8)
+    return np.ascontiguousarray(codes.reshape(m, nb * act_block)[:, :cols]), amax / levels
+
+
+def _decomposition_split(x: np.ndarray, t: PackedTensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """For a decomposed tensor: x with its outlier columns zeroed (what meets the codes) and the float part
+    x_zeroed @ offset + x[:, outliers] @ outliers^T; for any other tensor (x, None)."""
+    if t.offset is None or t.outliers is None:
+        return x, None
+    xz = x.copy()
+    xz[:, t.outlier_columns] = 0
+    rest = (xz @ t.offset)[:, None] + x[:, t.outlier_columns] @ t.outliers.astype(np.float32).T
+    return xz, rest.astype(np.float32, copy=False)
+
+
+def matmul_int8(x: np.ndarray, t: PackedTensor, act_block: int = ACT_BLOCK) -> np.ndarray:
+    """float32 (M, rows) ~ x @ W^T by the integer path (module docstring), compiled when available, else the
+    numpy simulation of the same arithmetic (equal bit for bit)."""
+    x, rest = _decomposition_split(_rotated_inputs(_rows(x, t.cols), t), t)
+    qx, sx = quantize_activations(x, act_block)
+    if available():
+        out = np.empty((x.shape[0], t.rows), dtype=np.float32)
+        _wq_kernel.matmul_int8(out, qx, sx, x.shape[0], act_block, t._c_args(with_decomposition=False), threads())
+    else:
+        out = _reference_int8_products(qx, sx, t, act_block)
+    if rest is not None:
+        out += rest
+    return out
+
+
+def _segments(cols: int, group_size: int, act_block: int) -> list[int]:
+    """Column starts of the ranges inside one weight group and one activation block, then cols."""
+    starts = sorted(set(range(0, cols, group_size)) | set(range(0, cols, act_block)))
+    return starts + [cols]
+
+
+def _reference_int8_products(qx: np.ndarray, sx: np.ndarray, t: PackedTensor, act_block: int) -> np.ndarray:
+    """The kernel's integer arithmetic in numpy: int32 segment sums, then float32 rescales in column order."""
+    ng = codecs.n_groups(t.cols, t.group_size)
+    q = packing.unpack_codes(t.codes, t.bits, t.cols).astype(np.int32)
+    if t.zeros is None:
+        z = np.full((t.rows, ng), 1 << (t.bits - 1), np.int32)
+    else:
+        z = packing.unpack_codes(t.zeros, t.bits, ng).astype(np.int32)
+    d = q - np.repeat(z, t.group_size, axis=1)[:, : t.cols]
+    sw = t.scales.astype(np.float32)
+    qx32 = qx.astype(np.int32)
+    out = np.zeros((qx.shape[0], t.rows), dtype=np.float32)
+    bounds = _segments(t.cols, t.group_size, act_block)
+    for k0, k1 in zip(bounds[:-1], bounds[1:]):
+        acc = qx32[:, k0:k1] @ d[:, k0:k1].T  # exact: |sum| < 2^31 (act_block <= the kernel's MAX_ACT_BLOCK)
+        scale = sx[:, k0 // act_block, None] * sw[None, :, k0 // t.group_size]
+        out += acc.astype(np.float32) * scale
+    return out

@@ -10,8 +10,9 @@ present) is used when `available()`; otherwise, or with WAVQ_NO_KERNEL=1, the sa
 reference. What each path promises against the other:
 
 * dequantize: bit for bit (the same float32 operations in the same order, SPEC.md 5.2 / 5.3).
-* matmul, float path: every product is numpy's (x times the exactly dequantized weight), only the summation
-  order differs, so |kernel - numpy| <= FLOAT_BOUND_ULPS * eps32 * (|x| @ |W|^T) (`float_error_bound`).
+* matmul, float path: both sum the same terms x * w, w dequantized exactly as numpy does it; only the summation
+  order (and BLAS's fused multiply-adds) differ, so |kernel - numpy| stays within `float_error_bound`,
+  (2 cols + 16) * eps32 * (|x| @ |W|^T).
 * matmul_int8: bit for bit. Integer: the int8 activation codes, the (code - zero point) differences and their
   int32 segment sums. Float (float32, each step rounded once, in this order): the activation scales
   amax / 127 and inverses 127 / amax, the rounding x * inverse -> code (half to even), and per segment
@@ -42,13 +43,12 @@ THREADS_ENV = "WAVQ_KERNEL_THREADS"
 DEFAULT_THREADS = 2  # the runtime's budget: two cores
 ACT_BLOCK = 32  # activation columns per int8 scale, as ggml's Q8_0 blocks
 ACT_LEVELS = 127  # int8 activation codes are symmetric: -127..127
-# At most this many input rows go through the kernel's row-by-row loops; more go to BLAS on dequantized tiles.
-SMALL_M = 16
+# At most this many input rows go through the kernel's row-by-row loops (a decoding step: one row per beam); more
+# go to BLAS on dequantized tiles, which measured faster from about 8 rows on (benchmarks/results/kernel.md).
+SMALL_M = 8
 # Float32 elements per dequantized weight tile of the large-M path: a tile stays in L2 cache (1 MiB).
 TILE_ELEMENTS = 1 << 17
-# The float path's summation-order bound in units of eps32: LANES / 2 + cols / LANES + 4 terms of a sum tree
-# on the kernel's side; see float_error_bound.
-_LANES = 16
+_LANES = 16  # the kernel's independent partial sums per dot product (wq_kernel.c LANES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,10 +194,11 @@ def matmul(x: np.ndarray, t: PackedTensor) -> np.ndarray:
 
 
 def float_error_bound(x: np.ndarray, t: PackedTensor) -> np.ndarray:
-    """Bound on |matmul(kernel) - matmul(numpy)| per output: both sum the same float32 products (x times the
-    exactly dequantized weight), in different orders. A sum tree of depth d errs by at most d * eps32 * sum|terms|
-    (first order); the kernel's tree is cols / LANES + log2(LANES) + 1 deep, a BLAS dot product at most cols deep,
-    so their difference is within (2 * cols + LANES) * eps32 * (|x| @ |W|^T)."""
+    """Bound on |matmul(kernel) - matmul(numpy)| per output. Both sum the same terms x * w (w the exactly
+    dequantized weight) in different orders; a sum whose tree is d deep errs by at most (d + 1) * eps32 * sum|terms|
+    (first order, the 1 for rounding the product). The kernel's tree is cols / LANES + log2(LANES) + 1 deep (plus a
+    tail under LANES), a BLAS dot product's at most cols, so the two differ by at most
+    (2 * cols + LANES) * eps32 * (|x| @ |W|^T)."""
     x = _rotated_inputs(_rows(x, t.cols), t)
     depth = 2 * t.cols + _LANES
     return np.float32(depth * np.finfo(np.float32).eps) * (np.abs(x) @ np.abs(_reference_dequantize(t)).T)
@@ -207,7 +208,8 @@ def float_error_bound(x: np.ndarray, t: PackedTensor) -> np.ndarray:
 
 
 def quantize_activations(x: np.ndarray, act_block: int = ACT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """int8 codes (M, cols) and float32 scales (M, ceil(cols / act_block)): x ~ codes * scale per block."""
+    """int8 codes (M, cols) and float32 scales (M, ceil(cols / act_block)): x ~ codes * scale per block.
+    x must be finite (a NaN is not propagated the same way by the two paths)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"inputs must be 2-D (M, cols), got shape {x.shape}")

@@ -1,0 +1,133 @@
+"""x @ W^T for whisper-base-shaped quantized weights: numpy (dequantize, then BLAS) vs a cached float32 weight vs
+the compiled kernel (runtime/kernel.py), at decoding (M = 1, 5 rows: greedy and 5 beams) and encoder (M = 1500
+frames) row counts.
+
+Weights are random (speed does not depend on their values), RTN-quantized in groups of 64, symmetric. Each cell is
+the best wall time of repeated calls after one untimed call (the best, not the median: the machine may be shared).
+The numpy engines use numpy's BLAS with its threads (OPENBLAS_NUM_THREADS), the kernel its default
+(WAVQ_KERNEL_THREADS, 2) unless the column says 1 thread.
+
+    python benchmarks/bench_kernel.py                      # writes benchmarks/results/kernel.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+from bench_common import machine, versions
+
+from wavq.formats import codecs
+from wavq.runtime import kernel
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHAPES = [(512, 512), (2048, 512), (512, 2048), (51865, 512)]  # (out, in): attention, fc1, fc2, output embedding
+ROWS = [1, 5, 8, 16, 1500]
+BITS = [4, 3]
+GROUP = 64
+MIN_SECONDS = 0.3  # per cell: repeat until this much time has been spent
+MIN_CALLS = 3
+# The output embedding only ever meets a decoding step's few rows; an encoder-sized product with it is not a real case.
+SKIP = {((51865, 512), 1500)}
+
+
+def best_ms(fn: Callable[[], object]) -> float:
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < MIN_CALLS or time.perf_counter() - start < MIN_SECONDS:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times) * 1e3
+
+
+ENGINES = ["numpy dequantize + matmul", "cached float32 matmul", "kernel", "kernel, 1 thread", "kernel int8"]
+
+
+def engines(x: np.ndarray, t: kernel.PackedTensor, w: np.ndarray) -> list[Callable[[], object]]:
+    """The calls timed, in the order of ENGINES."""
+
+    def numpy_dequantize():
+        return x @ codecs.dequantize_packed(t.codes, t.scales, t.zeros, t.bits, t.cols, t.group_size).T
+
+    def kernel_one_thread():
+        os.environ[kernel.THREADS_ENV] = "1"
+        try:
+            return kernel.matmul(x, t)
+        finally:
+            del os.environ[kernel.THREADS_ENV]
+
+    return [
+        numpy_dequantize,
+        lambda: x @ w.T,
+        lambda: kernel.matmul(x, t),
+        kernel_one_thread,
+        lambda: kernel.matmul_int8(x, t),
+    ]
+
+
+def run() -> list[list[str]]:
+    rng = np.random.default_rng(0)
+    table = []
+    for rows, cols in SHAPES:
+        w = rng.standard_normal((rows, cols)).astype(np.float32) * 0.05
+        for bits in BITS:
+            qt, _ = codecs.quantize(w, bits, GROUP, True)
+            t = kernel.PackedTensor.from_quantized(qt)
+            wq = kernel.dequantize(t)
+            for m in ROWS:
+                if ((rows, cols), m) in SKIP:
+                    continue
+                x = rng.standard_normal((m, cols)).astype(np.float32)
+                cells = [f"{rows}x{cols}", str(bits), str(m)]
+                cells += [f"{best_ms(fn):.2f}" for fn in engines(x, t, wq)]
+                table.append(cells)
+                print(" | ".join(cells), file=sys.stderr, flush=True)
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--output", default=os.path.join(HERE, "results", "kernel.md"))
+    args = ap.parse_args()
+    if not kernel.available():
+        sys.exit(f"bench_kernel: {kernel.kernel_status()}; build it with `pip install -e .` and a C compiler")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load0 = os.getloadavg()
+    table = run()
+    load1 = os.getloadavg()
+    header = ["weight (out x in)", "bits", "rows M"] + ENGINES
+    lines = [
+        "# Products with packed quantized weights: numpy vs the compiled kernel",
+        "",
+        f"- Date: {started:%Y-%m-%d %H:%M} UTC",
+        f"- Machine: {machine()}; {versions()}; {kernel.kernel_status()}",
+        f"- Load average (1 min) at start {load0[0]:.1f}, at end {load1[0]:.1f} (the machine is shared: other jobs "
+        "ran alongside, so absolute times are noisy; the columns of one row were measured back to back)",
+        f"- Weights: random, RTN, symmetric, groups of {GROUP}. Times: best-of-repeats wall milliseconds per call "
+        "of x @ W^T (x float32, M rows), output included.",
+        "- numpy dequantize + matmul = the runtime's low-memory mode (formats.codecs.dequantize_packed, then BLAS); "
+        "cached float32 = Weights(cache=True); kernel = kernel.matmul (M <= "
+        f"{kernel.SMALL_M}: the C loops on packed codes; larger M: BLAS on weight tiles the kernel dequantizes); "
+        "kernel int8 = kernel.matmul_int8 (activations quantized to int8 per block of "
+        f"{kernel.ACT_BLOCK}, int32 dot products).",
+        f"- BLAS threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset (all cores)')}; "
+        f"kernel threads: {kernel.threads()}",
+        f"- Command: `nice -n 10 python benchmarks/bench_kernel.py --output {os.path.relpath(args.output)}`",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * 3 + "---:|" * (len(header) - 3),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in table]
+    with open(args.output, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,8 +4,7 @@ frames) row counts.
 
 Weights are random (speed does not depend on their values), RTN-quantized in groups of 64, symmetric. Each cell is
 the best wall time of repeated calls after one untimed call (the best, not the median: the machine may be shared).
-The numpy engines use numpy's BLAS with its threads (OPENBLAS_NUM_THREADS), the kernel its default
-(WAVQ_KERNEL_THREADS, 2) unless the column says 1 thread.
+The numpy engines use numpy's BLAS with its threads (OPENBLAS_NUM_THREADS); the kernel columns say theirs.
 
     python benchmarks/bench_kernel.py                      # writes benchmarks/results/kernel.md
 """
@@ -47,7 +46,18 @@ def best_ms(fn: Callable[[], object]) -> float:
     return min(times) * 1e3
 
 
-ENGINES = ["numpy dequantize + matmul", "cached float32 matmul", "kernel", "kernel, 1 thread", "kernel int8"]
+ENGINES = ["numpy dequantize + matmul", "cached float32 matmul", "kernel, 1 thread", "kernel, 2 threads", "kernel int8"]
+
+
+def with_threads(n: int, fn: Callable[[], object]) -> Callable[[], object]:
+    def call():
+        os.environ[kernel.THREADS_ENV] = str(n)
+        try:
+            return fn()
+        finally:
+            del os.environ[kernel.THREADS_ENV]
+
+    return call
 
 
 def engines(x: np.ndarray, t: kernel.PackedTensor, w: np.ndarray) -> list[Callable[[], object]]:
@@ -56,19 +66,12 @@ def engines(x: np.ndarray, t: kernel.PackedTensor, w: np.ndarray) -> list[Callab
     def numpy_dequantize():
         return x @ codecs.dequantize_packed(t.codes, t.scales, t.zeros, t.bits, t.cols, t.group_size).T
 
-    def kernel_one_thread():
-        os.environ[kernel.THREADS_ENV] = "1"
-        try:
-            return kernel.matmul(x, t)
-        finally:
-            del os.environ[kernel.THREADS_ENV]
-
     return [
         numpy_dequantize,
         lambda: x @ w.T,
-        lambda: kernel.matmul(x, t),
-        kernel_one_thread,
-        lambda: kernel.matmul_int8(x, t),
+        with_threads(1, lambda: kernel.matmul(x, t)),
+        with_threads(2, lambda: kernel.matmul(x, t)),
+        with_threads(1, lambda: kernel.matmul_int8(x, t)),
     ]
 
 
@@ -103,6 +106,7 @@ def main() -> None:
     table = run()
     load1 = os.getloadavg()
     header = ["weight (out x in)", "bits", "rows M"] + ENGINES
+    blas = f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']} " if "OPENBLAS_NUM_THREADS" in os.environ else ""
     lines = [
         "# Products with packed quantized weights: numpy vs the compiled kernel",
         "",
@@ -116,10 +120,9 @@ def main() -> None:
         "cached float32 = Weights(cache=True); kernel = kernel.matmul (M <= "
         f"{kernel.SMALL_M}: the C loops on packed codes; larger M: BLAS on weight tiles the kernel dequantizes); "
         "kernel int8 = kernel.matmul_int8 (activations quantized to int8 per block of "
-        f"{kernel.ACT_BLOCK}, int32 dot products).",
-        f"- BLAS threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset (all cores)')}; "
-        f"kernel threads: {kernel.threads()}",
-        f"- Command: `nice -n 10 python benchmarks/bench_kernel.py --output {os.path.relpath(args.output)}`",
+        f"{kernel.ACT_BLOCK}, int32 dot products, 1 thread).",
+        f"- BLAS threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset (all cores)')}",
+        f"- Command: `{blas}nice -n 10 python benchmarks/bench_kernel.py --output {os.path.relpath(args.output)}`",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * 3 + "---:|" * (len(header) - 3),

@@ -40,7 +40,9 @@ except ImportError:  # not built: no compiler at install time, or a source check
 
 DISABLE_ENV = "WAVQ_NO_KERNEL"
 THREADS_ENV = "WAVQ_KERNEL_THREADS"
-DEFAULT_THREADS = 2  # the runtime's budget: two cores
+# One thread by default: splitting output rows over two measured no faster than one on the 2-core machine while
+# other work shared it (benchmarks/results/kernel.md); WAVQ_KERNEL_THREADS=2 turns the split on.
+DEFAULT_THREADS = 1
 ACT_BLOCK = 32  # activation columns per int8 scale, as ggml's Q8_0 blocks
 ACT_LEVELS = 127  # int8 activation codes are symmetric: -127..127
 # At most this many input rows go through the kernel's row-by-row loops (a decoding step: one row per beam); more
@@ -139,11 +141,12 @@ def kernel_status() -> str:
         return "compiled kernel: not built (numpy path)"
     if not available():
         return f"compiled kernel: off ({DISABLE_ENV}=1, numpy path)"
-    return f"compiled kernel: in use ({threads()} threads)"
+    n = threads()
+    return f"compiled kernel: in use ({n} thread{'s' if n > 1 else ''})"
 
 
 def threads() -> int:
-    """Threads the kernel splits a product's output rows over (WAVQ_KERNEL_THREADS, default 2)."""
+    """Threads the kernel splits a product's output rows over (WAVQ_KERNEL_THREADS, default DEFAULT_THREADS)."""
     value = os.environ.get(THREADS_ENV, "")
     return max(1, int(value)) if value.isdigit() else DEFAULT_THREADS
 

@@ -6,8 +6,8 @@ of W R, the inputs rotated instead). `matmul_int8(x, t)` is the integer path: x 
 `act_block` columns on the fly, integer dot products, one rescale per (block, group) segment.
 
 The compiled kernel (runtime/_kernel/wq_kernel.c, a CPython extension built at install when a C compiler is
-present) is used when `available()`; otherwise, or with WAVQ_NO_KERNEL=1, the same functions run their numpy
-reference. What each path promises against the other:
+present; `pip install -e .` rebuilds it in place after an edit) is used when `available()`; otherwise, or with
+WAVQ_NO_KERNEL=1, the same functions run their numpy reference. What each path promises against the other:
 
 * dequantize: bit for bit (the same float32 operations in the same order, SPEC.md 5.2 / 5.3).
 * matmul, float path: both sum the same terms x * w, w dequantized exactly as numpy does it; only the summation
@@ -21,7 +21,8 @@ reference. What each path promises against the other:
   columns meet zeroed activations.
 
 Large row counts (the encoder's 1500 frames) go to BLAS on weight tiles the kernel dequantizes: the kernel's own
-loops are written for the few rows of a decoding step.
+loops are written for the few rows of a decoding step. The integer path has no such split: at encoder sizes it
+runs several times slower than BLAS (benchmarks/results/kernel.md), so it is meant for decoding steps.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ ACT_LEVELS = 127  # int8 activation codes are symmetric: -127..127
 # At most this many input rows go through the kernel's row-by-row loops (a decoding step: one row per beam); more
 # go to BLAS on dequantized tiles, which measured faster from about 8 rows on (benchmarks/results/kernel.md).
 SMALL_M = 8
-# Float32 elements per dequantized weight tile of the large-M path: a tile stays in L2 cache (1 MiB).
-TILE_ELEMENTS = 1 << 17
+# Float32 elements per dequantized weight tile of the large-M path (2 MiB): narrower tiles left BLAS measurably
+# slower on 1500 x 2048 inputs, and the tile is small next to the model.
+TILE_ELEMENTS = 1 << 19
 _LANES = 16  # the kernel's independent partial sums per dot product (wq_kernel.c LANES)
 
 

@@ -89,18 +89,21 @@ def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encodin
         if tensor.zeros is not None:
             arrays["zeros"] = packing.pack_codes(tensor.zeros, tensor.bits)
         k = None
-        if tensor.decomposed:
-            # again, not only in QuantizedTensor: its arrays are mutable, and the writer never produces a file
-            # its reader would reject (unordered or out-of-range columns, non-finite values)
-            codecs.validate_decomposition(tensor.shape, tensor.offset, tensor.outlier_columns, tensor.outliers)
-            if not np.isfinite(tensor.offset).all():
+        # validated again, not only in QuantizedTensor: its arrays are mutable, and the writer never produces a
+        # file its reader would reject (unordered or out-of-range columns, non-finite values)
+        decomposition = codecs.validate_decomposition(
+            tensor.shape, tensor.offset, tensor.outlier_columns, tensor.outliers
+        )
+        if decomposition is not None:
+            offset, columns, outliers = decomposition
+            if not np.isfinite(offset).all():
                 raise ValueError("quantized tensor has a non-finite offset")
-            if not np.isfinite(tensor.outliers).all():
+            if not np.isfinite(outliers).all():
                 raise ValueError("quantized tensor has non-finite outlier values")
-            k = int(tensor.outlier_columns.shape[0])
-            fields["outlier_columns"] = tensor.outlier_columns.tolist()  # plain ints for msgpack
-            arrays["offset"] = np.ascontiguousarray(tensor.offset, dtype=OFFSET_DTYPE)
-            arrays["outliers"] = np.ascontiguousarray(tensor.outliers, dtype=OUTLIER_DTYPE)
+            k = int(columns.shape[0])
+            fields["outlier_columns"] = columns.tolist()  # plain ints for msgpack
+            arrays["offset"] = np.ascontiguousarray(offset, dtype=OFFSET_DTYPE)
+            arrays["outliers"] = np.ascontiguousarray(outliers, dtype=OUTLIER_DTYPE)
         if tensor.rotation:
             codecs.validate_rotation(codecs.view_2d_shape(tensor.shape)[1], tensor.rotation, tensor.decomposed)
             fields["rotation"] = int(tensor.rotation)
@@ -114,6 +117,8 @@ def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encodin
         raise TypeError(f"cannot store an array of dtype {arr.dtype}")
     _check_shape(arr.shape)
     data = np.ascontiguousarray(arr, dtype=FLOAT_ENCODINGS[Encoding(encoding)])
+    if not np.isfinite(data).all():  # the reader rejects them (SPEC.md 7), also values that overflow F16
+        raise ValueError("cannot store a tensor with NaN or infinite values")
     return {"encoding": int(encoding), "shape": [int(d) for d in arr.shape]}, [data]
 
 

@@ -120,7 +120,8 @@ def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encodin
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"cannot store an array of dtype {arr.dtype}")
     _check_shape(arr.shape)
-    data = np.ascontiguousarray(arr, dtype=FLOAT_ENCODINGS[Encoding(encoding)])
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond F16's range become inf: refused below
+        data = np.ascontiguousarray(arr, dtype=FLOAT_ENCODINGS[Encoding(encoding)])
     if not np.isfinite(data).all():  # the reader rejects them (SPEC.md 7), also values that overflow F16
         raise ValueError("cannot store a tensor with NaN or infinite values")
     return {"encoding": int(encoding), "shape": [int(d) for d in arr.shape]}, [data]

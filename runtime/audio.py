@@ -20,6 +20,7 @@ _WAVE_FORMAT_PCM = 0x0001
 _WAVE_FORMAT_IEEE_FLOAT = 0x0003
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 _MAX_CHANNELS = 64
+_MAX_SAMPLE_BITS = 64  # float64 samples; a sample occupies ceil(bits / 8) bytes of each block
 
 # Windowed-sinc resampler: 32 zero crossings each side and a Kaiser window (beta 8.6) keep the stop-band
 # below -80 dB, far under the models' noise floor; cutoff at 95 % of the lower Nyquist frequency.
@@ -33,6 +34,10 @@ _RESAMPLE_BLOCK_ELEMENTS = 1 << 22
 
 class AudioError(ValueError):
     """Audio that cannot be used: unreadable, empty, not audio, or containing NaN/infinite samples."""
+
+
+class _UnsupportedWav(AudioError):
+    """A valid WAV header whose sample encoding this parser does not decode (soundfile may)."""
 
 
 STDIN = "-"  # the path that names standard input
@@ -137,12 +142,14 @@ def _read_stream(f: BinaryIO, name: str) -> bytes:
 
 def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
     """Decode the bytes of an audio file: WAV by the standard library, anything else by soundfile if present."""
+    wav_error = None
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         try:
             return parse_wav(data, name)
-        except AudioError:
+        except _UnsupportedWav as e:  # an invalid header is final; an encoding we lack may suit soundfile
             if not _has_soundfile():
                 raise
+            wav_error = e
     if not _has_soundfile():
         raise AudioError(
             f"{name}: only WAV is read without extra packages; install soundfile (pip install soundfile or "
@@ -153,7 +160,7 @@ def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
     except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/TypeError for non-audio
-        raise AudioError(f"{name}: not a readable audio file ({e})") from None
+        raise wav_error or AudioError(f"{name}: not a readable audio file ({e})") from None
     return np.asarray(samples, dtype=np.float32), int(rate)
 
 
@@ -200,11 +207,11 @@ def parse_wav(data: bytes, name: str) -> tuple[np.ndarray, int]:
     if not 1 <= channels <= _MAX_CHANNELS:
         raise AudioError(f"{name}: invalid WAV header ({channels} channels, expected 1..{_MAX_CHANNELS})")
     _check_rate(rate, name)
+    if not 1 <= bits <= _MAX_SAMPLE_BITS or block_align != -(-bits // 8) * channels:
+        raise AudioError(f"{name}: invalid WAV sample layout ({bits} bits, block {block_align})")
     widths = _WAV_FLOAT_DTYPES if tag == _WAVE_FORMAT_IEEE_FLOAT else {**_WAV_PCM_DTYPES, 24: ""}
     if tag not in (_WAVE_FORMAT_PCM, _WAVE_FORMAT_IEEE_FLOAT) or bits not in widths:
-        raise AudioError(f"{name}: unsupported WAV encoding (format tag {tag:#06x}, {bits} bits)")
-    if block_align != bits // 8 * channels:
-        raise AudioError(f"{name}: unsupported WAV sample layout ({bits} bits, block {block_align})")
+        raise _UnsupportedWav(f"{name}: unsupported WAV encoding (format tag {tag:#06x}, {bits} bits)")
     n = len(payload) // block_align
     raw = np.frombuffer(payload, dtype=np.uint8, count=n * block_align)
     if tag == _WAVE_FORMAT_IEEE_FLOAT:

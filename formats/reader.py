@@ -1,7 +1,8 @@
 """The one .wq reader. It validates everything it is about to trust before handing out a byte.
 
 Opening a file reads the prefix and the header only; tensor data stays in an np.memmap and is read when a tensor
-is first used, after its CRC32 and the finiteness of its scales (and offset and float columns) are checked, once.
+is first used, after its CRC32 and the finiteness of its values (float tensors) or scales (and offset and float
+columns) are checked, once.
 SPEC.md section 7 lists every rejection; any input bytes produce a FormatError subclass or a valid file, never
 another exception (tests/test_formats_fuzz.py).
 """
@@ -414,7 +415,7 @@ class WqFile:
     def _check_not_truncated(self) -> None:
         """TruncatedFileError when the file has shrunk since it was opened: reading its mapping past the new end
         would kill the process with SIGBUS. One fstat per tensor access; a truncation between this check and
-        the read, or under arrays already handed out, is beyond what a memory map can defend (SPEC.md 8)."""
+        the read, or under arrays already handed out, is beyond what a memory map can defend (SPEC.md 7.1)."""
         if self._mm is None:
             raise ValueError(f"{self.path}: file is closed")
         try:

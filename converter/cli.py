@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 
 import click
 
@@ -59,6 +60,9 @@ def _terminate_cleanly():
     def handler(signum, frame):
         raise _Terminated(signum)
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
     previous = {s: signal.signal(s, handler) for s in _TERMINATING_SIGNALS}
     try:
         yield

@@ -449,7 +449,8 @@ def test_convert_killed_partial_is_removed_by_the_next_run(tmp_path, tiny):
     assert p.returncode == -9
     (left,) = _partials(tmp_path)
     assert left.startswith(".out.wq.")
-    other = tmp_path / f".other.wq.{p.args and 1}.x.partial"  # another output's partial (PID 1 lives): kept
+    dead_pid = left.split(".")[3]  # .out.wq.PID.RANDOM.partial
+    other = tmp_path / f".other.wq.{dead_pid}.x.partial"  # another output's partial: not this run's to remove
     other.write_bytes(b"")
     r = _convert(tiny[0], "-o", out, "-q")
     assert r.exit_code == 0, r.output

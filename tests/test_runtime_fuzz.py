@@ -298,6 +298,14 @@ def _run_batch(campaign: Campaign, batch: list[tuple[int, str, str]], audio: lis
             pending = []
 
 
+def _category(failure: str) -> str:
+    """ "escape: TypeError at wav2vec2.py:91" from a failure line; other failures by their first words."""
+    outcome = failure.split("): ", 1)[1]
+    if outcome.startswith("escape: "):
+        return outcome.split(": ", 2)[1]
+    return outcome[:60]
+
+
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
     from tiny_models import convert_tiny, tiny_wav2vec2, tiny_whisper
@@ -334,7 +342,13 @@ def test_stage_raises_only_format_and_audio_errors(campaign, stage):
     n = sum(campaign.outcomes[stage].values())
     assert campaign.cases == CASES
     failures = campaign.failures[stage]
-    kinds = collections.Counter(f.split(": ", 2)[1].split(" at ")[0].split(":")[0] for f in failures)
-    assert not failures, f"{stage}: {len(failures)} of {n} cases failed ({dict(kinds)}):\n" + "\n".join(failures[:25])
+    kinds = collections.Counter(_category(f) for f in failures)
+    listed = sorted(kinds.items(), key=lambda kv: -kv[1])
+    assert not failures, (
+        f"{stage}: {len(failures)} of {n} cases failed; by kind and place:\n"
+        + "\n".join(f"{count:6}  {kind}" for kind, count in listed)
+        + "\nfirst cases (hangs and crashes first):\n"
+        + "\n".join(sorted(failures, key=lambda f: "escape: " in f)[:25])
+    )
     # the mutations must reach both outcomes, not stop at one check every time
     assert campaign.outcomes[stage]["ok"] and campaign.outcomes[stage]["error"], dict(campaign.outcomes[stage])

@@ -2,15 +2,84 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+import signal
 import sys
+import threading
 
 import click
 
 from ..formats.constants import MAX_BITS, MIN_BITS
 from ..formats.errors import OutputExistsError
+from ..formats.writer import stale_partials
 from .quant.recipe import DEFAULT_CALIB_SAMPLES, DEFAULT_OUTLIER_COLUMNS, DEFAULT_TUNE_EPOCHS, MAX_OUTLIER_COLUMNS
 from .registry import ConversionError
+
+# Signals that end a conversion like Ctrl-C does: the writer's cleanup runs and removes its partial file.
+_TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_MAX_MESSAGE_CHARS = 300  # a library's error message is cut to one line of this length
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a damaged checkpoint raises: OSError (also a read-only directory or a full disk when
+    writing), torch.load's RuntimeError / pickle errors / EOFError, safetensors' own error type."""
+    errors: tuple[type[BaseException], ...] = (OSError, RuntimeError, EOFError, pickle.UnpicklingError)
+    try:
+        from safetensors import SafetensorError
+
+        errors += (SafetensorError,)
+    except ImportError:  # pragma: no cover - safetensors comes with transformers
+        pass
+    return errors
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        where = e.filename or ""
+        return f"{where}: {e.strerror}" if where else e.strerror
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."
+
+
+class _Terminated(BaseException):
+    """Raised by the signal handler: unwinds like KeyboardInterrupt, so every cleanup on the way runs."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _terminate_cleanly():
+    """SIGTERM and SIGHUP raise _Terminated (the writer removes its partial file) instead of killing the
+    process on the spot; the previous handlers come back afterwards."""
+
+    def handler(signum, frame):
+        raise _Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in _TERMINATING_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _remove_stale_partials(output: str) -> None:
+    """A run killed by SIGKILL cannot clean up: its ".NAME.PID.*.partial" is removed by the next run into the
+    same output name (only when that PID no longer runs)."""
+    for path in stale_partials(output):
+        try:
+            os.unlink(path)
+            click.echo(f"removed {path}, left by an interrupted conversion", err=True)
+        except OSError as e:
+            click.echo(f"warning: cannot remove {path}, left by an interrupted conversion: {e.strerror}", err=True)
 
 
 def _parse_keep(ctx, param, values) -> list[tuple[str, int]]:
@@ -209,19 +278,26 @@ def main(
 
                 calib_items = select_calibration(calib, calib_samples, seed)
         stage = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-        report = convert(
-            source,
-            output,
-            recipe,
-            dtype=dtype,
-            force=force,
-            revision=revision,
-            progress=not quiet and sys.stderr.isatty(),
-            calib_items=calib_items,
-            on_stage=stage,
-        )
+        _remove_stale_partials(output)
+        with _terminate_cleanly():
+            report = convert(
+                source,
+                output,
+                recipe,
+                dtype=dtype,
+                force=force,
+                revision=revision,
+                progress=not quiet and sys.stderr.isatty(),
+                calib_items=calib_items,
+                on_stage=stage,
+            )
     except (ConversionError, OutputExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
+    except _Terminated as e:
+        click.echo(f"Aborted ({e}).", err=True)
+        sys.exit(128 + e.signum)  # the shell convention for a process ended by a signal
+    except _load_errors() as e:
+        raise click.ClickException(f"{source} -> {output}: {_one_line(e)}") from None
     bpw = report.quantization.get("bits_per_weight")
     click.echo(
         f"wrote {report.path}: {report.architecture}, {report.n_params:,} parameters "

@@ -92,9 +92,10 @@ class QuantizedTensor:
 
 def validate_decomposition(
     shape: tuple[int, ...], offset: np.ndarray | None, outlier_columns: np.ndarray | None, outliers: np.ndarray | None
-) -> None:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """ValueError unless the three decomposition fields fit a quantized tensor of `shape` (all None, or: offset
     float32 (cols,), outlier_columns int64 (k,) strictly increasing in 0..cols-1, outliers float16 (rows, k)).
+    Returns (offset, outlier_columns, outliers) of a decomposed tensor, None for one that is not.
 
     QuantizedTensor checks this when built; the writer checks again because numpy arrays stay mutable.
     Values are not checked for finiteness here (the writer and reader do that, as for scales).
@@ -103,7 +104,7 @@ def validate_decomposition(
     if offset is None:
         if outlier_columns is not None or outliers is not None:
             raise ValueError("outlier_columns and outliers need an offset (a tensor without one is not decomposed)")
-        return
+        return None
     if outlier_columns is None or outliers is None:
         raise ValueError("a decomposed tensor (offset given) needs outlier_columns and outliers (k may be 0)")
     for what, arr in (("offset", offset), ("outlier_columns", outlier_columns), ("outliers", outliers)):
@@ -121,6 +122,7 @@ def validate_decomposition(
             f"outlier_columns must be strictly increasing column indices in 0..{cols - 1}, "
             f"got {outlier_columns[:20].tolist()}"
         )
+    return offset, outlier_columns, outliers
 
 
 def validate_rotation(cols: int, block: int, decomposed: bool = False) -> None:
@@ -222,8 +224,8 @@ def quantize_with_scales(
     safe = np.where(s == 0, np.float32(1), s)
     g, pad = _grouped(w2d, group_size)
     q = np.rint(g / safe[:, :, None]) + z[:, :, None]
-    q = np.clip(q, 0, (1 << bits) - 1).astype(np.uint8).reshape(rows, g.shape[1] * group_size)  # rows may be 0
-    return np.ascontiguousarray(q[:, :cols])
+    codes = np.clip(q, 0, (1 << bits) - 1).astype(np.uint8).reshape(rows, g.shape[1] * group_size)  # rows may be 0
+    return np.ascontiguousarray(codes[:, :cols])
 
 
 def rtn_scales(
@@ -314,7 +316,7 @@ def dequantize_rows(
 def dequantize(qt: QuantizedTensor) -> np.ndarray:
     """float32 array of the original shape (SPEC.md 5.2; 5.3 for a decomposed tensor, 5.4 for a rotated one)."""
     out = dequantize_rows(qt.codes, qt.scales, qt.zeros, qt.bits, qt.group_size)
-    if qt.decomposed:
+    if qt.offset is not None and qt.outlier_columns is not None and qt.outliers is not None:  # decomposed
         apply_decomposition(out, qt.offset, qt.outlier_columns, qt.outliers)
     if qt.rotation:
         out = unrotate_columns(out, qt.rotation)
@@ -348,6 +350,11 @@ def dequantize_packed(
 
     rows = packed.shape[0]
     ng = n_groups(cols, group_size)
+    decomposition = None
+    if offset is not None:
+        if outlier_columns is None or outliers is None:
+            raise ValueError("a decomposed tensor (offset given) needs outlier_columns and outliers (k may be 0)")
+        decomposition = (offset, outlier_columns, outliers)
     out = np.empty((rows, cols), dtype=np.float32)
     if rows == 0 or cols == 0:
         return out
@@ -355,7 +362,7 @@ def dequantize_packed(
     direct = 8 % bits == 0 and cols % (8 // bits) == 0  # whole bytes per row: shift straight into the output
     per_byte = 8 // bits if direct else 0
     mask = np.uint8((1 << bits) - 1)
-    tmp = np.empty((min(step, rows), packed.shape[1]), dtype=np.uint8) if direct else None
+    tmp = np.empty((min(step, rows), packed.shape[1] if direct else 0), dtype=np.uint8)  # the direct path's buffer
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         o = out[r0:r1]
@@ -383,6 +390,6 @@ def dequantize_packed(
         else:
             o -= z if zg is None else _expand(zg, group_size, cols)
             o *= _expand(s, group_size, cols)
-        if offset is not None:
-            apply_decomposition(o, offset, outlier_columns, outliers[r0:r1])
+        if decomposition is not None:
+            apply_decomposition(o, decomposition[0], decomposition[1], decomposition[2][r0:r1])
     return out

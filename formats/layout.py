@@ -23,6 +23,13 @@ def part_names(encoding: Encoding, outliers: int | None = None) -> list[str]:
     return names
 
 
+def quant_params(bits: int | None, group_size: int | None) -> tuple[int, int]:
+    """(bits, group_size) of a quantized tensor; ValueError when either is missing (a float tensor's entry)."""
+    if bits is None or group_size is None:
+        raise ValueError("quantized encodings need bits and a group size")
+    return bits, group_size
+
+
 def tensor_parts(
     encoding: Encoding,
     shape: tuple[int, ...],
@@ -39,6 +46,7 @@ def tensor_parts(
     if encoding in FLOAT_ENCODINGS:
         n = math.prod(int(d) for d in shape)  # Python ints: a hostile shape cannot overflow; () -> 1
         return [(0, n * np.dtype(FLOAT_ENCODINGS[encoding]).itemsize)]
+    bits, group_size = quant_params(bits, group_size)
     rows, cols = codecs.view_2d_shape(shape)
     ng = codecs.n_groups(cols, group_size)
     size = {

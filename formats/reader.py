@@ -1,7 +1,8 @@
 """The one .wq reader. It validates everything it is about to trust before handing out a byte.
 
 Opening a file reads the prefix and the header only; tensor data stays in an np.memmap and is read when a tensor
-is first used, after its CRC32 and the finiteness of its scales (and offset and float columns) are checked, once.
+is first used, after its CRC32 and the finiteness of its values (float tensors) or scales (and offset and float
+columns) are checked, once.
 SPEC.md section 7 lists every rejection; any input bytes produce a FormatError subclass or a valid file, never
 another exception (tests/test_formats_fuzz.py).
 """
@@ -11,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import weakref
 import zlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgpack
 import numpy as np
@@ -63,7 +65,7 @@ from .errors import (
     UnknownEncodingError,
     UnsupportedVersionError,
 )
-from .layout import part_names, tensor_nbytes, tensor_parts
+from .layout import part_names, quant_params, tensor_nbytes, tensor_parts
 
 _HEADER_KEYS = frozenset({"layout_revision", "meta", "tensors", "data_size"})
 _ENTRY_KEYS = frozenset({"name", "encoding", "shape", "offset", "nbytes", "crc32"})
@@ -109,11 +111,16 @@ class TensorInfo:
         return part_names(self.encoding, self.n_outlier_columns)
 
     @property
+    def quant(self) -> tuple[int, int]:
+        """(bits, group_size) of a quantized tensor (ValueError for a float one)."""
+        return quant_params(self.bits, self.group_size)
+
+    @property
     def parts(self) -> list[tuple[int, int]]:
         return tensor_parts(self.encoding, self.shape, self.bits, self.group_size, self.n_outlier_columns)
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -178,8 +185,11 @@ class WqFile:
                 if self.file_size > end:
                     raise TrailingDataError(self.path, f"{self.file_size - end} unexpected bytes after the data region")
                 self.tensors: dict[str, TensorInfo] = self._parse_tensors(header["tensors"])
-                # Map the file we validated (not the path again, which may have been replaced meanwhile).
+                # Map the file we validated (not the path again, which may have been replaced meanwhile), and keep
+                # a descriptor of it to notice a truncation by another program before touching the lost pages.
                 self._mm = np.memmap(f, dtype=np.uint8, mode="r", shape=(self.file_size,))
+                self._fd = os.dup(f.fileno())
+                self._release_fd = weakref.finalize(self, os.close, self._fd)
         except FormatError:
             raise
         except OSError as e:
@@ -295,7 +305,9 @@ class WqFile:
             )
             raise UnknownEncodingError(self.path, f"{where}: unknown encoding {e['encoding']}{hint}") from None
         allowed = _ENTRY_KEYS
-        bits = group_size = outlier_columns = None
+        bits: int | None = None
+        group_size: int | None = None
+        outlier_columns: tuple[int, ...] | None = None
         rotation = 0
         for key in (_DECOMPOSED_KEY, _ROTATION_KEY):
             if encoding not in QUANT_ENCODINGS and key in e:
@@ -304,23 +316,27 @@ class WqFile:
                 )
         if encoding in QUANT_ENCODINGS:
             allowed = _ENTRY_KEYS | _QUANT_KEYS | {_DECOMPOSED_KEY, _ROTATION_KEY}
-            bits, group_size = e.get("bits"), e.get("group_size")
-            if not _is_int(bits) or not MIN_BITS <= bits <= MAX_BITS:
-                raise MalformedHeaderError(self.path, f"{where}: bits {_short(bits)} outside {MIN_BITS}..{MAX_BITS}")
+            raw_bits, raw_group = e.get("bits"), e.get("group_size")
+            if not _is_int(raw_bits) or not MIN_BITS <= raw_bits <= MAX_BITS:
+                raise MalformedHeaderError(
+                    self.path, f"{where}: bits {_short(raw_bits)} outside {MIN_BITS}..{MAX_BITS}"
+                )
+            bits = raw_bits
             if len(shape) < 2:
                 raise ShapeMismatchError(self.path, f"{where}: quantized tensors need 2 or more dimensions")
             cols = math.prod(shape[1:])
             if cols == 0:
                 raise ShapeMismatchError(self.path, f"{where}: quantized tensor of shape {tuple(shape)} has no columns")
-            if not _is_int(group_size) or not 1 <= group_size <= cols:
-                raise MalformedHeaderError(self.path, f"{where}: group size {_short(group_size)} outside 1..{cols}")
+            if not _is_int(raw_group) or not 1 <= raw_group <= cols:
+                raise MalformedHeaderError(self.path, f"{where}: group size {_short(raw_group)} outside 1..{cols}")
+            group_size = raw_group
             if _DECOMPOSED_KEY in e:
                 outlier_columns = self._parse_outlier_columns(where, e[_DECOMPOSED_KEY], cols)
             if _ROTATION_KEY in e:
                 rotation = self._parse_rotation(where, e[_ROTATION_KEY], cols, outlier_columns is not None)
-        extra = set(e) - allowed
-        if extra:
-            raise MalformedHeaderError(self.path, f"{where}: unknown keys {sorted(extra)} for {encoding.name}")
+        unknown = set(e) - allowed
+        if unknown:
+            raise MalformedHeaderError(self.path, f"{where}: unknown keys {sorted(unknown)} for {encoding.name}")
         offset, nbytes, crc = e["offset"], e["nbytes"], e["crc32"]
         if offset < 0 or nbytes < 0 or offset + nbytes > self.data_size:
             raise OutOfBoundsError(
@@ -396,6 +412,21 @@ class WqFile:
         except KeyError:
             raise MissingTensorError(self.path, f"no tensor named {name!r}") from None
 
+    def _check_not_truncated(self) -> None:
+        """TruncatedFileError when the file has shrunk since it was opened: reading its mapping past the new end
+        would kill the process with SIGBUS. One fstat per tensor access; a truncation between this check and
+        the read, or under arrays already handed out, is beyond what a memory map can defend (SPEC.md 7.1)."""
+        if self._mm is None:
+            raise ValueError(f"{self.path}: file is closed")
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError as e:
+            raise FormatError(self.path, f"cannot read file: {e.strerror or e}") from None
+        if size < self.file_size:
+            raise TruncatedFileError(
+                self.path, f"file shrank from {self.file_size} to {size} bytes while open (another program changed it)"
+            )
+
     def _bytes(self, info: TensorInfo, rel: int, n: int) -> np.ndarray:
         if self._mm is None:
             raise ValueError(f"{self.path}: file is closed")
@@ -403,12 +434,13 @@ class WqFile:
         return self._mm[start : start + n]
 
     def check(self, name: str) -> None:
-        """Verify one tensor (once per open file): its CRC32, then that its scales (and, when decomposed, its
-        offset and outlier values) are finite."""
+        """Verify one tensor (once per open file): its CRC32, then that its values (float tensors), or its scales
+        and, when decomposed, its offset and outlier values (quantized tensors) are finite."""
         if name in self._verified:
             return
         info = self.info(name)
-        crc = zlib.crc32(self._bytes(info, 0, info.nbytes))
+        self._check_not_truncated()
+        crc = zlib.crc32(self._bytes(info, 0, info.nbytes).data)
         if crc != info.crc32:
             raise ChecksumError(self.path, f"tensor {name!r} is corrupt (checksum mismatch)", tensor=name)
         if info.quantized:
@@ -420,6 +452,9 @@ class WqFile:
             ):
                 if part in spans and not np.isfinite(self._bytes(info, *spans[part]).view(dtype)).all():
                     raise InvalidValueError(self.path, f"tensor {name!r} has {what}", tensor=name)
+        elif not np.isfinite(self._bytes(info, 0, info.nbytes).view(FLOAT_ENCODINGS[info.encoding])).all():
+            # NaN weights would turn every later result into NaN (a decoder then emits garbage for minutes)
+            raise InvalidValueError(self.path, f"tensor {name!r} has a NaN or infinite value", tensor=name)
         self._verified.add(name)
 
     def verify(self) -> list[ChecksumError | InvalidValueError]:
@@ -441,15 +476,17 @@ class WqFile:
         """part name -> zero-copy view, typed and shaped (explicit sizes, not -1: rows may be 0)."""
         info = self.info(name)
         self.check(name)
+        self._check_not_truncated()  # check() looks only once per tensor; the file may shrink later
         views = {part: self._bytes(info, rel, n) for part, (rel, n) in zip(info.part_names, info.parts)}
         if info.encoding in FLOAT_ENCODINGS:
             return {"values": views["values"].view(FLOAT_ENCODINGS[info.encoding]).reshape(info.shape)}
+        bits, group_size = info.quant
         rows, cols = codecs.view_2d_shape(info.shape)
-        ng = codecs.n_groups(cols, info.group_size)
+        ng = codecs.n_groups(cols, group_size)
         shaped = {
-            "codes": lambda v: v.reshape(rows, packing.row_bytes(cols, info.bits)),
+            "codes": lambda v: v.reshape(rows, packing.row_bytes(cols, bits)),
             "scales": lambda v: v.view(SCALE_DTYPE).reshape(rows, ng),
-            "zeros": lambda v: v.reshape(rows, packing.row_bytes(ng, info.bits)),
+            "zeros": lambda v: v.reshape(rows, packing.row_bytes(ng, bits)),
             "offset": lambda v: v.view(OFFSET_DTYPE),
             "outliers": lambda v: v.view(OUTLIER_DTYPE).reshape(rows, info.n_outlier_columns),
         }
@@ -475,14 +512,15 @@ class WqFile:
         if not info.quantized:
             raise TypeError(f"{name!r} is stored as {info.encoding.name}, not quantized")
         views = self._part_views(name)
+        bits, group_size = info.quant
         cols = codecs.view_2d_shape(info.shape)[1]
-        ng = codecs.n_groups(cols, info.group_size)
-        zeros = packing.unpack_codes(views["zeros"], info.bits, ng) if "zeros" in views else None
+        ng = codecs.n_groups(cols, group_size)
+        zeros = packing.unpack_codes(views["zeros"], bits, ng) if "zeros" in views else None
         return codecs.QuantizedTensor(
             info.shape,
-            info.bits,
-            info.group_size,
-            packing.unpack_codes(views["codes"], info.bits, cols),
+            bits,
+            group_size,
+            packing.unpack_codes(views["codes"], bits, cols),
             np.asarray(views["scales"], dtype=np.float16),
             zeros,
             **self._decomposition(info, views),
@@ -509,9 +547,8 @@ class WqFile:
         dec = self._decomposition(info, views)
         if dec:
             dec["outliers"] = dec["outliers"][sel]  # the rows of the codes: the fused loop applies them per block
-        w = codecs.dequantize_packed(
-            views["codes"][sel], views["scales"][sel], zeros, info.bits, r_cols, info.group_size, **dec
-        )
+        bits, group_size = info.quant
+        w = codecs.dequantize_packed(views["codes"][sel], views["scales"][sel], zeros, bits, r_cols, group_size, **dec)
         if info.rotation and unrotate:
             w = codecs.unrotate_columns(w, info.rotation)
         return w.reshape((w.shape[0],) + info.shape[1:]).astype(dtype, copy=False)
@@ -520,6 +557,7 @@ class WqFile:
         """Release the file. Arrays already handed out stay valid: the mapping is unmapped only when the last
         view of it is garbage-collected (closing it under live views would make them dangle and crash)."""
         self._mm = None
+        self._release_fd()
 
     def __enter__(self) -> WqFile:
         return self

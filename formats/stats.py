@@ -8,6 +8,7 @@ import numpy as np
 
 from . import codecs
 from .constants import FLOAT_ENCODINGS, OFFSET_DTYPE, OUTLIER_DTYPE, Encoding
+from .layout import quant_params
 
 SCALE_BITS = 16  # every group stores one float16 scale
 OFFSET_BITS = 8 * np.dtype(OFFSET_DTYPE).itemsize  # a decomposed tensor stores one float32 offset per column
@@ -30,6 +31,7 @@ def payload_bits(
     numel = math.prod(int(d) for d in shape)  # () -> 1
     if encoding in FLOAT_ENCODINGS:
         return numel * 8 * np.dtype(FLOAT_ENCODINGS[encoding]).itemsize
+    bits, group_size = quant_params(bits, group_size)
     rows, cols = codecs.view_2d_shape(shape)
     groups = rows * codecs.n_groups(cols, group_size)
     zero_bits = bits if encoding == Encoding.QASYM else 0

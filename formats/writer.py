@@ -38,6 +38,10 @@ from .constants import (
 from .errors import OutputExistsError
 from .layout import part_names, tensor_parts
 
+# The temporary file close() renames into place: ".NAME.PID.RANDOM.partial" beside NAME, so a run killed before
+# it could clean up (SIGKILL, power loss) leaves a file that names both its output and its writer's process.
+PARTIAL_SUFFIX = ".partial"
+
 # msgpack integers are 64-bit: signed down to -2**63, unsigned up to 2**64 - 1.
 _MSGPACK_INT_MIN = -(1 << 63)
 _MSGPACK_INT_MAX = (1 << 64) - 1
@@ -89,18 +93,21 @@ def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encodin
         if tensor.zeros is not None:
             arrays["zeros"] = packing.pack_codes(tensor.zeros, tensor.bits)
         k = None
-        if tensor.decomposed:
-            # again, not only in QuantizedTensor: its arrays are mutable, and the writer never produces a file
-            # its reader would reject (unordered or out-of-range columns, non-finite values)
-            codecs.validate_decomposition(tensor.shape, tensor.offset, tensor.outlier_columns, tensor.outliers)
-            if not np.isfinite(tensor.offset).all():
+        # validated again, not only in QuantizedTensor: its arrays are mutable, and the writer never produces a
+        # file its reader would reject (unordered or out-of-range columns, non-finite values)
+        decomposition = codecs.validate_decomposition(
+            tensor.shape, tensor.offset, tensor.outlier_columns, tensor.outliers
+        )
+        if decomposition is not None:
+            offset, columns, outliers = decomposition
+            if not np.isfinite(offset).all():
                 raise ValueError("quantized tensor has a non-finite offset")
-            if not np.isfinite(tensor.outliers).all():
+            if not np.isfinite(outliers).all():
                 raise ValueError("quantized tensor has non-finite outlier values")
-            k = int(tensor.outlier_columns.shape[0])
-            fields["outlier_columns"] = tensor.outlier_columns.tolist()  # plain ints for msgpack
-            arrays["offset"] = np.ascontiguousarray(tensor.offset, dtype=OFFSET_DTYPE)
-            arrays["outliers"] = np.ascontiguousarray(tensor.outliers, dtype=OUTLIER_DTYPE)
+            k = int(columns.shape[0])
+            fields["outlier_columns"] = columns.tolist()  # plain ints for msgpack
+            arrays["offset"] = np.ascontiguousarray(offset, dtype=OFFSET_DTYPE)
+            arrays["outliers"] = np.ascontiguousarray(outliers, dtype=OUTLIER_DTYPE)
         if tensor.rotation:
             codecs.validate_rotation(codecs.view_2d_shape(tensor.shape)[1], tensor.rotation, tensor.decomposed)
             fields["rotation"] = int(tensor.rotation)
@@ -113,7 +120,10 @@ def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encodin
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"cannot store an array of dtype {arr.dtype}")
     _check_shape(arr.shape)
-    data = np.ascontiguousarray(arr, dtype=FLOAT_ENCODINGS[Encoding(encoding)])
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond F16's range become inf: refused below
+        data = np.ascontiguousarray(arr, dtype=FLOAT_ENCODINGS[Encoding(encoding)])
+    if not np.isfinite(data).all():  # the reader rejects them (SPEC.md 7), also values that overflow F16
+        raise ValueError("cannot store a tensor with NaN or infinite values")
     return {"encoding": int(encoding), "shape": [int(d) for d in arr.shape]}, [data]
 
 
@@ -217,8 +227,8 @@ class WqWriter:
                 raise ValueError(f"header of {len(header)} bytes exceeds the format's {MAX_HEADER_LEN}-byte limit")
             prefix = PREFIX.pack(MAGIC, CONTAINER_VERSION, len(header), zlib.crc32(header), PREFIX_FLAGS)
             pad = align(PREFIX_SIZE + len(header)) - PREFIX_SIZE - len(header)
-            directory = os.path.dirname(os.path.abspath(self.path))
-            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".wq.partial", dir=directory)
+            directory, name = os.path.split(os.path.abspath(self.path))
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=PARTIAL_SUFFIX, dir=directory)
             with os.fdopen(fd, "wb") as out:
                 out.write(prefix)
                 out.write(header)
@@ -259,6 +269,36 @@ class WqWriter:
             self.abort()
 
 
+def stale_partials(path: str | os.PathLike) -> list[str]:
+    """Temporary files a writer of `path` left behind when its process died (SIGKILL, power loss): the
+    ".NAME.PID.*.partial" files beside `path` whose PID no longer runs. Files of a live writer are not listed."""
+    directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+    stale = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return []
+    for entry in entries:
+        if not (entry.startswith(f".{name}.") and entry.endswith(PARTIAL_SUFFIX)):
+            continue
+        pid = entry[len(name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            stale.append(os.path.join(directory, entry))
+    return sorted(stale)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # alive under another user; or no such PID on this system
+        return True
+    return True
+
+
 def write_wq(path, meta: Mapping[str, Any], tensors: Mapping[str, Any], *, force: bool = False) -> str:
     """Write `tensors` (name -> ndarray or QuantizedTensor, in the mapping's order) with `meta` to `path`."""
     with WqWriter(path, meta, force=force) as w:
@@ -267,4 +307,4 @@ def write_wq(path, meta: Mapping[str, Any], tensors: Mapping[str, Any], *, force
     return os.fspath(path)
 
 
-__all__ = ["WqWriter", "write_wq", "canonical", "ALIGNMENT"]
+__all__ = ["WqWriter", "write_wq", "canonical", "stale_partials", "ALIGNMENT", "PARTIAL_SUFFIX"]

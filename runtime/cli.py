@@ -57,84 +57,115 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
         rows = [(t.name, list(t.shape), encoding_label(t), t.nbytes) for t in f.tensors.values()]
         n_rotated = sum(bool(t.rotation) for t in f.tensors.values())
     if as_json:
-        out = {
-            "file": file,
-            "architecture": s.architecture,
-            "file_size": s.file_size,
-            "parameters": s.n_params,
-            "quantized_parameters": s.n_quantized,
-            "quantized_bits_per_weight": s.quantized_bpw,
-            "overall_bits_per_parameter": s.overall_bpw,
-            "by_role": s.by_role,
-            "by_encoding": s.by_encoding,
-            "dims": meta.get("dims"),
-            "quantization": meta.get("quantization"),
-            "provenance": meta.get("provenance"),
-        }
-        if tensors:
-            out["tensors"] = [dict(zip(("name", "shape", "encoding", "bytes"), r)) for r in rows]
-        click.echo(json.dumps(out, indent=2, default=str))
-        return
-    click.echo(f"file:          {file} ({_mib(s.file_size)})")
-    click.echo(f"architecture:  {s.architecture}")
-    dims = meta.get("dims") or {}
-    if dims:
-        click.echo("dims:          " + ", ".join(f"{k}={v}" for k, v in dims.items()))
+        _info_json(file, s, meta, rows if tensors else None)
+    else:
+        _info_text(file, s, meta, rows, n_rotated, tensors)
+
+
+def _info_json(file: str, s, meta: dict, rows: list | None) -> None:
+    from .info import finite_or_none, json_value
+
+    out = {
+        "file": file,
+        "architecture": s.architecture,
+        "file_size": s.file_size,
+        "parameters": s.n_params,
+        "quantized_parameters": s.n_quantized,
+        "quantized_bits_per_weight": finite_or_none(s.quantized_bpw),
+        "overall_bits_per_parameter": finite_or_none(s.overall_bpw),
+        "by_role": s.by_role,
+        "by_encoding": s.by_encoding,
+        "dims": json_value(meta.get("dims")),
+        "quantization": json_value(meta.get("quantization")),
+        "provenance": json_value(meta.get("provenance")),
+    }
+    if rows is not None:
+        out["tensors"] = [dict(zip(("name", "shape", "encoding", "bytes"), r)) for r in rows]
+    click.echo(json.dumps(out, indent=2, allow_nan=False))
+
+
+def _info_text(file: str, s, meta: dict, rows: list, n_rotated: int, tensors: bool) -> None:
+    from .info import int_map, meta_map, printable
+
+    invalid = "(not a map in this file)"
+    click.echo(f"file:          {printable(file)} ({_mib(s.file_size)})")
+    click.echo(f"architecture:  {printable(s.architecture)}")
+    dims = meta_map(meta, "dims")
+    if dims is None or dims:
+        click.echo("dims:          " + (invalid if dims is None else _pairs(dims)))
     click.echo(f"parameters:    {s.n_params:,} ({s.n_quantized:,} quantized)")
     if s.n_quantized:
         click.echo(
             f"bits/weight:   {s.quantized_bpw:.3f} over quantized tensors (codes, scales, zero points, "
             "offset rows and float columns)"
         )
-    click.echo(f"bits/param:    {s.overall_bpw:.3f} over the whole file")
+    if s.n_params:
+        click.echo(f"bits/param:    {s.overall_bpw:.3f} over the whole file")
     click.echo("by role:")
     for role, (count, params, nbytes) in sorted(s.by_role.items(), key=lambda kv: -kv[1][2]):
         click.echo(f"  {role:<38} {count:>5} tensors {params:>13,} params {_mib(nbytes):>12}")
     click.echo("by encoding:")
     for label, (count, params, nbytes) in sorted(s.by_encoding.items(), key=lambda kv: -kv[1][2]):
         click.echo(f"  {label:<38} {count:>5} tensors {params:>13,} params {_mib(nbytes):>12}")
-    q = dict(meta.get("quantization") or {})
-    allocation = q.pop("tensor_bits", None) or {}
-    group_of = q.pop("tensor_group_size", None) or {}
+    q = dict(meta_map(meta, "quantization") or {})
+    if meta_map(meta, "quantization") is None:
+        click.echo(f"quantization:  {invalid}")
+    allocation = int_map(q.pop("tensor_bits", None))
+    group_of = int_map(q.pop("tensor_group_size", None))
     rotated = q.pop("rotated", None)
     if q:
-        click.echo("quantization:  " + ", ".join(f"{k}={v}" for k, v in q.items() if not isinstance(v, dict)))
-    if allocation:
-
-        def label(name):
-            g = group_of.get(name)
-            return f"{allocation[name]} bits" + ("" if g is None else f", {'per channel' if g == 0 else f'group {g}'}")
-
-        # numeric order (per channel last); Counter keeps the order labels first appear in
-        labels = {n: label(n) for n in sorted(allocation, key=lambda n: (allocation[n], group_of.get(n) or 1 << 40))}
-        counts = Counter(labels.values())
-        click.echo("bit allocation: " + ", ".join(f"{n} tensors at {k}" for k, n in counts.items()))
-        if len(counts) > 1 or tensors:
-            width = max(map(len, counts))
-            for name in allocation:
-                click.echo(f"  {labels[name]:<{width}}  {name}")
+        click.echo("quantization:  " + _pairs({k: v for k, v in q.items() if not isinstance(v, dict)}))
+    if allocation is None or group_of is None:
+        click.echo("bit allocation: (tensor_bits or tensor_group_size is not a map of integers in this file)")
+    elif allocation:
+        _bit_allocation(allocation, group_of, tensors)
     if rotated is not None or n_rotated:  # how many tensors are stored under a rotation (SPEC.md 5.4)
         click.echo(f"rotated:       {n_rotated} quantized tensors stored under a block Hadamard rotation")
-    prov = meta.get("provenance") or {}
-    if prov:
-        click.echo("provenance:    " + ", ".join(f"{k}={v}" for k, v in prov.items()))
+    prov = meta_map(meta, "provenance")
+    if prov is None or prov:
+        click.echo("provenance:    " + (invalid if prov is None else _pairs(prov)))
     if tensors:
         click.echo("tensors:")
         for name, shape, label, nbytes in rows:
-            click.echo(f"  {name:<60} {str(tuple(shape)):<18} {label:<38} {nbytes:>10,} B")
+            click.echo(f"  {printable(name):<60} {str(tuple(shape)):<18} {label:<38} {nbytes:>10,} B")
+
+
+def _pairs(d: dict) -> str:
+    from .info import printable
+
+    return ", ".join(f"{printable(k)}={printable(v)}" for k, v in d.items())
+
+
+def _bit_allocation(allocation: dict[str, int], group_of: dict[str, int], tensors: bool) -> None:
+    from .info import printable
+
+    def label(name):
+        g = group_of.get(name)
+        return f"{allocation[name]} bits" + ("" if g is None else f", {'per channel' if g == 0 else f'group {g}'}")
+
+    # numeric order (per channel last); Counter keeps the order labels first appear in
+    labels = {n: label(n) for n in sorted(allocation, key=lambda n: (allocation[n], group_of.get(n) or 1 << 40))}
+    counts = Counter(labels.values())
+    click.echo("bit allocation: " + ", ".join(f"{n} tensors at {k}" for k, n in counts.items()))
+    if len(counts) > 1 or tensors:
+        width = max(map(len, counts))
+        for name in allocation:
+            click.echo(f"  {labels[name]:<{width}}  {printable(name)}")
 
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @_user_errors
 def verify(file: str) -> None:
-    """Check FILE completely: structure, header checksum and every tensor's checksum."""
+    """Check FILE completely: structure, header checksum and every tensor's checksum and values."""
+    from .info import printable
+
     with WqFile(file) as f:
         problems = f.verify()
         n = len(f.tensors)
     if problems:
         for p in problems:
-            click.echo(f"corrupt: {p.tensor}", err=True)
+            click.echo(f"corrupt: {printable(p.tensor)}", err=True)
         raise click.ClickException(f"{file}: {len(problems)} of {n} tensors are corrupt")
     click.echo(f"{file}: ok ({n} tensors, checksums match)")
 

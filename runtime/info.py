@@ -1,13 +1,70 @@
-"""What `wavq info` reports about a .wq file, computed from the header alone."""
+"""What `wavq info` reports about a .wq file, computed from the header alone.
+
+The reader validates the container, not the metadata a model interprets, so everything taken from `meta` here is
+checked or rendered defensively: any type, NaN, control characters, deep nesting.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from collections import defaultdict
+from typing import Any
 
 from ..formats import WqFile
 from ..formats.constants import Encoding
 from ..formats.stats import payload_bits
+
+MAX_TEXT_CHARS = 200  # one metadata value printed as text is cut to this many characters
+MAX_DEPTH = 16  # metadata nested deeper than this is shown as "..." (a hostile header nests up to msgpack's limit)
+
+
+def json_value(v: Any, depth: int = 0) -> Any:
+    """Metadata made plain JSON: non-finite floats as the strings "nan"/"inf"/"-inf", bytes as hex text,
+    containers below MAX_DEPTH as "...". json.dumps(..., allow_nan=False) accepts the result."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, bytes):
+        return v.hex()
+    if depth >= MAX_DEPTH:
+        return "..."
+    if isinstance(v, dict):
+        return {str(k): json_value(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_value(x, depth + 1) for x in v]
+    return str(v)
+
+
+def printable(v: Any) -> str:
+    """One line of text for a metadata value: strings as they are, anything else as JSON; control and other
+    non-printable characters escaped (\x1b, \u202e), cut to MAX_TEXT_CHARS."""
+    text = v if isinstance(v, str) else json.dumps(json_value(v), ensure_ascii=False, allow_nan=False)
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 3] + "..."
+
+
+def meta_map(meta: dict, key: str) -> dict | None:
+    """meta[key] when it is a map ({} when absent or null); None when the file stores something else there."""
+    v = meta.get(key)
+    if v is None:
+        return {}
+    return v if isinstance(v, dict) else None
+
+
+def int_map(v: Any) -> dict[str, int] | None:
+    """A map of tensor names to integers (bits, group sizes); {} when absent; None when it is anything else."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(isinstance(n, int) and not isinstance(n, bool) for n in v.values()):
+        return None
+    return v
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def tensor_role(shape: tuple[int, ...]) -> str:
@@ -60,8 +117,9 @@ def summarize(f: WqFile) -> Summary:
         if info.quantized:
             n_quant += info.numel
             qbits += payload_bits(info.encoding, info.shape, info.bits, info.group_size, info.n_outlier_columns)
+    arch = f.meta.get("architecture", "?")
     return Summary(
-        architecture=str(f.meta.get("architecture", "?")),
+        architecture=arch if isinstance(arch, str) else f"(not a string: {printable(arch)})",
         file_size=f.file_size,
         n_params=n_params,
         n_quantized=n_quant,

@@ -227,3 +227,26 @@ def test_empty_file_is_valid(tmp_path):
     write_wq(path, {}, {})
     with WqFile(path) as f:
         assert f.tensors == {} and f.meta == {} and f.data_size == 0 and f.verify() == []
+
+
+def test_stale_partials_are_those_of_dead_writers_of_the_same_name(tmp_path):
+    import subprocess
+    import sys
+
+    from wavq.formats.writer import stale_partials
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its PID no longer runs
+    dead, live = child.pid, os.getpid()
+    files = {
+        f".m.wq.{dead}.abc.partial": True,
+        f".m.wq.{live}.abc.partial": False,  # a writer still at work
+        f".other.wq.{dead}.abc.partial": False,  # another output's
+        ".m.wq.notapid.abc.partial": False,
+        f".m.wq.{dead}.abc.tmp": False,
+    }
+    for name in files:
+        (tmp_path / name).write_bytes(b"")
+    expected = sorted(str(tmp_path / n) for n, stale in files.items() if stale)
+    assert stale_partials(tmp_path / "m.wq") == expected
+    assert stale_partials(tmp_path / "missing-dir" / "m.wq") == []

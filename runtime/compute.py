@@ -167,6 +167,12 @@ def _linear(counts: Counts, table: Table, name: str, rows: int) -> None:
     counts.add(part_of(name), rows * t.numel, t.weight_bits, t.act_bits)
 
 
+def _projections(counts: Counts, table: Table, attention: str, rows: int) -> None:
+    """q, k, v and out projections of the attention module `attention` over the same rows."""
+    for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        _linear(counts, table, f"{attention}.{proj}.weight", rows)
+
+
 # -- Whisper ---------------------------------------------------------------------------------------------------
 
 
@@ -181,8 +187,7 @@ def whisper_encoder(dims: Mapping[str, Any], table: Table) -> Counts:
     _linear(c, table, "model.encoder.conv1.weight", 2 * t)
     _linear(c, table, "model.encoder.conv2.weight", t)
     for p in _whisper_layers(dims, "encoder"):
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            _linear(c, table, f"{p}self_attn.{proj}.weight", t)
+        _projections(c, table, f"{p}self_attn", t)
         c.add(ATTENTION_SCORES, 2 * t * t * d)
         _linear(c, table, f"{p}fc1.weight", t)
         _linear(c, table, f"{p}fc2.weight", t)
@@ -212,8 +217,7 @@ def whisper_decoder_step(
     c, d, t = Counts(), int(dims["d_model"]), int(dims["n_audio_ctx"])
     rows, keys = batch * n_new, offset + n_new
     for p in _whisper_layers(dims, "decoder"):
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            _linear(c, table, f"{p}self_attn.{proj}.weight", rows)
+        _projections(c, table, f"{p}self_attn", rows)
         c.add(ATTENTION_SCORES, 2 * rows * keys * d)
         _linear(c, table, f"{p}encoder_attn.q_proj.weight", rows)
         _linear(c, table, f"{p}encoder_attn.out_proj.weight", rows)
@@ -300,8 +304,7 @@ def wav2vec2_forward(dims: Mapping[str, Any], table: Table, n_samples: int, chun
         _linear(c, table, name, total)
     for i in range(d.num_hidden_layers):
         lp = f"{p}.encoder.layers.{i}."
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            _linear(c, table, f"{lp}attention.{proj}.weight", total)
+        _projections(c, table, f"{lp}attention", total)
         c.add(ATTENTION_SCORES, 2 * total * total * d.hidden_size)
         _linear(c, table, f"{lp}feed_forward.intermediate_dense.weight", total)
         _linear(c, table, f"{lp}feed_forward.output_dense.weight", total)

@@ -14,10 +14,12 @@ integer matmul has no BLAS, so P is computed as float32 BLAS products over block
 of a group: every product of codes is an integer of magnitude <= Q * (2**b_w - 1), so every partial sum of a block
 of L columns, in whatever order and blocking the BLAS adds them (with or without fused multiply-add), is an integer
 of magnitude <= L * Q * (2**b_w - 1) <= 2**24, and every such integer is a binary32 value: no sum is ever rounded.
-(8-bit activations x 8-bit codes: 127 * 255 * 518 = 16,775,430 <= 2**24 < 127 * 255 * 519, so L = 518.) The block
-results are added in float64 (exact: far below 2**53), the zero-point correction z * S is subtracted (S is the sum
-of the activation codes of the group), then each group's integer I is rescaled once per output by s_w, the groups
-are summed in float64 in group order and multiplied by s_x, and the result is rounded once to float32.
+(8-bit activations x 8-bit codes: 127 * 255 * 518 = 16,775,430 <= 2**24 < 127 * 255 * 519, so L = 518.) The
+zero-point correction z * S (S the sum of the group's activation codes) is subtracted in float32 when the group
+is one block (z * S and I are then integers of magnitude <= 2**24 as well: exact), otherwise the block results and
+the correction are added in float64 (exact: far below 2**53). Then each group's I, as float32 (exact when
+|I| <= 2**24, else rounded once), is rescaled once per output by s_w, the groups are summed in float32 in group
+order, and the sum is multiplied by s_x.
 `accumulate="int32"` computes P with numpy's int32 matmul instead (the plain reference; checked against 2**31).
 
 Rotated weights (SPEC.md 5.4) store V = W R: the input is rotated first, x W^T = (x R) V^T, and x R is what is
@@ -27,7 +29,7 @@ theirs (the integer part leaves those columns out: dequantization ignores their 
 
 `fake_linear` is the float simulation of the same quantization: the same activation codes, the weight's centered
 codes q_w - z as float64, one float64 matmul per group (every product and partial sum is an integer below 2**53,
-so exact), then the same rescale in the same order. Its output equals `int_linear`'s bit for bit: the same float32
+so exact), I rounded once to float32, then the same rescale in the same order. Its output equals `int_linear`'s bit for bit: the same float32
 bit pattern in every element (signed zeros included), because both compute the same integers I exactly and then
 run identical float64 arithmetic on them. Bias, `input_scale` division, softmax, norms and activations are the
 caller's (they stay float).
@@ -116,14 +118,15 @@ def _linear(
         coded = qx.copy()
         coded[:, qt.outlier_columns] = 0  # dequantization ignores these codes; the outlier term covers them
     zeros = _zero_points(qt)
-    acc = np.zeros((x2.shape[0], n), dtype=np.float64)
-    s_w = qt.scales.astype(np.float64)
+    acc = np.zeros((x2.shape[0], n), dtype=np.float32)
+    s_w = qt.scales.astype(np.float32)
     for g, i_g in enumerate(groups(coded, qt, zeros)):
-        acc += i_g * s_w[None, :, g]  # one rescale per output and group
+        i_g *= s_w[None, :, g]  # one rescale per output and group
+        acc += i_g
     if qt.decomposed:
-        acc += _decomposition_terms(qx, coded, qt)
-    acc *= sx.astype(np.float64)[:, None]
-    return acc.astype(np.float32).reshape(lead + (n,))
+        acc += _decomposition_terms(qx, coded, qt).astype(np.float32)
+    acc *= sx[:, None]
+    return acc.reshape(lead + (n,))
 
 
 def _zero_points(qt: QuantizedTensor) -> np.ndarray:
@@ -141,18 +144,24 @@ def _group_bounds(cols: int, group_size: int) -> Iterator[tuple[int, int]]:
 def _integer_groups(
     coded: np.ndarray, qt: QuantizedTensor, zeros: np.ndarray, product: _GroupProduct, block: int
 ) -> Iterator[np.ndarray]:
-    """Per group, float64 I = P - z * S (integers) with P from `product` on the raw unsigned weight codes."""
+    """Per group, float32(I), I = P - z * S, with P from `product` on the raw unsigned weight codes. A group of
+    one block has P, z * S and I all integers of magnitude <= 2**24, so float32 subtracts exactly; a longer group
+    comes as float64 (exact) and is rounded once to float32 like the simulation's I."""
     codes = qt.codes.reshape(qt.codes.shape[0], -1)
     for g, (c0, c1) in enumerate(_group_bounds(codes.shape[1], qt.group_size)):
         xg = coded[:, c0:c1]
-        s = xg.sum(axis=1, dtype=np.int64).astype(np.float64)  # S: exact
         p = product(xg, codes[:, c0:c1], block)
-        yield p - s[:, None] * zeros[None, :, g]
+        s = xg.sum(axis=1, dtype=np.int64).astype(p.dtype)  # S: exact (<= Q * group length)
+        p -= np.multiply.outer(s, zeros[:, g].astype(p.dtype))
+        yield p.astype(np.float32, copy=False)
 
 
 def _product_float32(xg: np.ndarray, wg: np.ndarray, block: int) -> np.ndarray:
-    """P over one group: float32 BLAS products of `block` columns at a time (each exact), summed in float64."""
+    """P over one group: float32 BLAS products of `block` columns at a time (each exact); float32 when the group
+    is one block, else the blocks summed in float64."""
     xf = xg.astype(np.float32)
+    if xg.shape[1] <= block:
+        return xf @ wg.astype(np.float32).T
     p = np.zeros((xg.shape[0], wg.shape[0]), dtype=np.float64)
     for b0 in range(0, xg.shape[1], block):
         b1 = b0 + block
@@ -169,11 +178,12 @@ def _product_int32(xg: np.ndarray, wg: np.ndarray, block: int) -> np.ndarray:
 
 
 def _centered_groups(coded: np.ndarray, qt: QuantizedTensor, zeros: np.ndarray) -> Iterator[np.ndarray]:
-    """Per group, float64 I = codes @ (q_w - z)^T: the simulation's route to the same integers."""
+    """Per group, float32(I), I = codes @ (q_w - z)^T in float64 (exact): the simulation's route to the same
+    integers."""
     codes = qt.codes.reshape(qt.codes.shape[0], -1)
     for g, (c0, c1) in enumerate(_group_bounds(codes.shape[1], qt.group_size)):
         centered = codes[:, c0:c1].astype(np.float64) - zeros[:, g : g + 1]
-        yield coded[:, c0:c1].astype(np.float64) @ centered.T
+        yield (coded[:, c0:c1].astype(np.float64) @ centered.T).astype(np.float32)
 
 
 def _decomposition_terms(qx: np.ndarray, coded: np.ndarray, qt: QuantizedTensor) -> np.ndarray:

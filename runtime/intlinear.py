@@ -29,10 +29,10 @@ theirs (the integer part leaves those columns out: dequantization ignores their 
 
 `fake_linear` is the float simulation of the same quantization: the same activation codes, the weight's centered
 codes q_w - z as float64, one float64 matmul per group (every product and partial sum is an integer below 2**53,
-so exact), I rounded once to float32, then the same rescale in the same order. Its output equals `int_linear`'s bit for bit: the same float32
-bit pattern in every element (signed zeros included), because both compute the same integers I exactly and then
-run identical float64 arithmetic on them. Bias, `input_scale` division, softmax, norms and activations are the
-caller's (they stay float).
+so exact), I rounded once to float32, then the same rescale in the same order. Its output equals `int_linear`'s
+bit for bit: the same float32 bit pattern in every element (signed zeros included), because both arrive at the
+same float32(I) for every group and then run identical float32 arithmetic on them. Bias, `input_scale` division,
+softmax, norms and activations are the caller's (they stay float).
 """
 
 from __future__ import annotations

@@ -334,3 +334,49 @@ def wav2vec2_peak_activation_bytes(dims: Mapping[str, Any], n_samples: int, chun
     rows = min(total, ROW_BLOCK)
     ffn = rows * h * 2 + 2 * rows * d.intermediate_size
     return FLOAT_BYTES * max(conv, attention, ffn)
+
+
+# -- summary ---------------------------------------------------------------------------------------------------
+
+WAV2VEC2_SAMPLE_RATE = 16_000  # Hz; the rate every released Wav2Vec2-style model takes
+
+
+def integer_products(table: Table) -> list[str]:
+    """The weights whose products run on integer codes (quantized, with an activation spec); every other product,
+    the attention scores, softmax, norms and activation functions run in float32."""
+    return [n for n, t in table.items() if t.weight_bits < FLOAT_BITS and t.act_bits < FLOAT_BITS]
+
+
+def summary(meta: Mapping[str, Any], table: Table, prompt_len: int = 4) -> dict[str, Any]:
+    """What `wavq info --compute` prints: for Whisper the MACs and bit-operations of one 30-s window's encoder and
+    cross-attention K/V and of one decoded token (at position `prompt_len`), weight bytes read per window and per
+    token, peak activation bytes; for Wav2Vec2 the same per second of a 30-s input. `float_bitops` is what the same
+    MACs cost at 32 x 32 bits."""
+    dims, arch = meta["dims"], meta.get("architecture")
+    if arch == "whisper":
+        window = whisper_encoder(dims, table) + whisper_cross_kv(dims, table)
+        token = whisper_decoder_step(dims, table, 1, prompt_len)
+        out: dict[str, Any] = {
+            "per_window": window.as_dict(),
+            "per_token": token.as_dict(),
+            "window_seconds": WHISPER_WINDOW_S,
+            "weight_bytes": whisper_weight_bytes(table),
+            "peak_activation_bytes": whisper_peak_activation_bytes(dims, table),
+        }
+        counted = window + token
+    elif arch == "wav2vec2-ctc":
+        n = int(WHISPER_WINDOW_S * WAV2VEC2_SAMPLE_RATE)
+        counted = wav2vec2_forward(dims, table, n)
+        per_second = {k: v // int(WHISPER_WINDOW_S) for k, v in counted.macs.items()}
+        out = {
+            "per_window": counted.as_dict(),
+            "per_second_macs": per_second,
+            "window_seconds": WHISPER_WINDOW_S,
+            "weight_bytes": {"per_window": sum(t.nbytes for t in table.values())},
+            "peak_activation_bytes": wav2vec2_peak_activation_bytes(dims, n),
+        }
+    else:
+        raise ValueError(f"no compute accounting for architecture {arch!r}")
+    out["bitops_vs_float"] = counted.total_bitops / (counted.total_macs * FLOAT_BITS * FLOAT_BITS or 1)
+    out["integer_products"] = integer_products(table)
+    return out

@@ -236,3 +236,20 @@ def test_peak_activation_bytes():
     # 21 samples, chunks of 2 frames (9 samples): conv 0: 9 + 3 x 4 + 2 x 4 = 29, conv 1: 8 + 4 x 2 + 3 x 2 = 22;
     # attention: 5 x 4 x 4 + 2 heads x 5 x 5 + 5 x 4 = 150; feed-forward: 5 x 4 x 2 + 2 x 5 x 6 = 100
     assert wav2vec2_peak_activation_bytes(_wav2vec2_dims("layer"), 21, chunk_frames=2) == 4 * 150
+
+
+def test_summary_and_integer_products():
+    fc1 = "model.encoder.layers.0.fc1.weight"
+    table = _whisper_table(**{fc1: (4, 8), "model.encoder.layers.0.fc2.weight": (4, 32)})
+    assert compute.integer_products(table) == [fc1]  # fc2 has 4-bit codes but float inputs
+    s = compute.summary({"architecture": "whisper", "dims": WHISPER_DIMS}, table, prompt_len=2)
+    window = whisper_encoder(WHISPER_DIMS, table) + whisper_cross_kv(WHISPER_DIMS, table)
+    token = whisper_decoder_step(WHISPER_DIMS, table, 1, 2)
+    assert s["per_window"] == window.as_dict() and s["per_token"] == token.as_dict()
+    assert s["bitops_vs_float"] == (window + token).total_bitops / ((window + token).total_macs * 1024) < 1
+    assert s["integer_products"] == [fc1] and s["weight_bytes"] == whisper_weight_bytes(table)
+    w = compute.summary({"architecture": "wav2vec2-ctc", "dims": _wav2vec2_dims("group")}, _wav2vec2_table())
+    assert w["per_window"] == wav2vec2_forward(_wav2vec2_dims("group"), _wav2vec2_table(), 480_000).as_dict()
+    assert w["bitops_vs_float"] == 1.0 and w["integer_products"] == []
+    with pytest.raises(ValueError, match="architecture"):
+        compute.summary({"architecture": "golden", "dims": {}}, table)

@@ -148,3 +148,24 @@ def test_smooth_scales_edge_cases():
     torch.testing.assert_close(smooth_scales(a, [w], 1.0)[[0, 2, 3]], a[[0, 2, 3]], rtol=1e-3, atol=0)
     with pytest.raises(ValueError, match="alpha"):
         smooth_scales(a, [w], 1.5)
+
+
+@torch.no_grad()
+def test_observe_inputs_sees_what_the_codes_multiply():
+    from wavq.converter.quant.act import observe_inputs
+    from wavq.converter.quant.awq import add_input_scale
+    from wavq.formats.codecs import rotate_columns
+
+    a, b = _linear(16, 8, 5), _linear(16, 8, 6)
+    s = torch.full((16,), 4.0)
+    add_input_scale(b, s)  # registered before observing: the observer sees x / s
+    x = _outlier_inputs(32)
+    with observe_inputs({"a.weight": a, "b.weight": b}, {"a.weight": 8}) as ranges:
+        a(x[:20])
+        a(x[20:])
+        b(x)
+    a(x * 100)  # after the block: not observed
+    assert ranges["a.weight"].n == ranges["b.weight"].n == x.numel()
+    assert ranges["a.weight"].absmax == pytest.approx(float(np.abs(rotate_columns(x.numpy(), 8)).max()))
+    assert ranges["b.weight"].absmax == pytest.approx(float(x.abs().max()) / 4)
+    assert not a._forward_pre_hooks and len(b._forward_pre_hooks) == 1

@@ -20,10 +20,14 @@ inputs during conversion.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
+
 import numpy as np
 import torch
 
 from ...formats.activation import ActivationSpec
+from ...formats.codecs import rotate_columns
 
 HIST_BINS = 2048  # bins of |x| over [0, range]; the clip search resolves range / HIST_BINS
 PERCENTILE = 0.9999  # fraction of |x| values the percentile clip keeps inside
@@ -111,3 +115,29 @@ def fake_quantize(x: torch.Tensor, spec: ActivationSpec) -> torch.Tensor:
     safe = torch.where(s == 0, torch.ones_like(s), s)
     q = torch.clamp(torch.round(x / safe), -qmax, qmax) + 0.0  # + 0.0: integer codes have no -0
     return q * s
+
+
+@contextlib.contextmanager
+def observe_inputs(
+    modules: Mapping[str, torch.nn.Linear], rotations: Mapping[str, int] | None = None
+) -> Iterator[dict[str, ActRange]]:
+    """Within the block, every call of a module (by weight name) adds its input rows to that name's ActRange:
+    the rows its codes multiply, i.e. after any `input_scale` hook registered before this one, and rotated (x R)
+    for a name in `rotations` (its Hadamard block size)."""
+    rotations = rotations or {}
+    ranges = {name: ActRange() for name in modules}
+    handles = []
+    for name, module in modules.items():
+
+        def hook(mod, args, name=name):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32).cpu().numpy()
+            if rotations.get(name):
+                x = rotate_columns(x, rotations[name])
+            ranges[name].add_batch(x)
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        yield ranges
+    finally:
+        for h in handles:
+            h.remove()

@@ -15,11 +15,12 @@ SUPPORTED_CONTAINER_VERSIONS = (1,)
 # encoding changes while the container stays the same (e.g. a new code order inside a packed block).
 # LAYOUT_REVISION is the newest this code knows. Writers write the lowest revision that can express a file
 # (SPEC.md section 9), so a file without decomposed tensors stays readable by revision-1 readers.
-LAYOUT_REVISION = 3
-SUPPORTED_LAYOUT_REVISIONS = (1, 2, 3)
+LAYOUT_REVISION = 4
+SUPPORTED_LAYOUT_REVISIONS = (1, 2, 3, 4)
 BASE_LAYOUT_REVISION = 1  # what a file holding no decomposed or rotated tensor is written as
 DECOMPOSED_LAYOUT_REVISION = 2  # first revision with the "outlier_columns" entry key (decomposed tensors)
 ROTATED_LAYOUT_REVISION = 3  # first revision with the "rotation" entry key (rotated tensors)
+ACTIVATION_LAYOUT_REVISION = 4  # first revision with the "activation" entry key (quantized inputs, SPEC.md 5.5)
 
 # <4s magic><u32 container_version><u64 header_len><u32 header_crc32><u32 flags>, little-endian, 24 bytes.
 PREFIX = struct.Struct("<4sIQII")

@@ -21,7 +21,9 @@ import msgpack
 import numpy as np
 
 from . import codecs, packing
+from .activation import ACTIVATION_KEY, ActivationSpec, parse_activation_entry
 from .constants import (
+    ACTIVATION_LAYOUT_REVISION,
     ALIGNMENT,
     DECOMPOSED_LAYOUT_REVISION,
     FLOAT_ENCODINGS,
@@ -87,6 +89,7 @@ class TensorInfo:
     group_size: int | None = None
     outlier_columns: tuple[int, ...] | None = None  # decomposed tensors only: the float columns (may be empty)
     rotation: int = 0  # rotated tensors: the Hadamard block size (SPEC.md 5.4); 0 = not rotated
+    activation: ActivationSpec | None = None  # how the input of its product is quantized (SPEC.md 5.5); None: float
 
     @property
     def numel(self) -> int:
@@ -309,13 +312,14 @@ class WqFile:
         group_size: int | None = None
         outlier_columns: tuple[int, ...] | None = None
         rotation = 0
-        for key in (_DECOMPOSED_KEY, _ROTATION_KEY):
+        activation = None
+        for key in (_DECOMPOSED_KEY, _ROTATION_KEY, ACTIVATION_KEY):
             if encoding not in QUANT_ENCODINGS and key in e:
                 raise MalformedHeaderError(
                     self.path, f"{where}: {key!r} is defined for quantized encodings only, not {encoding.name}"
                 )
         if encoding in QUANT_ENCODINGS:
-            allowed = _ENTRY_KEYS | _QUANT_KEYS | {_DECOMPOSED_KEY, _ROTATION_KEY}
+            allowed = _ENTRY_KEYS | _QUANT_KEYS | {_DECOMPOSED_KEY, _ROTATION_KEY, ACTIVATION_KEY}
             raw_bits, raw_group = e.get("bits"), e.get("group_size")
             if not _is_int(raw_bits) or not MIN_BITS <= raw_bits <= MAX_BITS:
                 raise MalformedHeaderError(
@@ -334,6 +338,8 @@ class WqFile:
                 outlier_columns = self._parse_outlier_columns(where, e[_DECOMPOSED_KEY], cols)
             if _ROTATION_KEY in e:
                 rotation = self._parse_rotation(where, e[_ROTATION_KEY], cols, outlier_columns is not None)
+            if ACTIVATION_KEY in e:
+                activation = self._parse_activation(where, e[ACTIVATION_KEY])
         unknown = set(e) - allowed
         if unknown:
             raise MalformedHeaderError(self.path, f"{where}: unknown keys {sorted(unknown)} for {encoding.name}")
@@ -348,7 +354,7 @@ class WqFile:
         if not 0 <= crc < (1 << 32):
             raise MalformedHeaderError(self.path, f"{where}: crc32 out of range")
         info = TensorInfo(
-            name, encoding, tuple(shape), offset, nbytes, crc, bits, group_size, outlier_columns, rotation
+            name, encoding, tuple(shape), offset, nbytes, crc, bits, group_size, outlier_columns, rotation, activation
         )
         expected = tensor_nbytes(info.parts)
         if nbytes != expected:
@@ -398,6 +404,19 @@ class WqFile:
         if decomposed:
             raise MalformedHeaderError(self.path, f"{where}: a tensor is either decomposed or rotated, not both")
         return value
+
+    def _parse_activation(self, where: str, value: Any) -> ActivationSpec:
+        """How the tensor's input is quantized: {"bits": 2..8[, "scale": positive finite binary32]} (SPEC.md 5.5)."""
+        if self.layout_revision < ACTIVATION_LAYOUT_REVISION:
+            raise MalformedHeaderError(
+                self.path,
+                f"{where}: key {ACTIVATION_KEY!r} exists only from layout revision "
+                f"{ACTIVATION_LAYOUT_REVISION}; this file is revision {self.layout_revision}",
+            )
+        spec = parse_activation_entry(value)
+        if isinstance(spec, str):
+            raise MalformedHeaderError(self.path, f"{where}: {_short(spec, 120)}")
+        return spec
 
     # ---- access -----------------------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:

@@ -13,7 +13,9 @@ import msgpack
 import numpy as np
 
 from . import codecs, packing
+from .activation import ACTIVATION_KEY, ActivationSpec, activation_problem
 from .constants import (
+    ACTIVATION_LAYOUT_REVISION,
     ALIGNMENT,
     BASE_LAYOUT_REVISION,
     CONTAINER_VERSION,
@@ -155,10 +157,18 @@ class WqWriter:
         self._size = 0
         self._state = "open"
 
-    def add(self, name: str, tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encoding | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        tensor: np.ndarray | codecs.QuantizedTensor,
+        encoding: Encoding | None = None,
+        *,
+        activation: ActivationSpec | None = None,
+    ) -> None:
         """Append one tensor (stored in call order). Plain arrays become F32, or F16 when they are float16 or
         `encoding` says so; a QuantizedTensor is stored as QSYM or QASYM (decomposed ones with their offset and
-        float columns, which makes the file layout revision 2; rotated ones with their block size: revision 3)."""
+        float columns, which makes the file layout revision 2; rotated ones with their block size: revision 3).
+        `activation` (quantized tensors only) records how the input of its product is quantized: revision 4."""
         if self._state != "open":
             raise RuntimeError(f"cannot add tensor {name!r}: writer is {self._state}")
         if not isinstance(name, str) or not name or len(name.encode("utf-8", "replace")) > MAX_NAME_LEN:
@@ -170,6 +180,8 @@ class WqWriter:
         if name in self._names:
             raise ValueError(f"duplicate tensor name {name!r}")
         fields, parts = _encode_parts(tensor, encoding)
+        if activation is not None:
+            fields[ACTIVATION_KEY] = _activation_entry(name, tensor, activation)
         k = len(fields["outlier_columns"]) if "outlier_columns" in fields else None
         expected = tensor_parts(
             Encoding(fields["encoding"]), tuple(fields["shape"]), fields.get("bits"), fields.get("group_size"), k
@@ -200,6 +212,8 @@ class WqWriter:
     def layout_revision(self) -> int:
         """The lowest revision that expresses the tensors added so far (SPEC.md section 9): a file without
         decomposed or rotated tensors stays revision 1, so readers that predate revision 2 still read it."""
+        if any(ACTIVATION_KEY in e for e in self._entries):
+            return ACTIVATION_LAYOUT_REVISION
         if any("rotation" in e for e in self._entries):
             return ROTATED_LAYOUT_REVISION
         if any("outlier_columns" in e for e in self._entries):
@@ -299,11 +313,35 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def write_wq(path, meta: Mapping[str, Any], tensors: Mapping[str, Any], *, force: bool = False) -> str:
-    """Write `tensors` (name -> ndarray or QuantizedTensor, in the mapping's order) with `meta` to `path`."""
+def _activation_entry(name: str, tensor: Any, activation: ActivationSpec) -> dict[str, Any]:
+    """The entry map of an activation spec, checked as the reader will check it (SPEC.md 5.5)."""
+    if not isinstance(tensor, codecs.QuantizedTensor):
+        raise ValueError(f"{name!r}: an activation spec needs a quantized weight (its codes are what x multiplies)")
+    if not isinstance(activation, ActivationSpec):
+        raise TypeError(f"{name!r}: activation must be an ActivationSpec, got {type(activation).__name__}")
+    problem = activation_problem(activation.bits, activation.scale)  # again: dataclass fields stay assignable
+    if problem:
+        raise ValueError(f"{name!r}: {problem}")
+    return activation.to_entry()
+
+
+def write_wq(
+    path,
+    meta: Mapping[str, Any],
+    tensors: Mapping[str, Any],
+    *,
+    force: bool = False,
+    activations: Mapping[str, ActivationSpec] | None = None,
+) -> str:
+    """Write `tensors` (name -> ndarray or QuantizedTensor, in the mapping's order) with `meta` to `path`;
+    `activations` maps quantized weights' names to how their inputs are quantized (SPEC.md 5.5)."""
+    activations = dict(activations or {})
+    unknown = sorted(set(activations) - set(tensors))
+    if unknown:
+        raise ValueError(f"activation specs for tensors that are not written: {unknown[:5]}")
     with WqWriter(path, meta, force=force) as w:
         for name, t in tensors.items():
-            w.add(name, t)
+            w.add(name, t, activation=activations.get(name))
     return os.fspath(path)
 
 

@@ -28,6 +28,7 @@ import pytest
 from formats_helpers import quantized_codes_equal, spec_lowbias32
 
 from wavq.formats import Encoding, QuantizedTensor, WqFile, dequantize, write_wq
+from wavq.formats.activation import ActivationSpec
 
 DATA = pathlib.Path(__file__).parent / "data"
 REGEN = os.environ.get("WAVQ_REGEN_GOLDEN") == "1"
@@ -121,6 +122,36 @@ def golden_v3_tensors() -> dict:
     }
 
 
+META_V4 = {
+    "architecture": "golden",
+    "dims": {"n_state": 16, "eps": 1e-5},
+    "quantization": {"method": "rtn", "bits": [3, 4, 8], "act_bits": [4, 8]},
+    "provenance": {"source": "synthetic", "revision": 4},
+}
+
+
+def golden_v4_tensors() -> dict:
+    return {
+        # dynamic 8-bit inputs on a plain asymmetric weight; a static 4-bit scale on a rotated one
+        "encoder.layers.0.fc1.weight": _qt((4, 13), 8, 5, False, 3),
+        "encoder.layers.0.fc2.weight": dataclasses.replace(_qt((3, 16), 4, 16, True, 5), rotation=4),
+        # revision 4 keeps the earlier features: a decomposed tensor with a static spec, a quantized tensor and a
+        # float tensor without one
+        "decoder.embed_tokens.weight": _decomposed(_qt((5, 12), 3, 5, False, 7), [3], 3),
+        "encoder.conv1.weight": _qt((3, 2, 5), 5, 4, True, 2),
+        "encoder.layer_norm.weight": ((np.arange(6) - 2) / 4).astype(np.float16),
+    }
+
+
+# name -> how its input is quantized (SPEC.md 5.5); the scales are binary32 values (3/128, 2**-20 * 5)
+GOLDEN_ACTIVATIONS = {
+    4: {
+        "encoder.layers.0.fc1.weight": ActivationSpec(8),
+        "encoder.layers.0.fc2.weight": ActivationSpec(4, 3 / 128),
+        "decoder.embed_tokens.weight": ActivationSpec(6, 5 * 2.0**-20),
+    }
+}
+
 # layout revision -> (file, its SHA-256, metadata, tensors)
 GOLDENS = {
     1: (
@@ -141,6 +172,12 @@ GOLDENS = {
         META_V3,
         golden_v3_tensors,
     ),
+    4: (
+        DATA / "golden_v4.wq",
+        "5187c0b4c91fd732ee018cc3734087936aee23715b2663cfe8944369cb502ec3",
+        META_V4,
+        golden_v4_tensors,
+    ),
 }
 REVISIONS = pytest.mark.parametrize("revision", sorted(GOLDENS))
 
@@ -149,7 +186,7 @@ REVISIONS = pytest.mark.parametrize("revision", sorted(GOLDENS))
 def test_writer_reproduces_golden_bytes(tmp_path, revision):
     path, _, meta, tensors = GOLDENS[revision]
     out = tmp_path / "golden.wq"
-    write_wq(out, meta, tensors())
+    write_wq(out, meta, tensors(), activations=GOLDEN_ACTIVATIONS.get(revision))
     data = out.read_bytes()
     if REGEN:
         path.parent.mkdir(exist_ok=True)
@@ -220,10 +257,11 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
     header = msgpack.unpackb(header_bytes, raw=False)
     assert list(header) == sorted(header), "map keys are sorted"
     revision = header["layout_revision"]
-    assert revision in (1, 2, 3)
+    assert revision in (1, 2, 3, 4)
     decomposed_any = any("outlier_columns" in e for e in header["tensors"])
     rotated_any = any("rotation" in e for e in header["tensors"])
-    assert revision == (3 if rotated_any else 2 if decomposed_any else 1), (
+    activation_any = any("activation" in e for e in header["tensors"])
+    assert revision == (4 if activation_any else 3 if rotated_any else 2 if decomposed_any else 1), (
         "section 9: the lowest revision that expresses the file"
     )
     data_start = _align64(24 + header_len)
@@ -264,8 +302,17 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
         # SPEC.md 5.4: a rotated tensor (revision 3 only) stores no extra part; its rows are transformed back
         block = e.get("rotation")
         if block is not None:
-            assert revision == 3 and e["encoding"] in (2, 3) and columns is None
+            assert revision >= 3 and e["encoding"] in (2, 3) and columns is None
             assert type(block) is int and block >= 2 and block & (block - 1) == 0 and cols % block == 0
+        # SPEC.md 5.5: an activation spec (revision 4) is metadata of the product; the weight's bytes are unchanged
+        act = e.get("activation")
+        if act is not None:
+            assert revision >= 4 and e["encoding"] in (2, 3)
+            assert set(act) in ({"bits"}, {"bits", "scale"}) and type(act["bits"]) is int and 2 <= act["bits"] <= 8
+            if "scale" in act:
+                scale = act["scale"]
+                assert type(scale) is float and 0 < scale < math.inf
+                assert struct.unpack("<f", struct.pack("<f", scale))[0] == scale, "a binary32 value"
         w = np.zeros((rows, cols), np.float32)
         for r in range(rows):
             q = _spec_unpack(t[r * rb : (r + 1) * rb], b, cols)
@@ -349,6 +396,7 @@ def test_golden_reads_back(revision):
                 assert info.encoding == t.encoding and info.bits == t.bits and info.group_size == t.group_size
                 assert info.outlier_columns == (None if t.outlier_columns is None else tuple(t.outlier_columns))
                 assert info.rotation == t.rotation
+                assert info.activation == GOLDEN_ACTIVATIONS.get(revision, {}).get(name)
                 q = f.quantized(name)
                 assert quantized_codes_equal(q, t) and q.rotation == t.rotation
                 full = f.array(name)
@@ -357,3 +405,17 @@ def test_golden_reads_back(revision):
             else:
                 assert info.encoding == (Encoding.F16 if t.dtype == np.float16 else Encoding.F32)
                 np.testing.assert_array_equal(f.array(name), t.astype(np.float32))
+
+
+def test_golden_v4_activation_entries():
+    """SPEC.md 5.5 in the bytes: each spec is the entry map {"bits"[, "scale"]}, on exactly the named tensors, and
+    a static scale is stored as the msgpack float64 of its binary32 value."""
+    buf = GOLDENS[4][0].read_bytes()
+    header_len = struct.unpack_from("<Q", buf, 8)[0]
+    entries = {e["name"]: e for e in msgpack.unpackb(buf[24 : 24 + header_len], raw=False)["tensors"]}
+    expected = GOLDEN_ACTIVATIONS[4]
+    assert {n for n, e in entries.items() if "activation" in e} == set(expected)
+    assert entries["encoder.layers.0.fc1.weight"]["activation"] == {"bits": 8}
+    assert entries["encoder.layers.0.fc2.weight"]["activation"] == {"bits": 4, "scale": 0.0234375}
+    assert entries["decoder.embed_tokens.weight"]["activation"] == {"bits": 6, "scale": 5 * 2.0**-20}
+    assert b"\xcb" + struct.pack(">d", 0.0234375) in buf[24 : 24 + header_len]

@@ -42,10 +42,10 @@ from wavq.converter.calibrate import overlap_warning, select_calibration  # noqa
 from wavq.converter.export import convert  # noqa: E402
 from wavq.converter.quant.recipe import Recipe  # noqa: E402
 from wavq.evaluation import normalizer_for, score  # noqa: E402
+from wavq.evaluation.datasets import find_utterances  # noqa: E402
 from wavq.formats import WqFile  # noqa: E402
 from wavq.runtime import load  # noqa: E402
 from wavq.runtime.audio import load_audio  # noqa: E402
-from wavq.runtime.datasets import find_utterances  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MAX_NEW_TOKENS = 200  # a broken model repeats itself to the limit; 200 tokens cover any LibriSpeech utterance

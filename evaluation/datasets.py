@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".opus", ".m4a", ".aiff", ".aif")
 
@@ -78,3 +78,14 @@ def overlap_warning(calibration: Iterable[str], evaluation: Iterable[str]) -> st
             f"({', '.join(shared_speakers[:3])}); results may be optimistic"
         )
     return None
+
+
+def spread(utterances: Sequence[Utterance], n: int | None) -> list[Utterance]:
+    """`n` utterances evenly spaced over the sorted list (so over all its speakers), or all of them when n is None.
+
+    The benchmarks' subsets of a test set: the same n always picks the same utterances.
+    """
+    if not n or n >= len(utterances):
+        return list(utterances)
+    step = len(utterances) / n
+    return [utterances[int(i * step)] for i in range(n)]

@@ -77,6 +77,7 @@ def _runtime_matches_torch(exporter, tensors, items, out, tmp_path):
     return torch_model, cal
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split_attention", [True, False])
 def test_block_runner_reproduces_transformers(case, split_attention):
     _, exporter, tensors, items = case

@@ -154,6 +154,7 @@ def test_encoder_matches_transformers(built, speech, spec):
     assert np.abs(out - ref).max() <= ENCODER_TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_decoder_logits_match_transformers(built, speech, spec):
     hf, model, d = built(spec)

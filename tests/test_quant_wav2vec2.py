@@ -133,6 +133,7 @@ def test_quantized_output_runs_in_the_runtime_as_in_torch(case, tmp_path):
         assert float(((q - f) ** 2).mean()) < 0.1 * float((f**2).mean())
 
 
+@pytest.mark.slow
 def test_gptq_needs_supported_architecture(case):
     _, exporter, tensors, items = case
 

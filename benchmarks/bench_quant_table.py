@@ -24,7 +24,6 @@ import dataclasses
 import datetime
 import json
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -37,15 +36,16 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import machine, versions  # noqa: E402
+from quant_results import calibration_draws  # noqa: E402
 
-from wavq.converter.calibrate import overlap_warning, select_calibration  # noqa: E402
+from wavq.converter.calibrate import list_audio_files, overlap_warning, select_calibration  # noqa: E402
 from wavq.converter.export import convert  # noqa: E402
 from wavq.converter.quant.recipe import Recipe  # noqa: E402
 from wavq.evaluation import normalizer_for, score  # noqa: E402
+from wavq.evaluation.datasets import find_utterances, spread  # noqa: E402
 from wavq.formats import WqFile  # noqa: E402
 from wavq.runtime import load  # noqa: E402
-from wavq.runtime.audio import load_audio  # noqa: E402
-from wavq.runtime.datasets import find_utterances  # noqa: E402
+from wavq.runtime.audio import SAMPLE_RATE, load_audio  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MAX_NEW_TOKENS = 200  # a broken model repeats itself to the limit; 200 tokens cover any LibriSpeech utterance
@@ -53,7 +53,9 @@ BATCH = 16
 GROUP = 128
 MIB = 1 << 20
 WIDTH_SLACK = 0.3  # bits/weight above its width a calibrated row may store and still compete at that width
-ALL_CALIB = 225  # utterances in ../shared/librispeech/train-clean-100: a row calibrated on all of them
+# utterances: every one of train-clean-100 when the "calib 225" rows were measured; the folder has grown since, so
+# they are 225 of more now (each row records how many the folder held: "calib_pool")
+CALIB_225 = 225
 OTHER_DRAWS = (1, 2)  # calibration seeds the 3.3 bits/weight row is measured on besides its own (seed 0)
 LONG_TUNE = (6, 10)  # tune epochs of the long-tuned 2-bit rows
 TIE_WER = 0.1  # points on test-clean (~9 of its 8546 words): a calibrated row closer to RTN than this only ties
@@ -110,14 +112,14 @@ def rows(model: str | None = None) -> list[Row]:
             dict(best, bits=None, target_bpw=3.3, mixed_group_sizes=(64,)),
         )
     )
-    # the 3.3 budget calibrated on every train-clean-100 utterance (225) instead of 128: on tiny.en, 176 against
+    # the 3.3 budget calibrated on 225 utterances (then all of train-clean-100) instead of 128: on tiny.en, 176 against
     # 128 lowered the teacher-forced KL on 24 utterances in neither set from 0.0621 to 0.0578
     out.append(
         Row(
-            f"GPTQ+tune mixed 3.3 bpw calib {ALL_CALIB}",
+            f"GPTQ+tune mixed 3.3 bpw calib {CALIB_225}",
             "calibrated",
             3,
-            dict(best, bits=None, target_bpw=3.3, calib_samples=ALL_CALIB),
+            dict(best, bits=None, target_bpw=3.3, calib_samples=CALIB_225),
         )
     )
     # the 3.3 budget without 2-bit tensors: at 3.3 the allocation above sends the attention q/k projections to
@@ -146,15 +148,15 @@ def rows(model: str | None = None) -> list[Row]:
     out.append(Row("GPTQ+tune mixed 3.3 bpw rotated", "calibrated", 3, rotated))
     for seed in OTHER_DRAWS:
         out.append(Row(f"GPTQ+tune mixed 3.3 bpw rotated seed {seed}", "calibrated", 3, dict(rotated, seed=seed)))
-    # the rotated 3.3 budget calibrated on every train-clean-100 utterance: no draw of the calibration audio left
-    # to vary (the rotated draws of 128 spread 5.52-6.10 on base); with every utterance in, the seed still draws
+    # the rotated 3.3 budget calibrated on 225 utterances, then every one of train-clean-100: no draw of the audio
+    # left to vary (the rotated draws of 128 spread 5.52-6.10 on base); with every utterance in, the seed still draws
     # the rows the statistics subsample and the tune stage's batch order (seed 1: how much that alone moves the
     # result); then tuned for twice as many epochs. Base only: tiny.en has no 3.3 bits/weight target.
-    everything = dict(rotated, calib_samples=ALL_CALIB)
+    everything = dict(rotated, calib_samples=CALIB_225)
     for suffix, extra in (("", {}), (" seed 1", dict(seed=1)), (" 4 epochs", dict(tune_epochs=4))):
         out.append(
             Row(
-                f"GPTQ+tune mixed 3.3 bpw rotated calib {ALL_CALIB}{suffix}",
+                f"GPTQ+tune mixed 3.3 bpw rotated calib {CALIB_225}{suffix}",
                 "calibrated",
                 3,
                 dict(everything, **extra),
@@ -188,14 +190,6 @@ def measure_order(row: Row) -> tuple:
         mixed = key.get("target_bpw") is not None
         return (1 if best and not mixed else 2 if not mixed else 3, -row.width)
     return (4, -row.width, key.get("group_size") == 0, not key.get("symmetric", False))
-
-
-def spread(utts: list, n: int | None) -> list:
-    """n utterances spread evenly over the sorted list (so over all speakers), or all of them."""
-    if not n or n >= len(utts):
-        return utts
-    idx = np.linspace(0, len(utts) - 1, n).round().astype(int)
-    return [utts[i] for i in idx]
 
 
 class TorchWhisper:
@@ -233,7 +227,7 @@ class TorchWhisper:
         with torch.inference_mode():
             for i in range(0, len(audios), BATCH):
                 feats = self.processor.feature_extractor(
-                    audios[i : i + BATCH], sampling_rate=16000, return_tensors="pt"
+                    audios[i : i + BATCH], sampling_rate=SAMPLE_RATE, return_tensors="pt"
                 ).input_features
                 out = self.model.generate(feats, **kwargs)
                 texts += self.processor.batch_decode(out, skip_special_tokens=True)
@@ -285,6 +279,7 @@ def measure(row: Row, args, torch_model: TorchWhisper, sets: dict, calib_items, 
     quant = wq.meta.get("quantization", {})
     wq.close()
     calib_ids = quant.get("calibration", {}).get("ids", [])
+    calibrated = bool(calib_ids)
     for utts, _ in sets.values():
         warning = overlap_warning(calib_ids, [u.id for u in utts])
         if warning:
@@ -300,7 +295,10 @@ def measure(row: Row, args, torch_model: TorchWhisper, sets: dict, calib_items, 
         "convert_rss_mib": convert_rss,
         "tensor_bits": quant.get("tensor_bits", {}),
         "tensor_group_size": quant.get("tensor_group_size", {}),
+        "recipe": row.recipe,
         "calib_samples": len(calib_ids),
+        "seed": seed if calibrated else None,  # the calibration draw
+        "calib_pool": len(list_audio_files(args.calib)) if calibrated else None,  # utterances there were to draw from
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
     }
@@ -352,6 +350,7 @@ def write_table(args, results: list[dict], calib_n: int, started: str) -> str:
             for m, n in machines.items()
         )
     )
+    pools = " or ".join(str(p) for p in sorted({r["calib_pool"] for r in results if r.get("calib_pool")})) or "?"
     lines = [
         f"# What each bit costs: {args.model}",
         "",
@@ -362,9 +361,10 @@ def write_table(args, results: list[dict], calib_n: int, started: str) -> str:
         "--calib LIBRISPEECH/train-clean-100 --clean LIBRISPEECH/test-clean --other LIBRISPEECH/test-other "
         "--workdir DIR` (LIBRISPEECH: `../shared/librispeech` here).",
         "",
-        f'- Calibration: {calib_n} utterances of `train-clean-100` (seed 0; a row labelled "calib N": N of them, '
-        '"seed S": drawn with seed S; with all of them drawn, the seed still picks the rows the statistics '
-        "subsample and the tune stage's batch order); none of them is evaluated.",
+        f"- Calibration: {calib_n} utterances of `train-clean-100` (of {pools}, what the folder held when "
+        'the rows were measured), drawn with seed 0; a row labelled "calib N": N of them, "seed S": drawn with '
+        "seed S (with all of them drawn, the seed still picks the rows the statistics subsample and the tune "
+        "stage's batch order); each row's count and seed are in the .json; none of them is evaluated.",
         f"- WER: greedy decoding (at most {MAX_NEW_TOKENS} tokens), Whisper English normalizer on both sides, "
         + ", ".join(
             f"{results[0]['n_' + n]} utterances of test-{n} ({results[0]['words_' + n]} words)"
@@ -420,21 +420,6 @@ def write_table(args, results: list[dict], calib_n: int, started: str) -> str:
                 + (f"; token embedding {next(iter(emb.values()))} bits" if emb else "")
             )
     return "\n".join(lines) + "\n"
-
-
-_DRAW = re.compile(r" seed (\d+)$")  # a row measured on another calibration draw of the row before " seed"
-
-
-def calibration_draws(results: list[dict]) -> dict[str, list[dict]]:
-    """Label of a row measured on several calibration draws -> its rows (seed 0's first), each with its seed."""
-    out: dict[str, list[dict]] = {}
-    labels = {r["label"]: r for r in results}
-    for r in results:
-        m = _DRAW.search(r["label"])
-        first = labels.get(r["label"][: m.start()]) if m else None
-        if first is not None:
-            out.setdefault(first["label"], [dict(first, seed=0)]).append(dict(r, seed=int(m.group(1))))
-    return out
 
 
 def targets(model: str, results: list[dict], base: dict | None) -> list[str]:

@@ -30,11 +30,11 @@ import numpy as np
 from bench_common import machine, versions
 
 from wavq.evaluation import peak_rss_mb
+from wavq.runtime.audio import SAMPLE_RATE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 LIBRISPEECH = os.path.join(ROOT, "..", "shared", "librispeech")
-SAMPLE_RATE = 16_000  # Hz
 WINDOW_S = 30.0  # window length for audio longer than UNWINDOWED_MAX_S (wavq's default)
 UNWINDOWED_MAX_S = 60.0
 WARMUP_S = 1.0
@@ -84,8 +84,8 @@ def build_audio(workdir: str, seconds: float) -> str:
     n = int(seconds * SAMPLE_RATE)
     pieces, total = [], 0
     try:
+        from wavq.evaluation.datasets import find_utterances
         from wavq.runtime.audio import load_audio
-        from wavq.runtime.datasets import find_utterances
 
         for utt in find_utterances(LIBRISPEECH, "test-clean"):
             if total >= n:

@@ -2,8 +2,7 @@
 
 For each model (default openai/whisper-tiny.en and openai/whisper-base) on LibriSpeech test-clean:
 - WER of transformers f32 greedy generate() and of wavq f32 / 4-bit RTN (group 128) greedy decoding, with
-  whisper-normalizer's EnglishTextNormalizer on references and hypotheses (a simple upper-case, no-punctuation
-  fallback when that package is missing: the table says which one was used);
+  whisper-normalizer's EnglishTextNormalizer on references and hypotheses (wavq.evaluation.score, as `wavq eval`);
 - the share of utterances whose wavq f32 transcript is identical (raw text) to transformers';
 - real-time factor (compute seconds / audio seconds; feature extraction and decoding included, file reading
   excluded), model load time, and peak RSS (VmHWM of the worker process).
@@ -15,7 +14,8 @@ transcribes its chunk one utterance at a time (batch size 1, greedy, no timestam
 
     python benchmarks/bench_whisper.py                      # all 400 test-clean utterances, both models
     python benchmarks/bench_whisper.py --limit 100 --models openai/whisper-tiny.en
---limit N takes N utterances evenly spaced over the sorted ids (so every speaker is represented).
+--limit N takes N utterances evenly spaced over the sorted ids (so every speaker is represented;
+wavq.evaluation.datasets.spread).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -34,11 +33,11 @@ import time
 from bench_common import machine, versions
 
 from wavq.evaluation import peak_rss_mb
+from wavq.runtime.audio import SAMPLE_RATE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 LIBRISPEECH = os.path.join(ROOT, "..", "shared", "librispeech")
-SAMPLE_RATE = 16_000  # Hz
 WARMUP_SAMPLES = 2 * SAMPLE_RATE  # 2 s of the first utterance, untimed
 DEFAULT_MODELS = ("openai/whisper-tiny.en", "openai/whisper-base")
 # engine -> (kind, .wq variant, Weights cache flag)
@@ -141,13 +140,6 @@ def convert_models(model: str, workdir: str, needed: set[str]) -> dict[str, str]
     return paths
 
 
-def select(utterances: list, limit: int | None) -> list:
-    if not limit or limit >= len(utterances):
-        return utterances
-    step = len(utterances) / limit
-    return [utterances[int(i * step)] for i in range(limit)]
-
-
 def run_worker(engine: str, model: str, path: str | None, utts: list, workdir: str) -> dict:
     job = os.path.join(workdir, "job.json")
     result = os.path.join(workdir, "result.json")
@@ -167,23 +159,6 @@ def run_worker(engine: str, model: str, path: str | None, utts: list, workdir: s
     )
     with open(result) as f:
         return json.load(f)
-
-
-def normalizer():
-    try:
-        from whisper_normalizer.english import EnglishTextNormalizer
-
-        return EnglishTextNormalizer(), "whisper-normalizer EnglishTextNormalizer"
-    except ImportError:
-        return (lambda s: " ".join(re.sub(r"[^a-z0-9' ]+", " ", s.lower()).split())), "lower case, punctuation removed"
-
-
-def wer(refs: list[str], hyps: list[str], norm) -> float:
-    import jiwer
-
-    pairs = [(norm(r), norm(h)) for r, h in zip(refs, hyps)]
-    pairs = [(r, h) for r, h in pairs if r]  # jiwer rejects empty references
-    return 100.0 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
 
 
 def main() -> None:
@@ -215,7 +190,8 @@ def main() -> None:
         return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from wavq.runtime.datasets import find_utterances
+    from wavq.evaluation import score
+    from wavq.evaluation.datasets import find_utterances, spread
 
     os.makedirs(args.workdir, exist_ok=True)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -225,8 +201,8 @@ def main() -> None:
     if args.lowmem_limit == 0:
         engines = [e for e in engines if not e.endswith("-lowmem")]
     all_utts = find_utterances(args.data, args.subset)
-    utts = select(all_utts, args.limit)
-    norm, norm_name = normalizer()
+    utts = spread(all_utts, args.limit)
+    norm_name = "corpus WER (jiwer) after whisper-normalizer's EnglishTextNormalizer (wavq.evaluation.score)"
     load_start = os.getloadavg()
     started = datetime.datetime.now()
     rows = []
@@ -244,7 +220,7 @@ def main() -> None:
             }
             for e in engines
         }
-        lowmem_ids = {u.id for u in select(utts, args.lowmem_limit)}
+        lowmem_ids = {u.id for u in spread(utts, args.lowmem_limit)}
         for c in range(0, len(utts), args.chunk):
             chunk = utts[c : c + args.chunk]
             for e in engines:
@@ -276,7 +252,7 @@ def main() -> None:
                     "engine": e,
                     "n": len(ids),
                     "audio_s": acc["audio_s"],
-                    "wer": wer([text[i] for i in ids], [acc["hyps"][i] for i in ids], norm),
+                    "wer": 100 * score([text[i] for i in ids], [acc["hyps"][i] for i in ids], "whisper")[0],
                     "same": same,
                     "rtf": acc["compute_s"] / acc["audio_s"],
                     "cpu_rtf": acc["cpu_s"] / acc["audio_s"],

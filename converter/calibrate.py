@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.datasets import overlap_warning  # noqa: F401  (re-exported: converter users call it here)
+from ..evaluation.datasets import overlap_warning  # noqa: F401  (re-exported: converter users call it here)
 from .registry import ConversionError
 
 SAMPLE_RATE = 16_000  # Hz: every supported model takes 16 kHz audio

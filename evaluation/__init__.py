@@ -13,8 +13,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from wavq.runtime.audio import load_audio
-from wavq.runtime.datasets import Utterance
+from wavq.runtime.audio import SAMPLE_RATE, load_audio
+
+from .datasets import Utterance
 
 _PUNCT = re.compile(r"[^\w\s']|_")
 _SPACES = re.compile(r"\s+")
@@ -83,7 +84,7 @@ def evaluate(
         t0 = time.perf_counter()
         text = model.transcribe(audio, **(transcribe_options or {})).text
         compute_s += time.perf_counter() - t0
-        audio_s += len(audio) / 16_000
+        audio_s += len(audio) / SAMPLE_RATE
         refs.append(utt.text)
         hyps.append(text)
         rows.append({"id": utt.id, "reference": utt.text, "hypothesis": text})

@@ -12,7 +12,6 @@ import click
 
 from ..formats import FormatError, WqFile
 from .audio import AudioError
-from .datasets import DatasetError, find_utterances, overlap_warning
 
 
 def _user_errors(fn):
@@ -22,9 +21,9 @@ def _user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (FormatError, AudioError, DatasetError) as e:
+        except (FormatError, AudioError) as e:
             raise click.ClickException(str(e)) from None
-        except ValueError as e:  # options the model rejects, e.g. a language an English-only model lacks
+        except ValueError as e:  # options the model rejects (e.g. a language an English-only model lacks), DatasetError
             raise click.ClickException(str(e)) from None
         except OSError as e:
             raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
@@ -272,7 +271,9 @@ def eval_(model_path, data, subset, limit, beam_size, language, task, cache, jso
     """Word error rate, real-time factor and peak memory of MODEL on transcribed speech."""
     import time
 
-    from wavq.evaluation import evaluate  # measurement layer (the `eval` extra), outside the runtime
+    # the measurement layer (the `eval` extra), outside the runtime: imported only when this command runs
+    from wavq.evaluation import evaluate
+    from wavq.evaluation.datasets import find_utterances, overlap_warning
 
     from . import load
 

@@ -214,6 +214,7 @@ def alarm():
     signal.signal(signal.SIGALRM, old)
 
 
+@pytest.mark.slow
 def test_fuzz_only_format_errors(tmp_path, alarm):
     rng = random.Random(SEED)
     bases = [sample_bytes(), decomposed_bytes()] + [p.read_bytes() for p in GOLDENS]
@@ -262,6 +263,7 @@ def _source(name: str) -> bytes:
     ]()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["sample", "decomposed", "rotated"])
 def test_every_truncation_of_the_sample(tmp_path, source):
     """Not sampled: every prefix of the file is rejected as a FormatError (and never read successfully)."""

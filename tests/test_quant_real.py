@@ -28,7 +28,6 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "samples")
-TRAIN = os.path.join(ROOT, "..", "shared", "librispeech", "train-clean-100")
 TINY_EN = "openai/whisper-tiny.en"
 CALIB_SAMPLES = 8  # enough for a working 4-bit model; the CLI default is 128
 GPTQ_WER_MAX = 0.20  # 4-bit GPTQ (group 128) tiny.en on samples/ (46 words): f32 makes 3 errors
@@ -36,16 +35,15 @@ LAYER_ERROR_MAX = 0.05  # mean relative output error per layer at 4 bits
 
 
 @pytest.fixture(scope="module")
-def gptq_file(tmp_path_factory):
-    if not os.path.isdir(TRAIN):
-        pytest.skip("LibriSpeech train-clean-100 is not in ../shared/librispeech")
+def gptq_file(tmp_path_factory, librispeech):
+    train = librispeech("train-clean-100")
     try:
         from transformers import WhisperConfig
 
         WhisperConfig.from_pretrained(TINY_EN)
     except OSError:
         pytest.skip(f"{TINY_EN} is not in the Hugging Face cache")
-    items = select_calibration(TRAIN, CALIB_SAMPLES, seed=0)
+    items = select_calibration(train, CALIB_SAMPLES, seed=0)
     path = str(tmp_path_factory.mktemp("gptq") / "tiny.en.gptq4.wq")
     convert(TINY_EN, path, Recipe(method="gptq", bits=4, group_size=128), calib_items=items)
     return path

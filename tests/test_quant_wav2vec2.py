@@ -77,6 +77,7 @@ def _runtime_matches_torch(exporter, tensors, items, out, tmp_path):
     return torch_model, cal
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split_attention", [True, False])
 def test_block_runner_reproduces_transformers(case, split_attention):
     _, exporter, tensors, items = case
@@ -89,6 +90,7 @@ def test_block_runner_reproduces_transformers(case, split_attention):
             assert (got - ref).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_awq_folding_leaves_the_float_model_unchanged(case, monkeypatch):
     name, exporter, tensors, items = case
     cal = _calibration(exporter, tensors, items, split_attention=False)  # as AWQ runs it
@@ -101,6 +103,7 @@ def test_awq_folding_leaves_the_float_model_unchanged(case, monkeypatch):
         assert (a - b).abs().max() < 1e-4 * max(1.0, float(a.abs().max()))
 
 
+@pytest.mark.slow
 def test_quantized_output_runs_in_the_runtime_as_in_torch(case, tmp_path):
     """Folded LayerNorms, v_proj rows, input scales and GPTQ codes mean the same thing to the numpy runtime as
     to torch; and the exporter's model is left untouched by calibration."""
@@ -130,6 +133,7 @@ def test_quantized_output_runs_in_the_runtime_as_in_torch(case, tmp_path):
         assert float(((q - f) ** 2).mean()) < 0.1 * float((f**2).mean())
 
 
+@pytest.mark.slow
 def test_gptq_needs_supported_architecture(case):
     _, exporter, tensors, items = case
 
@@ -145,6 +149,7 @@ def test_module_is_importable_by_name():
     assert importlib.import_module("wavq.converter.calib_wav2vec2") is calib_wav2vec2
 
 
+@pytest.mark.slow
 def test_mixed_precision_with_calibration(case):
     _, exporter, tensors, items = case
     out, info = pipeline.quantize_tensors(
@@ -154,6 +159,7 @@ def test_mixed_precision_with_calibration(case):
     assert 4.7 < info["bits_per_weight"] <= 5.0 and len({q.bits for q in qts}) > 1
 
 
+@pytest.mark.slow
 def test_tune_lowers_the_kl_and_runs_in_the_runtime(case, tmp_path):
     """Distillation tuning on CTC frame distributions: closer to the float model than GPTQ alone, and the tuned
     scales and norms mean the same thing to the numpy runtime as to torch."""
@@ -187,6 +193,7 @@ def test_tune_lowers_the_kl_and_runs_in_the_runtime(case, tmp_path):
         assert np.abs(runtime.logits(b.x[0].numpy()) - ref.numpy()).max() < 1e-3 * max(1.0, float(ref.abs().max()))
 
 
+@pytest.mark.slow
 def test_rotated_weights_run_in_the_runtime_as_in_torch(case, tmp_path):
     """--rotate on every architecture variant: the weights that kept a rotation (their error on the calibration
     inputs was smaller) are undone by the runtime exactly as torch computes with the converter's weights."""

@@ -195,6 +195,7 @@ def test_ctc_decoder_matches_tokenizer(tmp_path, lower):
             ]
 
 
+@pytest.mark.slow
 def test_eval_cli_reports_wer_and_warns_when_evaluating_calibration_audio(base, tmp_path):
     from click.testing import CliRunner
 

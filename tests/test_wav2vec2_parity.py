@@ -244,6 +244,7 @@ def test_chunked_feature_encoder_is_exact(case):
     assert np.abs(whole - ref).max() <= LOGITS_TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["w2v-base", "w2v-lv60"])
 def test_windowed_matches_transformers_pipeline(variant, tmp_path):
     config_name, overrides, mask = VARIANTS[variant]
@@ -257,6 +258,7 @@ def test_windowed_matches_transformers_pipeline(variant, tmp_path):
         assert rt.transcribe(x, chunk_length_s=chunk_s, stride_length_s=stride_s).text == want
 
 
+@pytest.mark.slow
 def test_windowed_equals_unwindowed_when_context_is_local(tmp_path):
     """With no attention layers, no input normalisation and LayerNorm convs, every frame depends on a bounded
     neighbourhood; windows whose strides cover it must reproduce the unwindowed ids exactly."""

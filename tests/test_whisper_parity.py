@@ -140,6 +140,7 @@ def _hf_generate(hf, feats, **kw) -> list[int]:
     return out[0].tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_encoder_matches_transformers(built, speech, spec):
     hf, model, d = built(spec)
@@ -153,6 +154,7 @@ def test_encoder_matches_transformers(built, speech, spec):
     assert np.abs(out - ref).max() <= ENCODER_TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_decoder_logits_match_transformers(built, speech, spec):
     hf, model, d = built(spec)
@@ -173,6 +175,7 @@ def test_decoder_logits_match_transformers(built, speech, spec):
     assert np.abs(np.stack(got) - ref[2:]).max() <= 1e-3  # logits are ~10x larger than hidden states
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_greedy_tokens_match_generate(built, speech, spec):
     hf, model, d = built(spec)
@@ -183,6 +186,7 @@ def test_greedy_tokens_match_generate(built, speech, spec):
     assert len(tokens) == MAX_NEW
 
 
+@pytest.mark.slow
 def test_greedy_default_length_matches_generate(built, speech, monkeypatch):
     """No max_new_tokens: generation stops at transformers' max_length, which counts the prompt too
     (min(max_length + prompt length, 448) positions). A small max_length keeps the test fast."""
@@ -197,6 +201,7 @@ def test_greedy_default_length_matches_generate(built, speech, monkeypatch):
     assert model._max_new(2, None) == 446  # the 448-position context caps the default
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("language,task", [("de", "translate"), ("french", "transcribe"), ("en", None)])
 def test_multilingual_prompt_matches_generate(built, speech, language, task):
     hf, model, d = built(SPECS[1])
@@ -220,6 +225,7 @@ def test_language_detection_matches_transformers(built, speech):
     assert prompt == [model.sot, ref, model.task_to_id["transcribe"], model.no_timestamps]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", SPECS[:2], ids=lambda s: s.name)
 @pytest.mark.parametrize("beams,length_penalty", [(2, None), (4, 0.5)])
 def test_beam_search_matches_generate(built, speech, spec, beams, length_penalty):
@@ -248,6 +254,7 @@ def test_multilingual_rejects_unknown_language_and_task(built):
         model.prompt("en", "summarize")
 
 
+@pytest.mark.slow
 def test_long_audio_is_cut_into_equal_windows(built, speech):
     _, model, _ = built(SPECS[0])
     long = np.concatenate([speech] * 11)  # 64.4 s -> 3 windows of 21.5 s
@@ -300,6 +307,7 @@ def test_converter_kinds(built):
     assert set(kinds) == set(exporter.model.state_dict()) - {"proj_out.weight"}
 
 
+@pytest.mark.slow
 def test_quantized_low_memory_equals_cached(built, speech, tmp_path):
     from wavq.converter.quant.recipe import Recipe
 
@@ -314,6 +322,7 @@ def test_quantized_low_memory_equals_cached(built, speech, tmp_path):
     assert WqFile(path).info("model.decoder.embed_tokens.weight").quantized
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", [False, True])
 def test_rotated_file_matches_transformers_with_its_weights(built, speech, tmp_path, cache):
     """A file with rotated tensors (SPEC.md 5.4) decodes like transformers given the file's dequantized weights,

@@ -21,14 +21,13 @@ soundfile = pytest.importorskip("soundfile")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from wavq.converter.export import convert  # noqa: E402
+from wavq.evaluation.datasets import find_utterances  # noqa: E402
 from wavq.runtime import load  # noqa: E402
-from wavq.runtime.datasets import find_utterances  # noqa: E402
 
 pytestmark = pytest.mark.real
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "samples")
-DEV_CLEAN = os.path.join(ROOT, "..", "shared", "librispeech", "dev-clean")
 TINY_EN, BASE = "openai/whisper-tiny.en", "openai/whisper-base"
 F32_WER_MAX = 0.10  # tiny.en f32 makes 3 errors in the 46 words of samples/ (0.065), as transformers does
 Q4_WER_MAX = 0.20  # 4-bit RTN (group 128) tiny.en on samples/: at most ~6 more errors than f32
@@ -65,10 +64,9 @@ def tiny_q4(tmp_path_factory):
     return path
 
 
-def _dev_clean():
-    if not os.path.isdir(DEV_CLEAN):
-        pytest.skip("LibriSpeech dev-clean is not in ../shared/librispeech")
-    return find_utterances(DEV_CLEAN)
+@pytest.fixture(scope="module")
+def dev_clean(librispeech):
+    return find_utterances(librispeech("dev-clean"))
 
 
 def _samples():
@@ -94,9 +92,9 @@ def _norm(text: str) -> str:
     return " ".join(re.sub(r"[^A-Z0-9' ]+", " ", text.upper().replace("MR.", "MISTER")).split())
 
 
-def test_greedy_transcripts_equal_transformers_on_dev_clean(tiny):
+def test_greedy_transcripts_equal_transformers_on_dev_clean(tiny, dev_clean):
     hf, proc, model, _ = tiny
-    for utt in _dev_clean():
+    for utt in dev_clean:
         audio = _read(utt.path)
         ref = _hf_tokens(hf, proc, audio)
         _, tokens = model.generate(model.log_mel(audio))
@@ -105,18 +103,18 @@ def test_greedy_transcripts_equal_transformers_on_dev_clean(tiny):
     assert model.transcribe(audio).text == model.decode_tokens(tokens).strip()
 
 
-def test_beam_search_equals_transformers(tiny):
+def test_beam_search_equals_transformers(tiny, dev_clean):
     hf, proc, model, _ = tiny
-    for utt in _dev_clean()[:2]:
+    for utt in dev_clean[:2]:
         audio = _read(utt.path)
         ref = _hf_tokens(hf, proc, audio, num_beams=5)
         _, tokens = model.generate(model.log_mel(audio), beam_size=5)
         assert tokens == ref, utt.id
 
 
-def test_mel_equals_feature_extractor_on_real_speech(tiny):
+def test_mel_equals_feature_extractor_on_real_speech(tiny, dev_clean):
     _, proc, model, _ = tiny
-    for utt in _dev_clean():
+    for utt in dev_clean:
         audio = _read(utt.path)
         ref = proc.feature_extractor(audio, sampling_rate=16000, return_tensors="np").input_features[0]
         assert np.abs(model.log_mel(audio) - ref).max() <= 1e-4, utt.id
@@ -160,9 +158,9 @@ def test_4bit_rtn_transcribes_samples(tiny_q4, cache):
     assert jiwer.wer(list(refs), list(hyps)) <= Q4_WER_MAX
 
 
-def test_long_audio_is_transcribed_completely(tiny):
+def test_long_audio_is_transcribed_completely(tiny, dev_clean):
     _, _, model, _ = tiny
-    utts = [u for u in _dev_clean() if u.id.startswith("84-121550-")]
+    utts = [u for u in dev_clean if u.id.startswith("84-121550-")]
     gap = np.zeros(8000, dtype=np.float32)  # 0.5 s of silence between utterances
     audio = np.concatenate([np.concatenate([_read(u.path), gap]) for u in utts])
     assert len(audio) > 30 * 16000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".opus", ".m4a", ".aiff", ".aif")
 
@@ -54,6 +54,11 @@ def _stem(path_or_id: str) -> str:
     return os.path.splitext(os.path.basename(path_or_id))[0]
 
 
+def _speaker(utterance_id: str) -> str | None:
+    """The speaker of a LibriSpeech id (<speaker>-<chapter>-<n>), None for other ids."""
+    return utterance_id.split("-")[0] if utterance_id.count("-") == 2 else None
+
+
 def overlap_warning(calibration: Iterable[str], evaluation: Iterable[str]) -> str | None:
     """A warning when evaluation utterances were used for calibration, else None.
 
@@ -69,12 +74,22 @@ def overlap_warning(calibration: Iterable[str], evaluation: Iterable[str]) -> st
             f"{len(shared)} of {len(evals)} evaluation utterances were used for calibration "
             f"(e.g. {', '.join(shared[:3])}); their error rates are optimistic"
         )
-    speaker = lambda u: u.split("-")[0] if u.count("-") == 2 else None  # noqa: E731
-    calib_speakers = {speaker(c) for c in calib} - {None}
-    shared_speakers = sorted({speaker(e) for e in evals} & calib_speakers)
+    calib_speakers = {s for s in map(_speaker, calib) if s is not None}
+    shared_speakers = sorted({s for s in map(_speaker, evals) if s is not None} & calib_speakers)
     if shared_speakers:
         return (
             f"evaluation and calibration share {len(shared_speakers)} LibriSpeech speaker(s) "
             f"({', '.join(shared_speakers[:3])}); results may be optimistic"
         )
     return None
+
+
+def spread(utterances: Sequence[Utterance], n: int | None) -> list[Utterance]:
+    """`n` utterances evenly spaced over the sorted list (so over all its speakers), or all of them when n is None.
+
+    The benchmarks' subsets of a test set: the same n always picks the same utterances.
+    """
+    if not n or n >= len(utterances):
+        return list(utterances)
+    step = len(utterances) / n
+    return [utterances[int(i * step)] for i in range(n)]

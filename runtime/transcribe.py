@@ -56,8 +56,9 @@ class DecodeWindow(Protocol):
         ...
 
 
-# (segments of one window, the window's log-mel, its frames of real audio, the last word end so far) -> adds words
-WordAligner = Callable[[list[Segment], np.ndarray, int, float], None]
+# (segments of one window, the window's log-mel, its frames of real audio, the window's start in seconds,
+#  the last word end so far) -> sets each segment's words (and may move its start/end onto them)
+WordAligner = Callable[[list[Segment], np.ndarray, int, float, float], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +141,7 @@ def transcribe_windows(
             )
             seek += advance
             if align_words is not None:
-                align_words(current, mel_segment, segment_size, last_speech_timestamp)
+                align_words(current, mel_segment, segment_size, time_offset, last_speech_timestamp)
                 last_word_end = _last_word_end(current)
                 if not single_ending and last_word_end is not None and last_word_end > time_offset:
                     seek = round(last_word_end * FRAMES_PER_SECOND)

@@ -170,15 +170,15 @@ def test_empty_and_instant_segments_lose_their_text():
 def test_word_alignment_moves_the_seek_to_the_last_word():
     w = [ts(0), 1, ts(10), ts(10), 2, 3]  # unfinished second segment: the seek would be 10 s
 
-    def align(segments, mel_segment, num_frames, last_end):
+    def align(segments, mel_segment, num_frames, time_offset, last_end):
         for s in segments:
             s.words = [Word(" w", s.start + 1, s.end - 1.5, 0.9)]
-        aligned.append((mel_segment[0, 0], num_frames, last_end))
+        aligned.append((mel_segment[0, 0], num_frames, time_offset, last_end))
 
     aligned: list = []
     result, calls = run([(w, OK, 0.0), ([ts(0), 4, ts(3)], OK, 0.0)], content_frames=1500, align_words=align)
     assert [c.seek for c in calls] == [0, 850]  # the last word ends at 8.5 s
-    assert aligned == [(0, 1500, 0.0), (850, 650, 8.5)]
+    assert aligned == [(0, 1500, 0.0, 0.0), (850, 650, 8.5, 8.5)]
 
 
 def test_options_are_checked():

@@ -2,8 +2,8 @@
 
 A long file is the concatenation, in id order, of the test-clean utterances of one chapter (the shared copy holds
 a subset of each chapter, so "consecutive" means consecutive among the stored ones); a 10-minute file is longer
-than any stored chapter and continues into the next chapters in id order. Only the utterance ids are stored: the
-audio is rebuilt from LibriSpeech by `build_audio`, so the tests need no audio files of their own.
+than any stored chapter and continues into the next chapters (other speakers) in id order. Only the utterance ids
+are stored: the audio is rebuilt from LibriSpeech by `build_audio`, so the tests need no audio files of their own.
 
 The reference is transformers' sequential long-form algorithm (WhisperForConditionalGeneration.generate on the
 un-truncated features with the attention mask, return_timestamps=True), openai-whisper's defaults otherwise.
@@ -35,26 +35,29 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LIBRISPEECH = ROOT.parent / "shared" / "librispeech"
 SUBSET = "test-clean"
 SAMPLE_RATE = 16_000  # Hz, Whisper's input rate
-FIRST_CHAPTER = "8230-279154"  # the longest stored test-clean chapter (225 s)
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai-whisper's fallback schedule
 HF_COMPRESSION_RATIO_THRESHOLD = 1.35  # transformers' token-byte counterpart of openai-whisper's 2.4 on text
 LOGPROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
 SEED = 0  # torch's sampler seed, only used if a window falls back to a temperature above 0
+DATA = ROOT / "tests" / "data" / "longform"
+RESULTS = ROOT / "benchmarks" / "results" / "longform_reference"
 
 
 @dataclasses.dataclass(frozen=True)
 class LongFile:
     name: str
     seconds: float  # the file is the shortest run of utterances at least this long
+    first_chapter: str  # speaker-chapter the run starts with
     models: tuple[str, ...]
     out_dir: pathlib.Path
 
 
 FILES = (
-    LongFile("chapter-60s", 60.0, ("openai/whisper-tiny.en", "openai/whisper-base"), ROOT / "tests/data/longform"),
-    LongFile("chapter-3min", 180.0, ("openai/whisper-tiny.en",), ROOT / "benchmarks/results/longform_reference"),
-    LongFile("chapter-10min", 600.0, ("openai/whisper-tiny.en",), ROOT / "benchmarks/results/longform_reference"),
+    # 8230-279154 is the longest stored test-clean chapter (225 s); 10 minutes need several chapters
+    LongFile("chapter-60s", 60.0, "8230-279154", ("openai/whisper-tiny.en", "openai/whisper-base"), DATA),
+    LongFile("chapter-3min", 180.0, "8230-279154", ("openai/whisper-tiny.en",), RESULTS),
+    LongFile("chapter-10min", 600.0, "7127-75946", ("openai/whisper-tiny.en",), RESULTS),
 )
 
 
@@ -164,7 +167,7 @@ def main() -> None:
     for spec in FILES:
         if args.only and not spec.name.endswith(args.only):
             continue
-        chosen = pick_utterances(utterances, FIRST_CHAPTER, spec.seconds)
+        chosen = pick_utterances(utterances, spec.first_chapter, spec.seconds)
         ids = [u.id for u in chosen]
         audio = build_audio(args.librispeech, ids)
         spec.out_dir.mkdir(parents=True, exist_ok=True)

@@ -117,7 +117,8 @@ def transcribe_windows(
     """The seek loop over the log-mel `mel` (n_mels, >= content_frames) of the whole recording.
 
     `decode_text` turns tokens into text (special tokens dropped). `align_words`, when given, adds words to the
-    segments of each window, and the next window then starts at the last word's end, as openai-whisper does.
+    segments of each window, and the next window then starts at the last word's end (or the last segment's
+    end when no word was found), as openai-whisper does.
     `progress(done_frames, content_frames)` is called after each window. The language is the caller's to set.
     """
     seek = 0
@@ -142,11 +143,11 @@ def transcribe_windows(
             seek += advance
             if align_words is not None:
                 align_words(current, mel_segment, segment_size, time_offset, last_speech_timestamp)
-                last_word_end = _last_word_end(current)
-                if not single_ending and last_word_end is not None and last_word_end > time_offset:
-                    seek = round(last_word_end * FRAMES_PER_SECOND)
-                if last_word_end is not None:
-                    last_speech_timestamp = last_word_end
+                speech_end = _speech_end(current)
+                if not single_ending and speech_end is not None and speech_end > time_offset:
+                    seek = round(speech_end * FRAMES_PER_SECOND)
+                if speech_end is not None:
+                    last_speech_timestamp = speech_end
             for s in current:  # an instantaneous or empty segment keeps its times but no text
                 if s.start == s.end or not s.text.strip():
                     s.text, s.tokens = "", []
@@ -236,6 +237,9 @@ def pad_or_trim(mel: np.ndarray, n_frames: int = N_FRAMES) -> np.ndarray:
     return np.concatenate([mel, pad], axis=-1)
 
 
-def _last_word_end(segments: list[Segment]) -> float | None:
+def _speech_end(segments: list[Segment]) -> float | None:
+    """End of the last word, else of the last segment (openai-whisper's get_end)."""
     ends = [w.end for s in segments for w in s.words or ()]
-    return ends[-1] if ends else None
+    if ends:
+        return ends[-1]
+    return segments[-1].end if segments else None

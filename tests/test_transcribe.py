@@ -181,6 +181,17 @@ def test_word_alignment_moves_the_seek_to_the_last_word():
     assert aligned == [(0, 1500, 0.0, 0.0), (850, 650, 8.5, 8.5)]
 
 
+def test_word_alignment_without_words_seeks_to_the_last_segment_end():
+    def no_words(segments, mel_segment, num_frames, time_offset, last_end):
+        for s in segments:
+            s.words = []
+
+    # no pair, not ending on a single timestamp: without alignment the whole window would be consumed
+    result, calls = run([([ts(0), 1, ts(8), 2], OK, 0.0), ([ts(0), 3, ts(1)], OK, 0.0)], 3500, align_words=no_words)
+    assert [c.seek for c in calls] == [0, 800]
+    assert result.segments[0].words == []
+
+
 def test_options_are_checked():
     with pytest.raises(ValueError, match="temperature"):
         TranscribeOptions(temperature=())

@@ -1,0 +1,77 @@
+"""Word error rate of a .wq model on the long recordings of make_longform.py, one JSON record per (model, file).
+
+    python benchmarks/bench_longform.py tiny.en-f32.wq tiny.en-rtn4.wq --label before
+
+Each record: label, model file, recording, WER against the concatenated LibriSpeech text, WER against
+transformers' long-form output (the reference JSON), the runtime's segments (start, end, text) and seconds taken.
+Records are appended to benchmarks/results/longform_reference/runs.jsonl (a run that stops part way keeps what it
+finished); tables are drawn from that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from make_longform import DATA, LIBRISPEECH, RESULTS, build_audio  # noqa: E402
+
+from wavq.evaluation import normalizer_for  # noqa: E402
+from wavq.runtime import load  # noqa: E402
+
+RUNS = RESULTS / "runs.jsonl"
+
+
+def references(model_name: str) -> list[pathlib.Path]:
+    """Reference JSONs of one checkpoint (e.g. whisper-tiny.en), shortest recording first."""
+    paths = [*DATA.glob(f"*.{model_name}.json"), *RESULTS.glob(f"*.{model_name}.json")]
+    return sorted(paths, key=lambda p: json.loads(p.read_text(encoding="utf-8"))["duration"])
+
+
+def main() -> None:
+    import jiwer
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help=".wq files")
+    parser.add_argument("--checkpoint", default="whisper-tiny.en", help="which references to use")
+    parser.add_argument("--label", required=True, help="e.g. before / after")
+    parser.add_argument("--librispeech", default=str(LIBRISPEECH))
+    parser.add_argument("--only", help="one recording name suffix, e.g. 60s, 3min, 10min")
+    args = parser.parse_args()
+    norm = normalizer_for("whisper")
+    for path in references(args.checkpoint):
+        ref = json.loads(path.read_text(encoding="utf-8"))
+        if args.only and not ref["name"].endswith(args.only):
+            continue
+        audio = build_audio(args.librispeech, ref["utterances"])
+        for model_path in args.models:
+            model = load(model_path)
+            t0 = time.perf_counter()
+            result = model.transcribe(audio)
+            seconds = time.perf_counter() - t0
+            record = {
+                "label": args.label,
+                "model": pathlib.Path(model_path).name,
+                "recording": ref["name"],
+                "duration": ref["duration"],
+                "wer_librispeech": round(100 * jiwer.wer(norm(ref["reference"]), norm(result.text)), 2),
+                "wer_vs_transformers": round(100 * jiwer.wer(norm(ref["text"]), norm(result.text)), 2),
+                "reference_wer_librispeech": round(100 * jiwer.wer(norm(ref["reference"]), norm(ref["text"])), 2),
+                "segments": [[round(s.start, 2), round(s.end, 2), s.text] for s in result.segments],
+                "seconds": round(seconds, 1),
+            }
+            with open(RUNS, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            print(
+                f"{record['label']} {record['model']} {record['recording']}: WER {record['wer_librispeech']} % "
+                f"(transformers long-form {record['reference_wer_librispeech']} %), {record['seconds']} s"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -18,16 +18,21 @@ FLOAT_BITS = {"f32": 32.0, "f16": 16.0}
 
 
 def convert_stage(req: dict) -> dict:
+    from wavq.converter.quant.recipe import Recipe
+
+    recipe = Recipe.from_options(**req["recipe"]) if req["recipe"] else None
+    if recipe is not None and recipe.needs_calibration and not req["calib"]:
+        # before torch is imported: a grid without calibration audio fails such cells in a fraction of a second
+        raise ValueError(f"method {recipe.method!r} needs calibration audio: the grid's [sweep] names no calib")
+
     import torch
 
     from wavq.converter.calibrate import select_calibration
     from wavq.converter.export import convert
-    from wavq.converter.quant.recipe import Recipe
     from wavq.formats import WqFile
     from wavq.runtime.info import summarize
 
     torch.set_num_threads(req["threads"])
-    recipe = Recipe.from_options(**req["recipe"]) if req["recipe"] else None
     calib = None
     if recipe is not None and recipe.uses_calibration and req["calib"]:
         calib = select_calibration(req["calib"], recipe.calib_samples, recipe.seed)

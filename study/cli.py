@@ -10,6 +10,7 @@ import click
 from .grid import GridError, load_grid
 from .store import Store
 
+HELP = {"help_option_names": ["-h", "--help"]}
 SWEEP_FILE = "sweep.json"  # the grid's cells, validation set and budgets, for `wavq report`
 
 
@@ -42,7 +43,7 @@ def _save_sweep(grid, path: str, store: Store) -> None:
     os.replace(target + ".partial", target)
 
 
-@click.command()
+@click.command(context_settings=HELP)
 @click.argument("grid_path", metavar="GRID", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Results directory.")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Cells run at the same time.")
@@ -100,7 +101,7 @@ def sweep(grid_path, output, jobs, ray_address, cache_dir, task_memory, retry_fa
     click.echo(f"{todo - len(failed)} cells done, {len(failed)} failed; rows in {store.jsonl}", err=True)
 
 
-@click.command()
+@click.command(context_settings=HELP)
 @click.argument("results", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Report directory.")
 def report(results, output) -> None:
@@ -122,7 +123,7 @@ def report(results, output) -> None:
     click.echo(f"wrote {len(files)} files to {output}")
 
 
-@click.command(name="sweep-import")
+@click.command(name="sweep-import", context_settings=HELP)
 @click.argument("table", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--grid",

@@ -92,8 +92,8 @@ def plot_wer(points: list[dict], x: str, xlabel: str, title: str, path: str) -> 
             color="tab:green",
             label="Pareto front (wavq)",
         )
-        for p in front:
-            ax.annotate(p["label"], (p[x], p["wer_pct"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for p in front + base:  # the front's recipes and every baseline are named on the figure
+        ax.annotate(p["label"], (p[x], p["wer_pct"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("WER (%, log scale)")

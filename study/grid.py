@@ -24,6 +24,7 @@ to the grid file; ${VAR} is taken from the environment.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -80,13 +81,6 @@ class Cell:
         sets = [(s.name, s.limit, fingerprint(s.path, mtimes=False)) for s in self.sets]
         return _digest({"conversion": self.conversion_key, "sets": sets, "max_new_tokens": self.max_new_tokens})
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Cell:
-        return cls(**{**d, "sets": tuple(EvalSet(**s) for s in d["sets"])})
-
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
@@ -105,6 +99,7 @@ def _uses_calibration(recipe: dict) -> bool:
     return Recipe.from_options(**recipe).uses_calibration
 
 
+@functools.cache  # a directory is walked once per process, not once per cell
 def fingerprint(source: str | None, mtimes: bool = True) -> str | None:
     """What identifies a model or data source: a hub id as given; a local directory by its files' names and sizes,
     and with `mtimes` their modification times (a retrained checkpoint has the sizes of the old one; audio copied

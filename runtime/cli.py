@@ -323,5 +323,23 @@ def eval_(model_path, data, subset, limit, beam_size, language, task, cache, jso
         os.replace(tmp, json_path)
 
 
+def _study(name: str, attr: str, summary: str) -> None:
+    """`wavq NAME` runs wavq.study's command, imported only when called: the runtime never needs the study."""
+
+    @main.command(name=name, help=summary, add_help_option=False, context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def run(args) -> None:
+        try:
+            from wavq.study import cli as study
+        except ImportError as e:
+            raise click.ClickException(f"wavq {name} needs {e.name}: pip install 'wavq[sweep,plot]'") from None
+        getattr(study, attr).main(list(args), prog_name=f"wavq {name}")
+
+
+_study("sweep", "sweep", "Convert and evaluate a grid of recipes (wavq.study; the sweep extra).")
+_study("report", "report", "Report and plots from a sweep's results (wavq.study; the plot extra).")
+_study("sweep-import", "sweep_import", "Import a benchmark table's rows into a sweep's results (wavq.study).")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name="wavq")

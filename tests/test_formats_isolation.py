@@ -96,6 +96,7 @@ OPTIONAL = {
     "soundfile": {"audio.py"},
     "click": {"cli.py"},
     "wavq.evaluation": {"cli.py"},
+    "wavq.study": {"cli.py"},
     "wavq.formats": None,
     "wavq.runtime": None,
 }

@@ -29,7 +29,7 @@ import zlib
 import numpy as np
 
 from wavq.runtime.audio import load_audio
-from wavq.runtime.datasets import Utterance, find_utterances
+from wavq.evaluation.datasets import Utterance, find_utterances
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LIBRISPEECH = ROOT.parent / "shared" / "librispeech"

@@ -52,7 +52,7 @@ def convert_stage(req: dict) -> dict:
 
 
 def _utterances(spec: dict):
-    from wavq.evaluation.datasets import find_utterances  # moving to wavq.evaluation.datasets: the one import to fix
+    from wavq.evaluation.datasets import find_utterances
 
     utts = [u for u in find_utterances(spec["path"]) if u.text is not None]
     if not utts:

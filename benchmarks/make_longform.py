@@ -28,8 +28,8 @@ import zlib
 
 import numpy as np
 
-from wavq.runtime.audio import load_audio
 from wavq.evaluation.datasets import Utterance, find_utterances
+from wavq.runtime.audio import load_audio
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LIBRISPEECH = ROOT.parent / "shared" / "librispeech"

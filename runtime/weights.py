@@ -21,7 +21,9 @@ class Weights:
         self, source: WqFile | Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None, *, cache: bool = False
     ):
         self._file = source if isinstance(source, WqFile) else None
-        self._dict = None if self._file is not None else {k: np.asarray(v) for k, v in source.items()}
+        self._dict: dict[str, np.ndarray] = (
+            {} if isinstance(source, WqFile) else {k: np.asarray(v) for k, v in source.items()}
+        )
         self.meta: dict = dict(self._file.meta if self._file is not None else (meta or {}))
         self.cache = cache
         self._cache: dict[str, np.ndarray] = {}

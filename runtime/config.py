@@ -42,8 +42,11 @@ class Fields:
         self.value: Mapping = value
 
     def fail(self, problem: str, key: str | None = None) -> NoReturn:
-        field = self.where if key is None else f"{self.where}.{key}"
-        raise MalformedHeaderError(self.path, f"header field {field} {problem}")
+        field = self.where if key is None else self.field(key)
+        raise MalformedHeaderError(self.path, f"header field {field or 'meta'} {problem}")
+
+    def field(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
 
     def _get(self, key: str, default: Any) -> Any:
         if key in self.value:
@@ -53,7 +56,7 @@ class Fields:
         return default
 
     def section(self, key: str) -> Fields:
-        return Fields(self.path, self._get(key, _MISSING), f"{self.where}.{key}")
+        return Fields(self.path, self._get(key, _MISSING), self.field(key))
 
     def integer(self, key: str, lo: int, hi: int, default: Any = _MISSING) -> int:
         return _integer(self, key, self._get(key, default), lo, hi)
@@ -96,7 +99,7 @@ class Fields:
 
     def id_map(self, key: str, hi: int, default: Any = _MISSING) -> dict[str, int]:
         """A map of names to token ids in [0, hi)."""
-        sub = Fields(self.path, self._get(key, default), f"{self.where}.{key}")
+        sub = Fields(self.path, self._get(key, default), self.field(key))
         for name in sub.value:
             if not isinstance(name, str):
                 sub.fail(f"has key {_short(name)}, not a string")
@@ -161,7 +164,7 @@ class WhisperDims:
 
     @classmethod
     def from_meta(cls, d: Any, path: str | None = None) -> WhisperDims:
-        return whisper_dims(Fields(path, d, "header.dims"))
+        return whisper_dims(Fields(path, d, "dims"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +208,7 @@ class WhisperConfig:
 def whisper_config(w: Weights) -> WhisperConfig:
     """Validate a Whisper file's metadata against itself and its tensor table."""
     check_architecture(w, "whisper")
-    root = Fields(w.path, w.meta, "header")
+    root = Fields(w.path, w.meta, "")
     dims = whisper_dims(root.section("dims"))
     check_whisper_tensors(w, dims)
     pre = whisper_preprocess(root.section("preprocess"), dims)
@@ -297,7 +300,7 @@ def whisper_generation(f: Fields, d: WhisperDims) -> WhisperGeneration:
         is_multilingual=f.boolean("is_multilingual", False),
         lang_to_id=f.id_map("lang_to_id", v, {}),
         task_to_id=f.id_map("task_to_id", v, {}),
-        languages=_languages(Fields(f.path, f.value.get("languages", {}), f.where + ".languages")),
+        languages=_languages(Fields(f.path, f.value.get("languages", {}), f.field("languages"))),
         forced_decoder_ids=_forced_ids(f, v, d.n_text_ctx),
         suppress_tokens=f.integers("suppress_tokens", 0, v - 1, v, ()),
         begin_suppress_tokens=f.integers("begin_suppress_tokens", 0, v - 1, v, ()),
@@ -363,7 +366,7 @@ class Wav2Vec2Dims:
 
     @classmethod
     def from_meta(cls, d: Any, path: str | None = None) -> Wav2Vec2Dims:
-        return wav2vec2_dims(Fields(path, d, "header.dims"))
+        return wav2vec2_dims(Fields(path, d, "dims"))
 
     @property
     def total_stride(self) -> int:
@@ -398,10 +401,10 @@ class Wav2Vec2Config:
 def wav2vec2_config(w: Weights, architecture: str, default_rate: int) -> Wav2Vec2Config:
     """Validate a Wav2Vec2-CTC file's metadata against itself and its tensor table."""
     check_architecture(w, architecture)
-    root = Fields(w.path, w.meta, "header")
+    root = Fields(w.path, w.meta, "")
     dims = wav2vec2_dims(root.section("dims"))
     check_wav2vec2_tensors(w, dims)
-    pre = Fields(w.path, w.meta.get("preprocess", {}), "header.preprocess")
+    pre = Fields(w.path, w.meta.get("preprocess", {}), "preprocess")
     preprocess = Wav2Vec2Preprocess(
         sampling_rate=pre.integer("sampling_rate", MIN_SAMPLING_RATE, MAX_SAMPLING_RATE, default_rate),
         do_normalize=pre.boolean("do_normalize", True),

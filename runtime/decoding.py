@@ -49,9 +49,10 @@ class DecodingResult:
 
 
 class LogitFilter:
-    """Changes the scores (B, V) of the next token in place, given how many tokens were generated before."""
+    """Changes the scores (B, V) of the next token in place, given the tokens (B, n) each hypothesis generated so
+    far (after the prompt), as openai/whisper's filters see them (a timestamp-rules filter needs them)."""
 
-    def apply(self, scores: np.ndarray, step: int) -> None:
+    def apply(self, scores: np.ndarray, tokens: np.ndarray) -> None:
         raise NotImplementedError
 
 
@@ -61,7 +62,7 @@ class SuppressTokens(LogitFilter):
     def __init__(self, tokens: Sequence[int]):
         self.tokens = np.asarray(tokens, dtype=np.int64)
 
-    def apply(self, scores: np.ndarray, step: int) -> None:
+    def apply(self, scores: np.ndarray, tokens: np.ndarray) -> None:
         scores[..., self.tokens] = NEG_INF
 
 
@@ -71,8 +72,8 @@ class SuppressAtBegin(LogitFilter):
     def __init__(self, tokens: Sequence[int]):
         self.tokens = np.asarray(tokens, dtype=np.int64)
 
-    def apply(self, scores: np.ndarray, step: int) -> None:
-        if step == 0:
+    def apply(self, scores: np.ndarray, tokens: np.ndarray) -> None:
+        if tokens.shape[-1] == 0:
             scores[..., self.tokens] = NEG_INF
 
 
@@ -85,9 +86,9 @@ def logit_filters(gen: WhisperGeneration) -> list[LogitFilter]:
     return filters
 
 
-def _filtered(scores: np.ndarray, filters: Sequence[LogitFilter], step: int) -> np.ndarray:
+def _filtered(scores: np.ndarray, filters: Sequence[LogitFilter], tokens: np.ndarray) -> np.ndarray:
     for f in filters:
-        f.apply(scores, step)
+        f.apply(scores, tokens)
     return scores
 
 
@@ -103,7 +104,7 @@ class GreedyDecoder:
         logits = model.decoder_step(np.array([prompt]), state, cross)
         out: list[int] = []
         for step in range(max_new):
-            tok = int(np.argmax(_filtered(logits, self.filters, step)[0]))
+            tok = int(np.argmax(_filtered(logits, self.filters, np.array([out], dtype=np.int64))[0]))
             out.append(tok)
             if tok == self.eot or step + 1 == max_new:
                 break
@@ -153,7 +154,7 @@ class BeamSearchDecoder:
         finished = Beams.empty(k, max_new)
         first_k = np.arange(n_cand) < k
         for step in range(max_new):
-            logp = _filtered(log_softmax(logits), self.filters, step) + running.scores[:, None]  # (K, V)
+            logp = _filtered(log_softmax(logits), self.filters, running.tokens[:, :step]) + running.scores[:, None]
             flat = logp.reshape(-1)
             top = np.argpartition(-flat, n_cand - 1)[:n_cand]
             top = top[np.argsort(-flat[top], kind="stable")]  # (2K,) best first

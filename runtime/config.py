@@ -236,6 +236,7 @@ def whisper_dims(f: Fields) -> WhisperDims:
         decoder_heads=f.integer("decoder_heads", 1, d_model),
         layer_norm_eps=f.number("layer_norm_eps", 0.0, 1.0, 1e-5),
     )
+    f.string("activation", ("gelu",), "gelu")  # the only one Whisper checkpoints use, and the one encode() applies
     heads_divide(f, "encoder_heads", dims.encoder_heads, d_model, "d_model")
     heads_divide(f, "decoder_heads", dims.decoder_heads, d_model, "d_model")
     return dims

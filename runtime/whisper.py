@@ -14,7 +14,9 @@ methods of the same names here are shortcuts to it (as openai/whisper binds `dec
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from typing import Any, overload
 
 import numpy as np
 
@@ -256,7 +258,13 @@ class WhisperModel:
     def windows(self, audio: np.ndarray) -> list[tuple[int, int]]:
         return decoding.windows(len(audio), self.n_samples)
 
-    def transcribe(self, audio, **options) -> Transcription | list[Transcription]:
+    @overload
+    def transcribe(self, audio: list | tuple, **options: Any) -> list[Transcription]: ...
+
+    @overload
+    def transcribe(self, audio: str | os.PathLike | np.ndarray, **options: Any) -> Transcription: ...
+
+    def transcribe(self, audio, **options):
         """Text of `audio` (path, array at the model's rate, or a list of them -> list); options: DecodingOptions."""
         options.setdefault("task", "transcribe")
         return decoding.transcribe(self, audio, decoding.DecodingOptions(**options))

@@ -152,6 +152,7 @@ WHISPER_CASES = {
         setting("generation", "forced_decoder_ids", [[0, 1]]),
         "generation.forced_decoder_ids[0][0]",
     ),
+    "activation the runtime does not apply": (setting("dims", "activation", "relu"), "dims.activation"),
     "first_special_id beyond tokens": (setting("tokenizer", "first_special_id", 10**7), "tokenizer.first_special_id"),
 }
 

@@ -49,8 +49,8 @@ class DecodingResult:
 
 
 class LogitFilter:
-    """Changes the scores (B, V) of the next token in place, given the tokens (B, n) each hypothesis generated so
-    far (after the prompt), as openai/whisper's filters see them (a timestamp-rules filter needs them)."""
+    """Changes the scores (B, V) of the next token in place, given each hypothesis' tokens (B, L), prompt included,
+    as openai/whisper's filters see them (a timestamp-rules filter needs them)."""
 
     def apply(self, scores: np.ndarray, tokens: np.ndarray) -> None:
         raise NotImplementedError
@@ -69,20 +69,21 @@ class SuppressTokens(LogitFilter):
 class SuppressAtBegin(LogitFilter):
     """Do not start with these tokens (`begin_suppress_tokens`: the blank and end of text)."""
 
-    def __init__(self, tokens: Sequence[int]):
+    def __init__(self, tokens: Sequence[int], sample_begin: int):
         self.tokens = np.asarray(tokens, dtype=np.int64)
+        self.sample_begin = sample_begin  # prompt length: the first generated position
 
     def apply(self, scores: np.ndarray, tokens: np.ndarray) -> None:
-        if tokens.shape[-1] == 0:
+        if tokens.shape[-1] == self.sample_begin:
             scores[..., self.tokens] = NEG_INF
 
 
-def logit_filters(gen: WhisperGeneration) -> list[LogitFilter]:
+def logit_filters(gen: WhisperGeneration, sample_begin: int) -> list[LogitFilter]:
     filters: list[LogitFilter] = []
     if gen.suppress_tokens:
         filters.append(SuppressTokens(gen.suppress_tokens))
     if gen.begin_suppress_tokens:
-        filters.append(SuppressAtBegin(gen.begin_suppress_tokens))
+        filters.append(SuppressAtBegin(gen.begin_suppress_tokens, sample_begin))
     return filters
 
 
@@ -104,7 +105,7 @@ class GreedyDecoder:
         logits = model.decoder_step(np.array([prompt]), state, cross)
         out: list[int] = []
         for step in range(max_new):
-            tok = int(np.argmax(_filtered(logits, self.filters, np.array([out], dtype=np.int64))[0]))
+            tok = int(np.argmax(_filtered(logits, self.filters, np.array([[*prompt, *out]], dtype=np.int64))[0]))
             out.append(tok)
             if tok == self.eot or step + 1 == max_new:
                 break
@@ -154,7 +155,10 @@ class BeamSearchDecoder:
         finished = Beams.empty(k, max_new)
         first_k = np.arange(n_cand) < k
         for step in range(max_new):
-            logp = _filtered(log_softmax(logits), self.filters, running.tokens[:, :step]) + running.scores[:, None]
+            history = np.concatenate(
+                [np.broadcast_to(np.asarray(prompt, np.int64), (k, len(prompt))), running.tokens[:, :step]], 1
+            )
+            logp = _filtered(log_softmax(logits), self.filters, history) + running.scores[:, None]  # (K, V)
             flat = logp.reshape(-1)
             top = np.argpartition(-flat, n_cand - 1)[:n_cand]
             top = top[np.argsort(-flat[top], kind="stable")]  # (2K,) best first
@@ -298,7 +302,7 @@ def decode(model: WhisperModel, mel: np.ndarray, options: DecodingOptions) -> De
     max_new = max_new_tokens(gen, model.dims.n_text_ctx, len(prompt), options.max_new_tokens)
     if max_new <= 0:
         return DecodingResult(prompt, [])
-    filters = logit_filters(gen)
+    filters = logit_filters(gen, len(prompt))
     decoder: GreedyDecoder | BeamSearchDecoder
     if options.beam_size == 1:
         decoder = GreedyDecoder(gen.eos_token_id, filters)

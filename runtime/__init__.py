@@ -7,29 +7,33 @@ import os
 from ..formats import FormatError, MalformedHeaderError, WqFile
 from .audio import AudioError, load_audio
 from .types import Segment, Transcription
+from .wav2vec2 import Wav2Vec2CTCModel
 from .weights import Weights
+from .whisper import WhisperModel
 
 ARCHITECTURES = ("whisper", "wav2vec2-ctc")
 
 
-def load(path: str | os.PathLike, *, cache: bool = False):
+def load(path: str | os.PathLike, *, cache: bool = False) -> WhisperModel | Wav2Vec2CTCModel:
     """Open a .wq model. Weights stay memory-mapped and are dequantized per layer as they are used;
-    `cache=True` keeps dequantized weights after first use (faster, needs float32 memory for the model)."""
+    `cache=True` keeps dequantized weights after first use (faster, needs float32 memory for the model).
+
+    The header's metadata is validated here (runtime/config.py): anything the model cannot run raises
+    `MalformedHeaderError` naming the file and the field, before any header value sizes an allocation."""
     f = WqFile(path)
     arch = f.meta.get("architecture")
     weights = Weights(f, cache=cache)
-    if arch == "whisper":
-        from .whisper import WhisperModel
-
-        return WhisperModel(weights)
-    if arch == "wav2vec2-ctc":
-        from .wav2vec2 import Wav2Vec2CTCModel
-
-        return Wav2Vec2CTCModel(weights)
-    f.close()
-    raise MalformedHeaderError(
-        f.path, f"architecture {arch!r} is not one this runtime runs ({', '.join(ARCHITECTURES)})"
-    )
+    try:
+        if arch == "whisper":
+            return WhisperModel(weights)
+        if arch == "wav2vec2-ctc":
+            return Wav2Vec2CTCModel(weights)
+        raise MalformedHeaderError(
+            f.path, f"architecture {arch!r} is not one this runtime runs ({', '.join(ARCHITECTURES)})"
+        )
+    except BaseException:
+        f.close()
+        raise
 
 
 __all__ = ["load", "load_audio", "AudioError", "Transcription", "Segment", "Weights", "FormatError"]

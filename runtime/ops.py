@@ -1,47 +1,133 @@
-"""Numpy building blocks shared by the runtime models. Shapes: T = time, C = channels, D = model width."""
+"""Numpy building blocks shared by the runtime models: every matrix product of Whisper and Wav2Vec2 runs through
+`linear`, `attention` or `conv1d` here, so counting or replacing the arithmetic means changing these three.
+
+Shapes: T = time, C = channels, D = model width, H = heads, hd = head width.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 
 from ..formats.codecs import rotate_columns
 from .weights import Weights
 
+Activation = Callable[[np.ndarray], np.ndarray]
+
 _INV_SQRT_2 = 1 / math.sqrt(2.0)
+_SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
+ATTENTION_SCORE_BYTES = 64 << 20  # float32 attention scores computed at once (all heads, a block of queries)
 
 
-def linear(w: Weights, prefix: str, x: np.ndarray, bias: bool | None = None) -> np.ndarray:
-    """x @ W.T + b for the Hugging Face Linear `prefix` (weight (out, in)).
+# ---------------------------------------------------------------------------------------------------- linear
 
-    An optional `{prefix}.input_scale` (per input channel, written by activation-aware quantization where the
-    scale could not be folded into a preceding operation) divides the input first.
-    """
-    scale_name = prefix + ".input_scale"
-    if scale_name in w:
-        x = x / w[scale_name]
-    name = prefix + ".weight"
-    block = w.rotation(name)
-    if block and x.size // x.shape[-1] < w.shape(name)[0]:
-        # a rotated weight (SPEC.md 5.4), applied to fewer rows than it has: x W^T = (x R) V^T, rotating the few
-        # input rows (a decoding step) instead of undoing the rotation on the whole weight
-        y = rotate_columns(x.reshape(-1, x.shape[-1]), block).reshape(x.shape) @ w.stored(name).T
-    else:
-        y = x @ w[name].T
-    if bias is not False and (prefix + ".bias") in w:
-        y += w[prefix + ".bias"]
+
+@dataclasses.dataclass(frozen=True)
+class Linear:
+    """One Hugging Face Linear ready to multiply: `weight` is W (out, in), or the stored V = W R when `rotation`
+    is set (SPEC.md 5.4), in which case the inputs are rotated instead (x W^T = (x R) V^T)."""
+
+    name: str  # state_dict name of the weight, e.g. "model.decoder.layers.0.fc1.weight"
+    weight: np.ndarray
+    bias: np.ndarray | None
+    input_scale: np.ndarray | None  # activation-aware quantization's unfolded per-input-channel scale
+    rotation: int = 0
+
+    @classmethod
+    def load(cls, w: Weights, prefix: str, n_rows: int | None = None, *, bias: bool = True) -> Linear:
+        """The Linear `prefix` for products with `n_rows` input rows (None: many, e.g. reused over row blocks).
+
+        A rotated weight stays rotated only when that is cheaper: fewer input rows than weight rows (a decoding
+        step) and weights that are not cached (`Weights.uncached_rotation`); otherwise W itself is used.
+        """
+        name = prefix + ".weight"
+        block = w.uncached_rotation(name)
+        if block and n_rows is not None and n_rows < w.shape(name)[0]:
+            weight = w.stored(name)
+        else:
+            weight, block = w[name], 0
+        return cls(
+            name,
+            weight,
+            w.get(prefix + ".bias") if bias else None,
+            w.get(prefix + ".input_scale"),
+            block,
+        )
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return apply_linear(self, x)
+
+
+def apply_linear(layer: Linear, x: np.ndarray) -> np.ndarray:
+    """x @ W.T + b: the one place where an input meets a named weight."""
+    if layer.input_scale is not None:
+        x = x / layer.input_scale
+    if layer.rotation:
+        x = rotate_columns(x.reshape(-1, x.shape[-1]), layer.rotation).reshape(x.shape)
+    y = x @ layer.weight.T
+    if layer.bias is not None:
+        y += layer.bias
     return y
 
 
-def layer_norm(w: Weights, prefix: str, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+def linear(w: Weights, prefix: str, x: np.ndarray, *, bias: bool = True, block_bytes: int | None = None) -> np.ndarray:
+    """x (..., in) @ W.T + b for the Linear `prefix` (an optional `{prefix}.input_scale` divides the input first).
+
+    `block_bytes`: when weights are not cached, dequantize the weight at most this many float32 bytes (a block of
+    output rows) at a time, so a large table (Whisper's output embedding) never exists whole; cached weights are
+    multiplied in one call.
+    """
+    rows = x.size // x.shape[-1]
+    name = prefix + ".weight"
+    out_rows = w.shape(name)[0]
+    step = out_rows if block_bytes is None else max(1, block_bytes // (4 * int(np.prod(w.shape(name)[1:]))))
+    if w.cache or step >= out_rows:
+        return apply_linear(Linear.load(w, prefix, rows, bias=bias), x)
+    scale = w.get(prefix + ".input_scale")
+    b = w.get(prefix + ".bias") if bias else None
+    out = np.empty(x.shape[:-1] + (out_rows,), dtype=np.float32)
+    for s in range(0, out_rows, step):
+        e = min(out_rows, s + step)
+        part = Linear(name, w.rows(name, s, e), None if b is None else b[s:e], scale)
+        out[..., s:e] = apply_linear(part, x)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- norms
+
+
+def norm(x: np.ndarray, eps: float) -> np.ndarray:
+    """Normalise over the last axis without affine parameters (a fresh array)."""
     mean = x.mean(axis=-1, keepdims=True)
     xc = x - mean
     var = np.mean(xc * xc, axis=-1, keepdims=True)
-    y = xc / np.sqrt(var + eps)
-    y *= w[prefix + ".weight"]
-    y += w[prefix + ".bias"]
+    xc /= np.sqrt(var + np.float32(eps))
+    return xc
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """torch.nn.LayerNorm over the last axis."""
+    y = norm(x, eps)
+    y *= weight
+    y += bias
     return y
+
+
+def group_norm(
+    x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, weight: np.ndarray, bias: np.ndarray
+) -> np.ndarray:
+    """torch.nn.GroupNorm with one group per channel, in place on x (C, T), given each channel's mean and
+    1 / sqrt(var + eps) over the whole row (computed by the caller, possibly over time chunks)."""
+    x -= mean[:, None]
+    x *= (inv_std * weight)[:, None]
+    x += bias[:, None]
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------- activations
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -49,6 +135,19 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     np.exp(x, out=x)
     x /= x.sum(axis=axis, keepdims=True)
     return x
+
+
+def softmax_(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, overwriting x (fresh attention scores) to save a temporary."""
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=-1, keepdims=True)
+    return x
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    y = x - x.max(axis=-1, keepdims=True)
+    return y - np.log(np.exp(y).sum(axis=-1, keepdims=True))
 
 
 # Abramowitz & Stegun 7.1.26: erfc(z) ~ t * P(t) * exp(-z^2), t = 1 / (1 + p z), |error| <= 1.5e-7 for z >= 0
@@ -90,3 +189,109 @@ def gelu(x: np.ndarray) -> np.ndarray:
         r *= 0.5
         flat_out[a : a + _ELEMENTWISE_BLOCK] = r
     return out
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)))
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, np.float32(0))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+# transformers' ACT2FN names the runtime implements
+ACTIVATIONS: dict[str, Activation] = {
+    "gelu": gelu,
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "relu": relu,
+    "silu": silu,
+    "swish": silu,
+}
+
+
+def activation(name: str) -> Activation:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"activation {name!r} is not implemented (supported: {', '.join(ACTIVATIONS)})") from None
+
+
+# ---------------------------------------------------------------------------------------------------- convolution
+
+
+def conv1d(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, stride: int = 1, padding: int = 0, groups: int = 1
+) -> np.ndarray:
+    """torch conv1d, (C_in, N) -> (C_out, T) with T = (N + 2 padding - K) // stride + 1, as one im2col matmul per
+    group (an einsum is ~15x slower on Wav2Vec2's 1-channel first layer, which sees every sample)."""
+    if padding:
+        x = np.pad(x, ((0, 0), (padding, padding)))
+    _, n = x.shape
+    c_out, c_per_group, k = weight.shape
+    t_out = (n - k) // stride + 1
+    out_per_group = c_out // groups
+    out = np.empty((c_out, max(t_out, 0)), dtype=np.float32)
+    if t_out <= 0:
+        return out
+    for g in range(groups):
+        xg = x[g * c_per_group : (g + 1) * c_per_group]
+        cols = np.lib.stride_tricks.as_strided(  # (Cg, K, T) view -> (Cg*K, T) copy
+            xg,
+            shape=(c_per_group, k, t_out),
+            strides=(xg.strides[0], xg.strides[1], xg.strides[1] * stride),
+            writeable=False,
+        ).reshape(c_per_group * k, t_out)
+        wg = weight[g * out_per_group : (g + 1) * out_per_group].reshape(out_per_group, c_per_group * k)
+        np.matmul(wg, cols, out=out[g * out_per_group : (g + 1) * out_per_group])
+    if bias is not None:
+        out += bias[:, None]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- attention
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """softmax(q k^T + mask) v for q (..., Tq, hd) (already scaled), k and v (..., Tk, hd) -> (..., Tq, hd).
+
+    `mask` is added to the scores and broadcasts to (..., Tq, Tk) (-inf hides a key). Query rows are processed in
+    blocks so the float32 scores of one block stay within ATTENTION_SCORE_BYTES. A k that is the transposed view of
+    a contiguous (..., hd, Tk) array (as `WhisperModel.cross_kv` keeps it) is used without a copy.
+    """
+    kt = np.ascontiguousarray(np.swapaxes(k, -1, -2))  # (..., hd, Tk): stacked matmuls reach BLAS when contiguous
+    v = np.ascontiguousarray(v)
+    tq, tk = q.shape[-2], kt.shape[-1]
+    stack = int(np.prod(np.broadcast_shapes(q.shape[:-2], kt.shape[:-2])))
+    block = max(1, ATTENTION_SCORE_BYTES // (4 * stack * tk))
+    if block >= tq:
+        return _attend(q, kt, v, mask)
+    out = np.empty(np.broadcast_shapes(q.shape[:-1], v.shape[:-2] + (tq,)) + (v.shape[-1],), dtype=np.float32)
+    for s in range(0, tq, block):
+        rows = slice(s, s + block)
+        m = None if mask is None else mask[..., rows, :] if mask.shape[-2] > 1 else mask
+        out[..., rows, :] = _attend(q[..., rows, :], kt, v, m)
+    return out
+
+
+def _attend(q: np.ndarray, kt: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    scores = np.matmul(np.ascontiguousarray(q), kt)  # (..., Tq, Tk)
+    if mask is not None:
+        scores += mask
+    return np.matmul(softmax_(scores), v)
+
+
+def split_heads(x: np.ndarray, heads: int) -> np.ndarray:
+    """(..., T, D) -> (..., H, T, D / H)."""
+    *lead, t, dm = x.shape
+    return np.moveaxis(x.reshape(*lead, t, heads, dm // heads), -2, -3)
+
+
+def merge_heads(x: np.ndarray) -> np.ndarray:
+    """(..., H, T, hd) -> (..., T, H * hd)."""
+    *lead, h, t, hd = x.shape
+    return np.moveaxis(x, -3, -2).reshape(*lead, t, h * hd)

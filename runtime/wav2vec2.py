@@ -26,8 +26,6 @@ inner edges are dropped, and the rest is concatenated before CTC decoding.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 from collections.abc import Sequence
 
@@ -35,20 +33,21 @@ import numpy as np
 
 from . import ops
 from .audio import SAMPLE_RATE, load_audio
+from .config import Wav2Vec2Dims, wav2vec2_config
+from .tokenizer import CTCDecoder
 from .types import Segment, Transcription
 from .weights import Weights
 
 ARCHITECTURE = "wav2vec2-ctc"
 
 # Activation names (transformers' ACT2FN keys) the runtime implements; the converter rejects any other.
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+ACTIVATIONS = tuple(ops.ACTIVATIONS)
 
 NORMALIZE_EPS = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm adds this to the variance
 TORCH_NORM_EPS = 1e-5  # nn.LayerNorm / nn.GroupNorm default: the conv-layer norms do not use config.layer_norm_eps
 
 FEATURE_CHUNK_FRAMES = 250  # encoder frames per feature-encoder chunk (5 s): first conv output ~ 33 MB at C=512
 ROW_BLOCK = 4096  # frames per feed-forward / layer-norm block: bounds the (rows, 4D) intermediate to ~50 MB at D=768
-ATTENTION_BLOCK_SCORES = 1 << 24  # float32 attention scores per query block, over all heads (64 MB)
 IM2COL_ELEMENTS = 1 << 23  # float32 im2col entries per positional-conv block and group (32 MB)
 
 DEFAULT_CHUNK_LENGTH_S = 30.0  # window length when long audio is windowed by default
@@ -60,58 +59,6 @@ class Wav2Vec2InputError(ValueError):
     """Input the model cannot run on (wrong shape, mask mismatch, too short); the message says what to fix."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Wav2Vec2Dims:
-    prefix: str  # base-model prefix of the state_dict names: "wav2vec2" | "hubert" | "data2vec_audio"
-    conv_dim: tuple[int, ...]
-    conv_kernel: tuple[int, ...]
-    conv_stride: tuple[int, ...]
-    conv_bias: bool
-    feat_extract_norm: str  # "group": GroupNorm on conv layer 0 only; "layer": LayerNorm after every conv layer
-    feat_extract_activation: str
-    feat_proj_layer_norm: bool
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    hidden_act: str
-    layer_norm_eps: float
-    do_stable_layer_norm: bool  # pre-norm layers with a final LayerNorm (large-lv60) vs post-norm (base)
-    pos_conv_kernel: int
-    pos_conv_groups: int
-    pos_conv_stack: bool  # Data2VecAudio: `pos_conv_layers` convs each + non-affine LayerNorm + activation
-    pos_conv_layers: int
-    pos_conv_batch_norm: bool  # HuBERT conv_pos_batch_norm: BatchNorm1d before the (not weight-normed) conv
-    batch_norm_eps: float
-    vocab_size: int
-
-    @classmethod
-    def from_meta(cls, d: dict) -> Wav2Vec2Dims:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(fields - set(d))
-        if missing:
-            raise ValueError(f"wav2vec2-ctc header lacks dims {', '.join(missing)}; re-convert the model")
-        kw = {
-            k: (tuple(int(x) for x in d[k]) if k.startswith("conv_") and isinstance(d[k], (list, tuple)) else d[k])
-            for k in fields
-        }
-        return cls(**kw)
-
-    @property
-    def total_stride(self) -> int:
-        """Audio samples per encoder frame (320 for every released model)."""
-        return math.prod(self.conv_stride)
-
-    @property
-    def receptive_field(self) -> int:
-        """Audio samples one encoder frame sees (400 for every released model)."""
-        field, step = 1, 1
-        for k, s in zip(self.conv_kernel, self.conv_stride):
-            field += (k - 1) * step
-            step *= s
-        return field
-
-
 def conv_output_length(n_samples, kernels: Sequence[int], strides: Sequence[int]):
     """Frames the (unpadded) convolutions produce from `n_samples` (int or int array), like
     `_get_feat_extract_output_lengths`; negative when the input is shorter than the receptive field."""
@@ -121,74 +68,7 @@ def conv_output_length(n_samples, kernels: Sequence[int], strides: Sequence[int]
     return n
 
 
-# ---------------------------------------------------------------------------------------------------- activations
-
-_SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
-
-
-def _gelu_tanh(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)))
-
-
-def _silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-x))
-
-
-_ACT_FN = {
-    "gelu": ops.gelu,
-    "gelu_new": _gelu_tanh,
-    "gelu_pytorch_tanh": _gelu_tanh,
-    "relu": lambda x: np.maximum(x, np.float32(0)),
-    "silu": _silu,
-    "swish": _silu,
-}
-
-
-def activation(name: str):
-    try:
-        return _ACT_FN[name]
-    except KeyError:
-        raise ValueError(f"activation {name!r} is not implemented (supported: {', '.join(ACTIVATIONS)})") from None
-
-
-# ---------------------------------------------------------------------------------------------------- small ops
-
-
-def _norm_last(x: np.ndarray, eps: float) -> np.ndarray:
-    """LayerNorm over the last axis without affine parameters."""
-    mean = x.mean(axis=-1, keepdims=True)
-    xc = x - mean
-    var = np.mean(xc * xc, axis=-1, keepdims=True)
-    xc /= np.sqrt(var + np.float32(eps))
-    return xc
-
-
-def _affine_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-    y = _norm_last(x, eps)
-    y *= weight
-    y += bias
-    return y
-
-
-@dataclasses.dataclass
-class _Linear:
-    """One Linear's float weights, dequantized once and applied to many row blocks."""
-
-    weight: np.ndarray  # (out, in)
-    bias: np.ndarray | None
-    input_scale: np.ndarray | None  # activation-aware quantization's unfolded per-input-channel scale
-
-    @classmethod
-    def load(cls, w: Weights, prefix: str) -> _Linear:
-        return cls(w[prefix + ".weight"], w.get(prefix + ".bias"), w.get(prefix + ".input_scale"))
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.input_scale is not None:
-            x = x / self.input_scale
-        y = x @ self.weight.T
-        if self.bias is not None:
-            y += self.bias
-        return y
+# ---------------------------------------------------------------------------------------------------- input
 
 
 def normalize(x: np.ndarray, length: int | None = None, padding_value: float = 0.0) -> np.ndarray:
@@ -211,17 +91,14 @@ class Wav2Vec2CTCModel:
     def __init__(self, weights: Weights):
         self.weights = weights
         self.meta = weights.meta
-        if self.meta.get("architecture") != ARCHITECTURE:
-            raise ValueError(f"not a {ARCHITECTURE} model (architecture {self.meta.get('architecture')!r})")
-        self.dims = Wav2Vec2Dims.from_meta(self.meta["dims"])
-        for name in (self.dims.feat_extract_activation, self.dims.hidden_act):
-            activation(name)  # fail at load, not mid-transcription
-        pre = self.meta.get("preprocess", {})
-        self.sampling_rate = int(pre.get("sampling_rate", SAMPLE_RATE))
-        self.do_normalize = bool(pre.get("do_normalize", True))
-        self.return_attention_mask = bool(pre.get("return_attention_mask", False))
-        self.padding_value = float(pre.get("padding_value", 0.0))
-        self.decoder = CTCDecoder(self.meta["tokenizer"])
+        config = wav2vec2_config(weights, ARCHITECTURE, SAMPLE_RATE)  # MalformedHeaderError on anything inconsistent
+        self.dims: Wav2Vec2Dims = config.dims
+        pre = config.preprocess
+        self.sampling_rate = pre.sampling_rate
+        self.do_normalize = pre.do_normalize
+        self.return_attention_mask = pre.return_attention_mask
+        self.padding_value = pre.padding_value
+        self.decoder = CTCDecoder(config.tokenizer)
 
     # ------------------------------------------------------------------ preprocessing
 
@@ -285,7 +162,7 @@ class Wav2Vec2CTCModel:
         if valid is not None:
             h[~valid] = 0.0  # padded frames enter the positional convolution as zeros
         h = self.encoder(h, lengths)  # (B, T, D)
-        head = _Linear.load(self.weights, "lm_head")
+        head = ops.Linear.load(self.weights, "lm_head")
         return _rowwise(head, h, head.weight.shape[0])  # (B, T, V)
 
     def _conv_layers(self) -> list[tuple]:
@@ -307,7 +184,7 @@ class Wav2Vec2CTCModel:
         `chunk_frames` output frames; equal to the unchunked computation."""
         d = self.dims
         layers = layers if layers is not None else self._conv_layers()
-        act = activation(d.feat_extract_activation)
+        act = ops.activation(d.feat_extract_activation)
 
         group_stats = None
         if d.feat_extract_norm == "group":
@@ -316,14 +193,11 @@ class Wav2Vec2CTCModel:
         def run(segment: np.ndarray) -> np.ndarray:
             h = segment[None, :]  # (1, n)
             for weight, bias, stride, norm in layers:
-                h = _conv1d(h, weight, bias, stride=stride)  # (C_i, t_i)
+                h = ops.conv1d(h, weight, bias, stride=stride)  # (C_i, t_i)
                 if norm is not None and d.feat_extract_norm == "layer":  # LayerNorm over channels, per frame
-                    h = np.ascontiguousarray(_affine_norm(h.T, norm[0], norm[1], TORCH_NORM_EPS).T)
-                elif norm is not None:  # GroupNorm with one group per channel, statistics from the whole row
-                    mean, inv_std = group_stats
-                    h -= mean[:, None]
-                    h *= (inv_std * norm[0])[:, None]
-                    h += norm[1][:, None]
+                    h = np.ascontiguousarray(ops.layer_norm(h.T, norm[0], norm[1], TORCH_NORM_EPS).T)
+                elif norm is not None and group_stats is not None:  # one group per channel, whole-row statistics
+                    h = ops.group_norm(h, *group_stats, norm[0], norm[1])
                 h = act(h)
             return h.T  # (t, C_last)
 
@@ -346,7 +220,7 @@ class Wav2Vec2CTCModel:
         count, mean, m2 = 0, np.zeros(weight.shape[0]), np.zeros(weight.shape[0])
         for a in range(0, total, chunk):
             b = min(a + chunk, total)
-            y = _conv1d(x[None, a * stride : (b - 1) * stride + k], weight, bias, stride=stride)  # (C, b-a)
+            y = ops.conv1d(x[None, a * stride : (b - 1) * stride + k], weight, bias, stride=stride)  # (C, b-a)
             n_c = y.shape[1]
             mean_c = y.mean(axis=1, dtype=np.float64)
             y -= mean_c.astype(np.float32)[:, None]  # centred per chunk, so float32 squares lose nothing material
@@ -363,17 +237,17 @@ class Wav2Vec2CTCModel:
         """(B, T, C) -> (B, T, D)."""
         d, w = self.dims, self.weights
         p = f"{d.prefix}.feature_projection"
-        proj = _Linear.load(w, p + ".projection")
+        proj = ops.Linear.load(w, p + ".projection")
         if d.feat_proj_layer_norm:
             ln_w, ln_b = w[p + ".layer_norm.weight"], w[p + ".layer_norm.bias"]
-            return _rowwise(lambda r: proj(_affine_norm(r, ln_w, ln_b, d.layer_norm_eps)), h, d.hidden_size)
+            return _rowwise(lambda r: proj(ops.layer_norm(r, ln_w, ln_b, d.layer_norm_eps)), h, d.hidden_size)
         return _rowwise(proj, h, d.hidden_size)
 
     def positional_embedding(self, h: np.ndarray) -> np.ndarray:
         """Grouped positional convolution(s): (B, T, D) -> (B, T, D)."""
         d, w = self.dims, self.weights
         p = f"{d.prefix}.encoder.pos_conv_embed"
-        act = activation(d.feat_extract_activation)
+        act = ops.activation(d.feat_extract_activation)
         if d.pos_conv_stack:
             convs = [
                 (w[f"{p}.layers.{i}.conv.weight"], w.get(f"{p}.layers.{i}.conv.bias")) for i in range(d.pos_conv_layers)
@@ -390,7 +264,7 @@ class Wav2Vec2CTCModel:
             for weight, bias in convs:
                 x = _same_conv(x, weight, bias, d.pos_conv_groups)  # (D, T)
                 if d.pos_conv_stack:
-                    x = _norm_last(x.T, TORCH_NORM_EPS).T
+                    x = ops.norm(x.T, TORCH_NORM_EPS).T
                 x = act(x)
             out[b] = x.T
         return out
@@ -402,11 +276,11 @@ class Wav2Vec2CTCModel:
         h = h + self.positional_embedding(h)
         ln_w, ln_b = w[p + ".layer_norm.weight"], w[p + ".layer_norm.bias"]
         if not d.do_stable_layer_norm:
-            h = _rowwise(lambda r: _affine_norm(r, ln_w, ln_b, d.layer_norm_eps), h, d.hidden_size)
+            h = _rowwise(lambda r: ops.layer_norm(r, ln_w, ln_b, d.layer_norm_eps), h, d.hidden_size)
         for i in range(d.num_hidden_layers):
             h = self.encoder_layer(f"{p}.layers.{i}", h, lengths)
         if d.do_stable_layer_norm:
-            h = _rowwise(lambda r: _affine_norm(r, ln_w, ln_b, d.layer_norm_eps), h, d.hidden_size)
+            h = _rowwise(lambda r: ops.layer_norm(r, ln_w, ln_b, d.layer_norm_eps), h, d.hidden_size)
         return h
 
     def encoder_layer(self, p: str, h: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
@@ -414,46 +288,38 @@ class Wav2Vec2CTCModel:
         eps = d.layer_norm_eps
         ln1 = (w[p + ".layer_norm.weight"], w[p + ".layer_norm.bias"])
         ln2 = (w[p + ".final_layer_norm.weight"], w[p + ".final_layer_norm.bias"])
-        up = _Linear.load(w, p + ".feed_forward.intermediate_dense")
-        down = _Linear.load(w, p + ".feed_forward.output_dense")
-        act = activation(d.hidden_act)
+        up = ops.Linear.load(w, p + ".feed_forward.intermediate_dense")
+        down = ops.Linear.load(w, p + ".feed_forward.output_dense")
+        act = ops.activation(d.hidden_act)
 
         def ffn(r: np.ndarray) -> np.ndarray:
             return down(act(up(r)))
 
         if d.do_stable_layer_norm:  # pre-norm: x + attn(ln(x)); x + ffn(ln(x))
-            a = _rowwise(lambda r: _affine_norm(r, *ln1, eps), h, d.hidden_size)
+            a = _rowwise(lambda r: ops.layer_norm(r, *ln1, eps), h, d.hidden_size)
             h = h + self.attention(p + ".attention", a, lengths)
-            h += _rowwise(lambda r: ffn(_affine_norm(r, *ln2, eps)), h, d.hidden_size)
+            h += _rowwise(lambda r: ffn(ops.layer_norm(r, *ln2, eps)), h, d.hidden_size)
             return h
         # post-norm: ln(x + attn(x)); ln(x + ffn(x))
         h = h + self.attention(p + ".attention", h, lengths)
-        h = _rowwise(lambda r: _affine_norm(r, *ln1, eps), h, d.hidden_size, inplace=True)
-        return _rowwise(lambda r: _affine_norm(r + ffn(r), *ln2, eps), h, d.hidden_size, inplace=True)
+        h = _rowwise(lambda r: ops.layer_norm(r, *ln1, eps), h, d.hidden_size, inplace=True)
+        return _rowwise(lambda r: ops.layer_norm(r + ffn(r), *ln2, eps), h, d.hidden_size, inplace=True)
 
     def attention(self, p: str, h: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
         """Bidirectional multi-head self-attention (B, T, D) -> (B, T, D); keys past `lengths` are masked."""
         d, w = self.dims, self.weights
         bsz, t, dim = h.shape
         heads = d.num_attention_heads
-        hd = dim // heads
-        scaling = np.float32(hd**-0.5)
-        q_proj, k_proj, v_proj = (_Linear.load(w, f"{p}.{n}_proj") for n in ("q", "k", "v"))
-        out_proj = _Linear.load(w, p + ".out_proj")
+        scaling = np.float32((dim // heads) ** -0.5)
+        q_proj, k_proj, v_proj, out_proj = (ops.Linear.load(w, f"{p}.{n}_proj") for n in ("q", "k", "v", "out"))
         out = np.empty((bsz, t, dim), dtype=np.float32)
-        block = max(1, ATTENTION_BLOCK_SCORES // (heads * t))
         for b in range(bsz):
             n_keys = t if lengths is None else int(lengths[b])
             # masked keys get zero weight, so they are left out rather than added as -inf
-            # contiguous per-head operands: numpy's stacked matmul only reaches BLAS for contiguous stacks
-            k = np.ascontiguousarray(k_proj(h[b, :n_keys]).reshape(n_keys, heads, hd).transpose(1, 2, 0))  # (H, hd, Tk)
-            v = np.ascontiguousarray(v_proj(h[b, :n_keys]).reshape(n_keys, heads, hd).transpose(1, 0, 2))  # (H, Tk, hd)
-            for a in range(0, t, block):
-                e = min(a + block, t)
-                q = np.ascontiguousarray(q_proj(h[b, a:e]).reshape(e - a, heads, hd).transpose(1, 0, 2))  # (H, Tq, hd)
-                scores = ops.softmax(np.matmul(q, k) * scaling)  # (H, Tq, Tk)
-                ctx = np.matmul(scores, v)  # (H, Tq, hd)
-                out[b, a:e] = out_proj(ctx.transpose(1, 0, 2).reshape(e - a, dim))
+            k = ops.split_heads(k_proj(h[b, :n_keys]), heads)  # (H, Tk, hd)
+            v = ops.split_heads(v_proj(h[b, :n_keys]), heads)
+            q = ops.split_heads(q_proj(h[b]) * scaling, heads)  # (H, T, hd)
+            out[b] = out_proj(ops.merge_heads(ops.attention(q, k, v)))
         return out
 
     # ------------------------------------------------------------------ transcription
@@ -588,31 +454,6 @@ def _equal_length_runs(spans: list, limit: int) -> list[list]:
     return runs
 
 
-def _conv1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int = 1, groups: int = 1) -> np.ndarray:
-    """torch conv1d without padding, (C_in, N) -> (C_out, T) with T = (N - K) // stride + 1, as one im2col matmul
-    per group. (ops.conv1d's einsum is ~15x slower on the 1-channel first layer, which sees every sample.)"""
-    c_in, n = x.shape
-    c_out, c_per_group, k = weight.shape
-    t_out = (n - k) // stride + 1
-    out_per_group = c_out // groups
-    out = np.empty((c_out, max(t_out, 0)), dtype=np.float32)
-    if t_out <= 0:
-        return out
-    for g in range(groups):
-        xg = x[g * c_per_group : (g + 1) * c_per_group]
-        cols = np.lib.stride_tricks.as_strided(  # (Cg, K, T) view -> (Cg*K, T) copy
-            xg,
-            shape=(c_per_group, k, t_out),
-            strides=(xg.strides[0], xg.strides[1], xg.strides[1] * stride),
-            writeable=False,
-        ).reshape(c_per_group * k, t_out)
-        wg = weight[g * out_per_group : (g + 1) * out_per_group].reshape(out_per_group, c_per_group * k)
-        np.matmul(wg, cols, out=out[g * out_per_group : (g + 1) * out_per_group])
-    if bias is not None:
-        out += bias[:, None]
-    return out
-
-
 def _same_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, groups: int) -> np.ndarray:
     """Conv1d with padding K//2 on both sides and, for even K, the last output frame dropped (SamePad):
     (D, T) -> (D, T). Runs over time blocks so the per-group (C/groups * K, block) im2col copy stays bounded."""
@@ -623,80 +464,5 @@ def _same_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, group
     block = max(1, IM2COL_ELEMENTS // (weight.shape[1] * k))
     for a in range(0, t, block):
         e = min(a + block, t)
-        out[:, a:e] = _conv1d(padded[:, a : e + k - 1], weight, bias, groups=groups)
+        out[:, a:e] = ops.conv1d(padded[:, a : e + k - 1], weight, bias, groups=groups)
     return out
-
-
-class CTCDecoder:
-    """Greedy CTC decoding as Wav2Vec2CTCTokenizer.decode(ids) with its defaults: collapse repeated tokens, drop
-    the pad (blank) token, word delimiter -> `replace_word_delimiter_char`, join, strip."""
-
-    def __init__(self, tok: dict):
-        self.vocab = [str(t) for t in tok["vocab"]]
-        self.pad_token = tok["pad_token"]
-        self.word_delimiter = tok.get("word_delimiter_token")
-        self.replace_char = tok.get("replace_word_delimiter_char", " ")
-        self.do_lower_case = bool(tok.get("do_lower_case", False))
-        self.clean_up = bool(tok.get("clean_up_tokenization_spaces", False))
-        self.unk_token = tok.get("unk_token", "<unk>")
-        # Ids are grouped by the token string they decode to (several ids may map to the same string, e.g. <unk>).
-        strings, self._canon = np.unique(
-            np.array(self.vocab + [self.unk_token], dtype=object).astype(str), return_inverse=True
-        )
-        self._strings = strings
-
-    def decode(self, ids: np.ndarray) -> tuple[str, list[tuple[str, int, int]]]:
-        """(text, [(word, start_frame, end_frame)]) for argmax ids (T,)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size == 0:
-            return "", []
-        # ids outside the vocabulary decode to the unknown token, as convert_ids_to_tokens does
-        canon = self._canon[np.where((ids >= 0) & (ids < len(self.vocab)), ids, len(self.vocab))]
-        starts = np.flatnonzero(np.concatenate(([True], canon[1:] != canon[:-1])))  # first frame of each run
-        ends = np.append(starts[1:], canon.shape[0])
-        tokens = self._strings[canon[starts]]
-        keep = tokens != self.pad_token
-        tokens, starts, ends = tokens[keep], starts[keep], ends[keep]
-        chars = [self.replace_char if tok == self.word_delimiter else str(tok) for tok in tokens]
-        text = "".join(chars).strip()
-        if self.do_lower_case:
-            text = text.lower()
-        if self.clean_up:
-            text = _clean_up_tokenization(text)
-        return text, _word_offsets(chars, starts, ends, self.replace_char, self.do_lower_case)
-
-
-def _word_offsets(chars, starts, ends, space: str, lower: bool) -> list[tuple[str, int, int]]:
-    """Wav2Vec2CTCTokenizer._get_word_offsets: runs of non-delimiter characters with their frame span."""
-    words = []
-    word, w_start, w_end, in_word = "", 0, 0, False
-    for ch, s, e in zip(chars, starts, ends):
-        if ch == space:
-            if in_word:
-                words.append((word, w_start, w_end))
-            in_word = False
-        elif in_word:
-            word, w_end = word + ch, int(e)
-        else:
-            word, w_start, w_end, in_word = ch, int(s), int(e), True
-    if in_word:
-        words.append((word, w_start, w_end))
-    return [(w.lower() if lower else w, s, e) for w, s, e in words]
-
-
-def _clean_up_tokenization(text: str) -> str:
-    """PreTrainedTokenizerBase.clean_up_tokenization (used when the tokenizer sets clean_up_tokenization_spaces)."""
-    for a, b in (
-        (" .", "."),
-        (" ?", "?"),
-        (" !", "!"),
-        (" ,", ","),
-        (" ' ", "'"),
-        (" n't", "n't"),
-        (" 'm", "'m"),
-        (" 's", "'s"),
-        (" 've", "'ve"),
-        (" 're", "'re"),
-    ):
-        text = text.replace(a, b)
-    return text

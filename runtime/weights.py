@@ -21,7 +21,9 @@ class Weights:
         self, source: WqFile | Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None, *, cache: bool = False
     ):
         self._file = source if isinstance(source, WqFile) else None
-        self._dict = None if self._file is not None else {k: np.asarray(v) for k, v in source.items()}
+        self._dict: dict[str, np.ndarray] = (
+            {} if isinstance(source, WqFile) else {k: np.asarray(v) for k, v in source.items()}
+        )
         self.meta: dict = dict(self._file.meta if self._file is not None else (meta or {}))
         self.cache = cache
         self._cache: dict[str, np.ndarray] = {}
@@ -65,7 +67,7 @@ class Weights:
             self._cache[name] = arr
         return arr
 
-    def get(self, name: str, default=None):
+    def get(self, name: str, default: np.ndarray | None = None) -> np.ndarray | None:
         return self[name] if name in self else default
 
     def rows(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -89,11 +91,14 @@ class Weights:
         return rows[inv].reshape(index.shape + rows.shape[1:])
 
     def rotation(self, name: str) -> int:
-        """The rotation block of a tensor stored rotated (SPEC.md 5.4), else 0. Always 0 with cache=True: the
-        cache holds the weight itself, undone once on first use."""
-        if self._file is None or self.cache:
-            return 0
-        return self._file.info(name).rotation
+        """The rotation block a tensor is stored with (SPEC.md 5.4), else 0."""
+        return 0 if self._file is None else self._file.info(name).rotation
+
+    def uncached_rotation(self, name: str) -> int:
+        """The rotation block a product may apply to its few input rows instead of undoing it on the whole weight
+        (`stored` gives V = W R): the stored rotation when weights are not cached; 0 with cache=True, where the
+        cache holds W itself, the rotation undone once on first use."""
+        return 0 if self.cache else self.rotation(name)
 
     def stored(self, name: str) -> np.ndarray:
         """float32 V = W R of a rotated tensor: its dequantized codes before the rotation is undone (not cached)."""

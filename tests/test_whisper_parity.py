@@ -24,6 +24,7 @@ from wavq.converter.export import convert  # noqa: E402
 from wavq.converter.registry import UnsupportedModelError  # noqa: E402
 from wavq.formats import WqFile  # noqa: E402
 from wavq.runtime import load  # noqa: E402
+from wavq.runtime.decoding import max_new_tokens  # noqa: E402
 from wavq.runtime.weights import Weights  # noqa: E402
 
 SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples")
@@ -193,12 +194,12 @@ def test_greedy_default_length_matches_generate(built, speech, monkeypatch):
     hf, model, d = built(SPECS[3])
     feats = _features(d, speech)
     ref = _hf_generate(hf, feats, max_length=30)
-    monkeypatch.setitem(model.generation, "max_length", 30)
+    monkeypatch.setattr(model, "generation", dataclasses.replace(model.generation, max_length=30))
     _, tokens = model.generate(feats[0].numpy())
     assert tokens == ref
     assert len(tokens) == 30
-    monkeypatch.setitem(model.generation, "max_length", 448)
-    assert model._max_new(2, None) == 446  # the 448-position context caps the default
+    gen = dataclasses.replace(model.generation, max_length=448)
+    assert max_new_tokens(gen, model.dims.n_text_ctx, 2, None) == 446  # the 448-position context caps the default
 
 
 @pytest.mark.slow
@@ -363,7 +364,7 @@ def test_rotated_file_matches_transformers_with_its_weights(built, speech, tmp_p
         got.append(qmodel.decoder_step(np.array([[t]]), state, cross)[0])
     assert np.abs(np.stack(got) - ref[2:]).max() <= 1e-3
     # the cached mode keeps each weight with its rotation undone (it never re-reads the codes per step)
-    assert all((qmodel.weights.rotation(n) == 0) == cache for n in rotated)
+    assert all((qmodel.weights.uncached_rotation(n) == 0) == cache for n in rotated)
     # and the rotation is undone: the stored codes read as weights would give another model
     assert max(float(np.abs(f.array(n, unrotate=False) - f.array(n)).max()) for n in rotated) > 0.05
 

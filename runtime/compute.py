@@ -317,7 +317,8 @@ def wav2vec2_peak_activation_bytes(dims: Mapping[str, Any], n_samples: int, chun
     (its samples, then per conv layer the input, the im2col copy and the output), or an attention query block
     (the input rows, q, k, v, the scores of all heads for the block, capped as the runtime caps them, and the
     output), or a feed-forward row block (input, the intermediate before and after the activation, output)."""
-    from .wav2vec2 import ATTENTION_BLOCK_SCORES, FEATURE_CHUNK_FRAMES, ROW_BLOCK, conv_output_length
+    from .ops import ATTENTION_SCORE_BYTES
+    from .wav2vec2 import FEATURE_CHUNK_FRAMES, ROW_BLOCK, conv_output_length
 
     d = _wav2vec2_dims(dims)
     chunk_frames = FEATURE_CHUNK_FRAMES if chunk_frames is None else chunk_frames
@@ -329,7 +330,7 @@ def wav2vec2_peak_activation_bytes(dims: Mapping[str, Any], n_samples: int, chun
         conv = max(conv, channels * length + channels * k * out + c_out * out)
         channels, length = c_out, out
     h, heads = d.hidden_size, d.num_attention_heads
-    block = min(total, max(1, ATTENTION_BLOCK_SCORES // (heads * total)))
+    block = min(total, max(1, ATTENTION_SCORE_BYTES // (4 * heads * total)))
     attention = total * h * 4 + heads * block * total + total * h
     rows = min(total, ROW_BLOCK)
     ffn = rows * h * 2 + 2 * rows * d.intermediate_size

@@ -18,9 +18,10 @@ Rows entering the statistics may be subsampled per sample (Block.max_rows) with 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from .recipe import Plan
 from .rotate import block_size, rotate_stats
 from .rtn import QuantSpec, as_2d, rtn
 from .stats import DiagStats, FullStats, IdentityStats, Stats
+
+if TYPE_CHECKING:
+    from ..registry import ExportTensor
 
 # A tied embedding is calibrated as the output projection, on its logits error tr(dE H dE^T). Its other use, the
 # decoder's input lookup, sees the weight error of the looked-up row directly; GPTQ alone would push error into
@@ -82,6 +86,53 @@ class Batch:
 
     ids: list[int]
     lengths: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+
+
+Losses = Callable[[torch.nn.Module, list], Iterator[Callable[[], torch.Tensor]]]
+Outputs = Callable[[torch.nn.Module, Any], list[torch.Tensor]]
+
+
+@dataclasses.dataclass
+class Calibration:
+    """An architecture's calibration set-up (Exporter.calibration): a working copy of its model with the exported
+    arrays loaded, cut into blocks, and the batches entering the first block."""
+
+    model: torch.nn.Module  # the working copy: quantization writes into it; the exporter's model stays float
+    loaded: set[str]  # names of the exported arrays loaded into the working copy
+    blocks: list[Block]
+    batches: list
+    info: dict[str, Any]  # for meta["quantization"]["calibration"]
+    losses: Losses  # (model, batches) -> one per-utterance loss closure at a time, for the Fisher (fisher.py)
+    outputs: Outputs  # (model, initial batch) -> each utterance's output logits, for distillation (tune.py)
+
+    @property
+    def targets(self) -> dict[str, Target]:
+        """The quantizable weights the blocks reach, by name (those whose exported array was loaded)."""
+        return {t.name: t for b in self.blocks for t in b.targets if t.name in self.loaded}
+
+    def array(self, name: str) -> np.ndarray:
+        """A float tensor of the working copy as it is now (after AWQ folded scales into it)."""
+        return dict(self.model.named_parameters(remove_duplicate=False))[name].detach().numpy().copy()
+
+
+def working_copy(
+    model: torch.nn.Module, tensors: list[ExportTensor], prepare: Callable[[torch.nn.Module], None] | None = None
+) -> tuple[torch.nn.Module, set[str]]:
+    """A float32 eval copy of `model` (after `prepare`, which renames modules to match the exported tensors)
+    with the exported arrays loaded, so exactly the stored values are quantized; and the names loaded."""
+    work = copy.deepcopy(model).float().eval()
+    work.requires_grad_(False)
+    if prepare is not None:
+        prepare(work)
+    params = dict(work.named_parameters(remove_duplicate=False))
+    loaded: set[str] = set()
+    with torch.no_grad():
+        for t in tensors:
+            p = params.get(t.name)
+            if p is not None and tuple(p.shape) == tuple(t.array.shape):
+                p.copy_(torch.from_numpy(np.asarray(t.array, dtype=np.float32)))
+                loaded.add(t.name)
+    return work, loaded
 
 
 @contextlib.contextmanager

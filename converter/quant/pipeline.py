@@ -44,8 +44,9 @@ from .mixed import (
 from .recipe import FLOAT_KEEP_BITS, Plan, Recipe
 from .rotate import block_size
 from .rtn import QuantSpec, as_2d
-from .sequential import Calibration, SequentialQuantizer, quantize_weight
+from .sequential import Calibration, SequentialQuantizer
 from .stats import IdentityStats
+from .weight import quantize_weight
 
 ERROR_DIGITS = 6  # significant digits of the per-tensor errors reported in the metadata
 TUNED_KINDS = ("norm", "bias")  # float tensors the tune stage fits along with the scales

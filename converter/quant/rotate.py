@@ -8,7 +8,7 @@ size; every reader applies R^T when it dequantizes (SPEC.md 5.4), so nothing dow
 
 Whether it helps depends on the tensor: layers whose inputs GPTQ already compensates well (fc2, after GELU) can
 get worse. So a rotated tensor is quantized both ways and keeps whichever has the smaller error on its calibration
-statistics (sequential.quantize_weight); without calibration the weight error decides. Measured effect:
+statistics (weight.quantize_weight); without calibration the weight error decides. Measured effect:
 benchmarks/results/quant_table_whisper-base.md.
 
 For GPTQ and clip search the statistics move with the weight: H = E[x x^T] of the inputs becomes R^T H R, the

@@ -27,15 +27,11 @@ import numpy as np
 import torch
 
 from ...formats import QuantizedTensor, dequantize
-from ...formats.codecs import rotate_columns
 from .awq import add_input_scale, scale_columns, search_scales
-from .clip import search_clip
-from .decompose import decompose
-from .gptq import gptq
 from .recipe import Plan
-from .rotate import block_size, rotate_stats
-from .rtn import QuantSpec, as_2d, rtn
+from .rtn import QuantSpec, as_2d
 from .stats import DiagStats, FullStats, IdentityStats, Stats
+from .weight import quantize_weight
 
 if TYPE_CHECKING:
     from ..registry import ExportTensor
@@ -364,59 +360,3 @@ class SequentialQuantizer:
         if r.gptq_failed:
             self.gptq_failed.append(t.name)
         self.results[t.name] = r.qt
-
-
-@dataclasses.dataclass
-class Rounded:
-    qt: QuantizedTensor
-    error: float  # relative output error on the statistics the weight was quantized with
-    rotation_errors: tuple[float, float] | None  # (plain, rotated) relative errors when both were tried
-    gptq_failed: bool  # GPTQ could not factor the Hessian: rounded to nearest instead
-
-
-def quantize_weight(
-    w: np.ndarray, spec: QuantSpec, st: Stats, plan: Plan, *, damp: float, act_order: bool, rotate: bool = False
-) -> Rounded:
-    """One weight's codes on the statistics of its inputs (IdentityStats: no calibration, weight error): the
-    decomposition's columns, clip search, GPTQ (with FullStats) or round-to-nearest. With `rotate`, the weight is
-    also quantized under a block Hadamard rotation (rotate.py), and the version with the smaller error is kept."""
-    w2d = as_2d(w)
-    dec = None
-    if spec.outliers:  # decomposed: columns chosen by the error they would cause on these inputs
-        hdiag = torch.diagonal(st.hessian).numpy() if isinstance(st, FullStats) else None
-        dec = decompose(w2d, spec.outliers, hdiag)
-    failed = False
-
-    def round_with(sp: QuantSpec) -> tuple[QuantizedTensor, float]:
-        nonlocal failed
-        clip = None
-        if plan.clip:
-            target = w2d if dec is None else dec.residual(w2d)
-            if sp.rotation:  # searched on W R, with the statistics of the rotated inputs
-                clip = search_clip(
-                    rotate_columns(target, sp.rotation), sp.plain.unrotated, rotate_stats(st, sp.rotation)
-                )[0]
-            else:
-                clip = search_clip(target, sp.plain, st)[0]
-        qt = None
-        if plan.rounder == "gptq" and isinstance(st, FullStats):
-            qt = gptq(w, st.hessian, sp, damp, act_order, clip, dec)
-            failed |= qt is None
-        if qt is None:
-            qt = rtn(w, sp, clip, dec)
-        return qt, float(st.row_error(torch.from_numpy(w2d - dequantize(qt).reshape(w2d.shape))).sum())
-
-    ref = float(st.row_error(torch.from_numpy(w2d)).sum())
-    qt, err = round_with(spec)
-    pair = None
-    block = block_size(w2d.shape[1]) if rotate and not spec.outliers and not isinstance(st, DiagStats) else 0
-    if block:  # quantize W R too; keep whichever has the smaller error on these inputs
-        qt_r, err_r = round_with(dataclasses.replace(spec, rotation=block))
-        pair = (_rel(err, ref), _rel(err_r, ref))
-        if err_r < err:
-            qt, err = qt_r, err_r
-    return Rounded(qt, _rel(err, ref), pair, failed)
-
-
-def _rel(err: float, ref: float) -> float:
-    return err / ref if ref > 0 else 0.0

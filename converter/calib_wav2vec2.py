@@ -28,12 +28,14 @@ import dataclasses
 import numpy as np
 import torch
 
-from .calibrate import SAMPLE_RATE, CalibItem
+from ..runtime.audio import SAMPLE_RATE
+from .calibrate import CalibItem
 from .quant.awq import norm_fold, rows_fold
-from .quant.sequential import Batch, Block, ScaleSite, Target, without_output_projection
+from .quant.sequential import Batch, Block, Calibration, ScaleSite, Target, without_output_projection, working_copy
+from .registry import ExportTensor
+from .wav2vec2 import Wav2Vec2CTCExporter
 
 ROWS_PER_SAMPLE = 256  # positions per utterance entering each weight's statistics (20 ms frames, 5 s of speech)
-NORMALIZE_EPS = 1e-7  # Wav2Vec2FeatureExtractor's variance floor when it has to be reproduced without one
 
 
 @dataclasses.dataclass
@@ -76,34 +78,39 @@ def prepare(model) -> None:
 
 
 def _inputs(items: list[CalibItem], feature_extractor) -> list[np.ndarray]:
-    out = []
-    for it in items:
-        if feature_extractor is not None:
-            x = feature_extractor(it.audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_values[0]
-        else:  # zero mean, unit variance, as the released checkpoints' feature extractors do
-            x = (it.audio - it.audio.mean()) / np.sqrt(it.audio.var() + NORMALIZE_EPS)
-        out.append(np.asarray(x, dtype=np.float32))
-    return out
+    return [
+        np.asarray(
+            feature_extractor(it.audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_values[0],
+            dtype=np.float32,
+        )
+        for it in items
+    ]
 
 
 def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def build(
-    model, exporter, items: list[CalibItem], tensor_names: set[str], split_attention: bool = True
-) -> tuple[list[Block], list, dict]:
-    """(blocks, initial batches, info) for the pipeline. `model` is the pipeline's working copy."""
-    prepare(model)
+def calibration(
+    exporter: Wav2Vec2CTCExporter, items: list[CalibItem], tensors: list[ExportTensor], split_attention: bool = True
+) -> Calibration:
+    """The working copy of the exporter's model, its blocks and the initial batches
+    (Wav2Vec2CTCExporter.calibration)."""
+    model, loaded = working_copy(exporter.model, tensors, prepare)
+    batches = [
+        AudioBatch(ids=[i], x=torch.from_numpy(x)[None, None])
+        for i, x in enumerate(_inputs(items, exporter.feature_extractor))
+    ]
+    blocks = _blocks(model, split_attention)
+    return Calibration(model, loaded, blocks, batches, {}, losses, outputs)
+
+
+def _blocks(model: torch.nn.Module, split_attention: bool) -> list[Block]:
     base = model.base_model
     p = model.base_model_prefix
     enc = base.encoder
     stable = bool(getattr(model.config, "do_stable_layer_norm", False))
     rows = {"main": ROWS_PER_SAMPLE}
-    batches = [
-        AudioBatch(ids=[i], x=torch.from_numpy(x)[None, None])
-        for i, x in enumerate(_inputs(items, getattr(exporter, "feature_extractor", None)))
-    ]
 
     blocks = []
     for i, conv_layer in enumerate(base.feature_extractor.conv_layers):
@@ -149,7 +156,7 @@ def build(
 
     head_site = ScaleSite(("lm_head.weight",), norm_fold(enc.layer_norm, f"{p}.encoder.layer_norm") if stable else None)
     blocks.append(Block("head", head_forward, [Target("lm_head.weight", model.lm_head, 0)], [head_site], max_rows=rows))
-    return blocks, batches, {}
+    return blocks
 
 
 def _layer(layer, lp: str, name: str, stable: bool, rows: dict, split: bool) -> list[Block]:

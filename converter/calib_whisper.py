@@ -14,9 +14,9 @@ output projection, so no stage recomputes an attention (the encoder's 1500 x 150
 With AWQ an attention stays one block (stages q/k/v, then out_proj): out_proj's scale is folded into v_proj's rows,
 which must happen before v_proj is quantized.
 The token embedding is quantized last, as the output projection, on its logits error plus its weight error (its
-other use, the decoder's input lookup, sees the weight error directly: GPTQ on the logits error alone pushed error
-into directions the logits ignore and took tiny.en from 9% to 60% WER at 4 bits); the decoder layers are
-calibrated with the float embeddings at their input.
+other use, the decoder's input lookup, sees the weight error directly: GPTQ on the logits error alone pushes error
+into directions the logits ignore, which the lookup does not); the decoder layers are calibrated with the float
+embeddings at their input.
 
 Decoder inputs: <|startoftranscript|> [<|en|> <|transcribe|>] <|notimestamps|> followed by the utterance's
 transcript (LibriSpeech's upper-case text turned into sentence case, closer to what Whisper writes) and
@@ -40,13 +40,13 @@ import torch
 
 from .calibrate import CalibItem
 from .quant.awq import norm_fold, rows_fold
-from .quant.sequential import Batch, Block, ScaleSite, Target, without_output_projection
+from .quant.sequential import Batch, Block, Calibration, ScaleSite, Target, without_output_projection, working_copy
+from .registry import ExportTensor
+from .whisper import OUTPUT_PROJECTION, TOKEN_EMBEDDING, WhisperExporter
 
 ENCODER_ROWS_PER_SAMPLE = 256  # of 1500 frames per 30 s window: 128 utterances give 32768 rows per Hessian
 ENCODER_BATCH = 4  # utterances per encoder forward (bounds the 1500 x 1500 attention buffers)
 MAX_GREEDY_TOKENS = 224  # cap on the float model's transcription of an utterance without a transcript
-TOKEN_EMBEDDING = "model.decoder.embed_tokens.weight"
-UNTIED_OUTPUT = "proj_out.weight"
 
 
 @dataclasses.dataclass
@@ -251,7 +251,7 @@ class WhisperCalibration:
                 layer, f"model.decoder.layers.{i}", {"enc": ENCODER_ROWS_PER_SAMPLE}, split_attention
             )
 
-        head = TOKEN_EMBEDDING if UNTIED_OUTPUT not in tensor_names else UNTIED_OUTPUT
+        head = TOKEN_EMBEDDING if OUTPUT_PROJECTION not in tensor_names else OUTPUT_PROJECTION
 
         def head_forward(b: DecoderBatch) -> torch.Tensor:
             return m.proj_out(dec.layer_norm(b.x))
@@ -363,19 +363,21 @@ def _decoder_layer(layer, p: str, rows: dict, split: bool) -> list[Block]:
     )
 
 
-def build(
-    model, exporter, items: list[CalibItem], tensor_names: set[str], split_attention: bool = True
-) -> tuple[list[Block], list, dict]:
-    """(blocks, initial batches, info) for the pipeline. `model` is the pipeline's working copy."""
+def calibration(
+    exporter: WhisperExporter, items: list[CalibItem], tensors: list[ExportTensor], split_attention: bool = True
+) -> Calibration:
+    """The working copy of the exporter's model, its blocks and the initial batches (WhisperExporter.calibration)."""
+    model, loaded = working_copy(exporter.model, tensors)
     cal = WhisperCalibration(
         model,
         items,
-        tokenizer=getattr(exporter, "tokenizer", None),
-        feature_extractor=getattr(exporter, "feature_extractor", None),
-        generation_config=getattr(exporter, "generation_config", None),
+        tokenizer=exporter.tokenizer,
+        feature_extractor=exporter.feature_extractor,
+        generation_config=exporter.generation_config,
     )
     batches = cal.batches()
-    return cal.blocks(tensor_names, split_attention), batches, cal.info
+    blocks = cal.blocks({t.name for t in tensors}, split_attention)
+    return Calibration(model, loaded, blocks, batches, cal.info, losses, outputs)
 
 
 def losses(model, batches: list[EncoderBatch]):

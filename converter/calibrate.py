@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from ..runtime.audio import SAMPLE_RATE, load_audio
 from ..evaluation.datasets import overlap_warning  # noqa: F401  (re-exported: converter users call it here)
 from .registry import ConversionError
 
-SAMPLE_RATE = 16_000  # Hz: every supported model takes 16 kHz audio
 MAX_SECONDS = 30.0  # longer files are cut: Whisper sees 30 s windows, and it bounds Wav2Vec2's attention cost
 AUDIO_EXTENSIONS = (".flac", ".wav", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif")
 TRANSCRIPT_SUFFIX = ".trans.txt"
@@ -71,12 +70,6 @@ def choose(n_files: int, n: int, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(n_files, size=n, replace=False))
 
 
-def _load_audio(path: Path) -> np.ndarray:
-    from ..runtime.audio import load_audio
-
-    return load_audio(path, SAMPLE_RATE)
-
-
 def select_calibration(path: str | os.PathLike, n: int = 128, seed: int = 0) -> list[CalibItem]:
     """Load n calibration utterances (fewer if the directory has fewer) chosen deterministically by seed."""
     root = Path(path)
@@ -90,7 +83,7 @@ def select_calibration(path: str | os.PathLike, n: int = 128, seed: int = 0) -> 
     for i in choose(len(files), n, seed):
         f = files[i]
         try:
-            audio = _load_audio(f)
+            audio = load_audio(f, SAMPLE_RATE)
         except (ValueError, OSError, RuntimeError) as e:
             raise CalibrationError(f"cannot read calibration audio {f}: {e}") from None
         items.append(
@@ -102,7 +95,3 @@ def select_calibration(path: str | os.PathLike, n: int = 128, seed: int = 0) -> 
             )
         )
     return items
-
-
-def calibration_ids(items: Iterable[CalibItem]) -> list[str]:
-    return [it.id for it in items]

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..formats import QuantizedTensor, WqWriter
 from ..formats.errors import OutputExistsError
-from .registry import ConversionError, ExportTensor, loader_for
+from .quant.recipe import Recipe
+from .registry import ConversionError, Exporter, ExportTensor, loader_for
 
 DTYPES = {"f32": np.float32, "f16": np.float16}
 
@@ -36,7 +37,7 @@ def _version(pkg: str) -> str:
         return "unknown"
 
 
-def load_exporter(source: str, revision: str | None = None):
+def load_exporter(source: str, revision: str | None = None) -> Exporter:
     """The registered exporter for a hub id or local directory, loaded the normal transformers way."""
     from transformers import AutoConfig
 
@@ -63,7 +64,7 @@ def _resolved_revision(source: str, revision: str | None) -> str:
     return revision or "unknown"
 
 
-def provenance(source: str, exporter, revision: str | None) -> dict:
+def provenance(source: str, revision: str | None) -> dict:
     return {
         # a local directory is recorded by its name only: the file must not carry the converting machine's paths
         "source": source if not os.path.isdir(source) else os.path.basename(os.path.normpath(source)),
@@ -77,7 +78,7 @@ def provenance(source: str, exporter, revision: str | None) -> dict:
 def convert(
     source: str,
     output: str | os.PathLike,
-    recipe: Any = None,
+    recipe: Recipe | None = None,
     *,
     dtype: str = "f32",
     force: bool = False,
@@ -88,9 +89,11 @@ def convert(
 ) -> ConvertReport:
     """Convert `source` to a .wq file at `output`.
 
-    `recipe` is a wavq.converter.quant.recipe.Recipe, or None to export unquantized in `dtype`. Tensors that
-    stay float (norms, biases, positions, and everything when unquantized) are stored in `dtype`.
+    `recipe` None (or method "none") exports unquantized in `dtype`. Tensors that stay float (norms, biases,
+    positions, and everything when unquantized) are stored in `dtype`.
     """
+    if recipe is not None and not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a wavq.converter.quant.recipe.Recipe or None, got {type(recipe).__name__}")
     started = time.perf_counter()
     output = os.fspath(output)
     if dtype not in DTYPES:
@@ -108,7 +111,7 @@ def convert(
     tensors: list[ExportTensor] = list(exporter.tensors())
     quant_meta: dict = {"method": "none", "dtype": dtype}
     stored: dict[str, Any]
-    if recipe is None or getattr(recipe, "method", "none") == "none":
+    if recipe is None or recipe.plan is None:
         stored = {t.name: t.array for t in tensors}
     else:
         from .quant.pipeline import quantize_tensors
@@ -117,7 +120,7 @@ def convert(
         stored, info = quantize_tensors(exporter, tensors, recipe, calib_items, progress)
         quant_meta = {**recipe.to_meta(), "dtype": dtype, **info}
     meta["quantization"] = quant_meta
-    meta["provenance"] = provenance(source, exporter, revision)
+    meta["provenance"] = provenance(source, revision)
 
     stage(f"writing {output}")
     n_params = n_quant = 0

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .calibrate import CalibItem
+    from .quant.sequential import Calibration
 
 # Tensor kinds. Weights of these kinds are quantized; everything else (norms, biases, positions) stays float.
 QUANTIZABLE_KINDS = ("linear", "conv", "embedding")
@@ -50,6 +54,14 @@ class Exporter:
     def extra_tensors(self) -> Iterator[ExportTensor]:
         """Non-weight arrays the runtime needs (e.g. the mel filterbank). Never quantized."""
         return iter(())
+
+    def calibration(
+        self, items: list[CalibItem], tensors: list[ExportTensor], split_attention: bool = True
+    ) -> Calibration | None:
+        """The block-sequential calibration set-up on `items` (quant/sequential.py), or None when the
+        architecture has none (calibrated methods then refuse it; clip search and mixed precision fall back to
+        weight-error objectives). `split_attention` False keeps each attention one block (AWQ needs it)."""
+        return None
 
 
 @dataclasses.dataclass

@@ -15,11 +15,16 @@ Not stored at all: `masked_spec_embed` (training-time SpecAugment) and BatchNorm
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..runtime.wav2vec2 import ACTIVATIONS, ARCHITECTURE, TORCH_NORM_EPS, Wav2Vec2Dims
 from .registry import ConversionError, Exporter, ExportTensor, UnsupportedModelError, register
+
+if TYPE_CHECKING:
+    from .calibrate import CalibItem
+    from .quant.sequential import Calibration
 
 try:  # the converter needs transformers; the registry import only needs the config classes
     from transformers import Data2VecAudioConfig, HubertConfig, Wav2Vec2Config
@@ -162,6 +167,13 @@ class Wav2Vec2CTCExporter(Exporter):
                 "padding_value": float(fe.padding_value),
             },
         }
+
+    def calibration(
+        self, items: list[CalibItem], tensors: list[ExportTensor], split_attention: bool = True
+    ) -> Calibration:
+        from .calib_wav2vec2 import calibration
+
+        return calibration(self, items, tensors, split_attention)
 
     def tensors(self) -> Iterator[ExportTensor]:
         d = self.dims

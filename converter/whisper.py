@@ -10,17 +10,23 @@ filterbank, so the runtime's log-mel features equal WhisperFeatureExtractor's wi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..runtime.whisper import OUTPUT_PROJECTION, TOKEN_EMBEDDING, WhisperDims
 from .registry import ConversionError, Exporter, ExportTensor, UnsupportedModelError, register
 
+if TYPE_CHECKING:
+    from .calibrate import CalibItem
+    from .quant.sequential import Calibration
+
 MEL_FILTERS_NAME = "preprocess.mel_filters"
-TIED_OUTPUT = "proj_out.weight"
-TOKEN_EMBEDDING = "model.decoder.embed_tokens.weight"
 SUPPORTED_ARCHITECTURE = "WhisperForConditionalGeneration"
 SUPPORTED_ACTIVATIONS = ("gelu",)  # exact erf GELU, the only activation any Whisper checkpoint uses
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, what every Whisper layer norm uses
 CONV_KERNEL = 3  # both encoder convolutions; the runtime hard-codes the strides (1, 2) and padding 1
 
 # Special tokens the runtime needs by role, looked up by their text in the tokenizer (first spelling found).
@@ -46,8 +52,8 @@ class WhisperExporter(Exporter):
         self.generation_config = generation_config
         self.config = model.config
         self._state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-        self.tied = TIED_OUTPUT in self._state and np.array_equal(
-            self._state[TIED_OUTPUT], self._state[TOKEN_EMBEDDING]
+        self.tied = OUTPUT_PROJECTION in self._state and np.array_equal(
+            self._state[OUTPUT_PROJECTION], self._state[TOKEN_EMBEDDING]
         )
         self._check()
 
@@ -77,7 +83,7 @@ class WhisperExporter(Exporter):
         conv1 = self._state["model.encoder.conv1.weight"]
         if conv1.shape[-1] != CONV_KERNEL:
             raise UnsupportedModelError(f"encoder conv kernel size {conv1.shape[-1]} is not supported (only 3)")
-        known = {n for n, _ in self._named()} | {TIED_OUTPUT}
+        known = {n for n, _ in self._named()} | {OUTPUT_PROJECTION}
         extra = sorted(set(self._state) - known)
         if extra:
             raise UnsupportedModelError(f"unexpected Whisper tensors: {', '.join(extra[:5])}")
@@ -85,19 +91,22 @@ class WhisperExporter(Exporter):
     # -- metadata ---------------------------------------------------------------------------------------------
     def meta(self) -> dict:
         c, fe = self.config, self.feature_extractor
-        dims = {
-            "n_mels": int(c.num_mel_bins),
-            "n_vocab": int(c.vocab_size),
-            "d_model": int(c.d_model),
-            "n_audio_ctx": int(c.max_source_positions),
-            "n_text_ctx": int(c.max_target_positions),
-            "encoder_layers": int(c.encoder_layers),
-            "encoder_heads": int(c.encoder_attention_heads),
+        dims = WhisperDims(
+            n_mels=int(c.num_mel_bins),
+            n_vocab=int(c.vocab_size),
+            d_model=int(c.d_model),
+            n_audio_ctx=int(c.max_source_positions),
+            n_text_ctx=int(c.max_target_positions),
+            encoder_layers=int(c.encoder_layers),
+            encoder_heads=int(c.encoder_attention_heads),
+            decoder_layers=int(c.decoder_layers),
+            decoder_heads=int(c.decoder_attention_heads),
+            layer_norm_eps=LAYER_NORM_EPS,
+        )
+        # the runtime reads WhisperDims; the rest describes the checkpoint for `wavq info` and future readers
+        described = {
             "encoder_ffn_dim": int(c.encoder_ffn_dim),
-            "decoder_layers": int(c.decoder_layers),
-            "decoder_heads": int(c.decoder_attention_heads),
             "decoder_ffn_dim": int(c.decoder_ffn_dim),
-            "layer_norm_eps": 1e-5,  # torch.nn.LayerNorm default, what every Whisper layer norm uses
             "activation": str(c.activation_function),
             "tied_output": bool(self.tied),
         }
@@ -113,7 +122,7 @@ class WhisperExporter(Exporter):
         }
         return {
             "architecture": self.architecture,
-            "dims": dims,
+            "dims": {**dataclasses.asdict(dims), **described},
             "preprocess": preprocess,
             "tokenizer": tokenizer_meta(self.tokenizer),
             "generation": self._generation_meta(),
@@ -202,7 +211,14 @@ class WhisperExporter(Exporter):
         for name, kind in self._named():
             yield ExportTensor(name, np.ascontiguousarray(self._state[name], dtype=np.float32), kind)
         if not self.tied:
-            yield ExportTensor(TIED_OUTPUT, np.ascontiguousarray(self._state[TIED_OUTPUT]), "linear")
+            yield ExportTensor(OUTPUT_PROJECTION, np.ascontiguousarray(self._state[OUTPUT_PROJECTION]), "linear")
+
+    def calibration(
+        self, items: list[CalibItem], tensors: list[ExportTensor], split_attention: bool = True
+    ) -> Calibration:
+        from .calib_whisper import calibration
+
+        return calibration(self, items, tensors, split_attention)
 
     def extra_tensors(self) -> Iterator[ExportTensor]:
         filters = np.asarray(self.feature_extractor.mel_filters, dtype=np.float32)  # (n_fft // 2 + 1, n_mels)

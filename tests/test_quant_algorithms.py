@@ -12,11 +12,20 @@ from quant_helpers import correlated_inputs, output_error  # noqa: E402
 from wavq.converter.quant.awq import candidate_scales, search_scales  # noqa: E402
 from wavq.converter.quant.clip import clip_ratios, group_errors, search_clip  # noqa: E402
 from wavq.converter.quant.gptq import gptq, inverse_hessian_factor  # noqa: E402
+from wavq.converter.quant.recipe import Plan  # noqa: E402
 from wavq.converter.quant.rtn import QuantSpec, fake_quant, rtn  # noqa: E402
 from wavq.converter.quant.stats import DiagStats, FullStats, IdentityStats  # noqa: E402
+from wavq.converter.quant.weight import quantize_weight, round_stored, rounded_fake  # noqa: E402
 from wavq.formats import dequantize, quantize, quantize_with_scales, rtn_scales  # noqa: E402
 
 ROWS, COLS, N = 48, 96, 2000
+RTN = Plan(awq=False, clip=False, rounder="rtn")
+GPTQ = Plan(awq=False, clip=False, rounder="gptq")
+
+
+def _stored(w: np.ndarray, spec: QuantSpec, st, plan: Plan):
+    """The codes of w in spec's layout (rotated specs: of W R), as the converter stores them."""
+    return round_stored(w, spec, st, plan, damp=0.01, act_order=False)[0]
 
 
 def _stats(x: np.ndarray) -> FullStats:
@@ -110,8 +119,8 @@ def test_gptq_conv_weight_and_determinism(layer):
     _, x, st = layer
     rng = np.random.default_rng(5)
     w3 = (rng.standard_normal((ROWS, COLS // 3, 3)) * 0.1).astype(np.float32)  # (out, in, kernel) conv weight
-    a = gptq(w3, st.hessian, QuantSpec(3, 32, True), 0.01, act_order=True)
-    b = gptq(w3, st.hessian, QuantSpec(3, 32, True), 0.01, act_order=True)
+    a = quantize_weight(w3, QuantSpec(3, 32, True), st, GPTQ, damp=0.01, act_order=True).qt
+    b = quantize_weight(w3, QuantSpec(3, 32, True), st, GPTQ, damp=0.01, act_order=True).qt
     assert a.shape == w3.shape and a.codes.shape == (ROWS, COLS)
     assert a.codes.tobytes() == b.codes.tobytes() and a.scales.tobytes() == b.scales.tobytes()
 
@@ -200,8 +209,8 @@ def test_rotated_rtn_and_gptq_store_codes_of_w_r(layer, symmetric):
     rotated_spec = QuantSpec(3, 32, symmetric, rotation=32)
     wr = rotate_columns(w, 32)
     for got, ref in (
-        (rtn(w, rotated_spec), rtn(wr, spec)),
-        (gptq(w, st.hessian, rotated_spec, 0.01), gptq(wr, rotate_hessian(st.hessian, 32), spec, 0.01)),
+        (_stored(w, rotated_spec, st, RTN), rtn(wr, spec)),
+        (_stored(w, rotated_spec, st, GPTQ), gptq(wr, rotate_hessian(st.hessian, 32), spec, 0.01)),
     ):
         assert got.rotation == 32 and ref.rotation == 0
         assert got.codes.tobytes() == ref.codes.tobytes() and got.scales.tobytes() == ref.scales.tobytes()
@@ -211,7 +220,7 @@ def test_rotated_rtn_and_gptq_store_codes_of_w_r(layer, symmetric):
             @ np.linalg.inv(np.asarray(rotate_columns(np.eye(COLS, dtype=np.float32), 32), dtype=np.float64)),
             atol=1e-5,
         )
-    np.testing.assert_allclose(fake_quant(w, rotated_spec), dequantize(rtn(w, rotated_spec)), atol=1e-6)
+    np.testing.assert_allclose(rounded_fake(w, rotated_spec), dequantize(_stored(w, rotated_spec, st, RTN)), atol=1e-6)
 
 
 def test_rotation_lowers_the_error_of_a_weight_with_outlier_columns():
@@ -226,7 +235,7 @@ def test_rotation_lowers_the_error_of_a_weight_with_outlier_columns():
     for bits in (3, 4):
         plain = QuantSpec(bits, 64, False)
         rot = QuantSpec(bits, 64, False, rotation=64)
-        for make in (lambda s: rtn(w, s), lambda s: gptq(w, st.hessian, s, 0.01)):
+        for make in (lambda s: _stored(w, s, st, RTN), lambda s: _stored(w, s, st, GPTQ)):
             assert output_error(w, dequantize(make(rot)), x) < 0.6 * output_error(w, dequantize(make(plain)), x)
 
 

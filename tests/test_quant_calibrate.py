@@ -10,7 +10,6 @@ sf = pytest.importorskip("soundfile")
 
 from wavq.converter.calibrate import (  # noqa: E402
     MAX_SECONDS,
-    SAMPLE_RATE,
     CalibrationError,
     choose,
     list_audio_files,
@@ -19,6 +18,7 @@ from wavq.converter.calibrate import (  # noqa: E402
     select_calibration,
 )
 from wavq.converter.quant.recipe import Recipe, parse_method  # noqa: E402
+from wavq.runtime.audio import SAMPLE_RATE  # noqa: E402
 
 
 @pytest.mark.parametrize(

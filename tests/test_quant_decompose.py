@@ -12,11 +12,22 @@ from quant_helpers import correlated_inputs, output_error  # noqa: E402
 
 from wavq.converter.quant.decompose import decompose  # noqa: E402
 from wavq.converter.quant.gptq import gptq  # noqa: E402
+from wavq.converter.quant.recipe import Plan  # noqa: E402
 from wavq.converter.quant.rtn import QuantSpec, rtn  # noqa: E402
+from wavq.converter.quant.stats import IdentityStats  # noqa: E402
+from wavq.converter.quant.weight import round_stored  # noqa: E402
 from wavq.formats import dequantize  # noqa: E402
 
 ROWS, COLS = 300, 96
 OUTLIER = 37
+RTN = Plan(awq=False, clip=False, rounder="rtn")
+
+
+def rtn_decomposed(w: np.ndarray, spec: QuantSpec, dec=None):
+    """Round-to-nearest codes of a decomposed spec, as the converter stores them (by default with the
+    decomposition chosen from the weight alone)."""
+    dec = dec if dec is not None else decompose(w, spec.outliers)
+    return round_stored(w, spec, IdentityStats(w.shape[1]), RTN, damp=0.01, act_order=False, decomposition=dec)[0]
 
 
 def embedding_like(seed: int = 0) -> np.ndarray:
@@ -47,7 +58,7 @@ def test_decompose_finds_the_mean_and_the_outlier_column():
 def test_rtn_decomposed_stores_float_columns_and_cuts_the_error(symmetric):
     w = embedding_like()
     plain = dequantize(rtn(w, QuantSpec(4, 32, symmetric)))
-    qt = rtn(w, QuantSpec(4, 32, symmetric, outliers=2))
+    qt = rtn_decomposed(w, QuantSpec(4, 32, symmetric, outliers=2))
     assert qt.decomposed and len(qt.outlier_columns) == 2 and OUTLIER in qt.outlier_columns
     deq = dequantize(qt)
     cols = qt.outlier_columns
@@ -63,8 +74,8 @@ def test_gptq_decomposed_with_identity_hessian_is_rtn(act_order):
     w = embedding_like(1)
     spec = QuantSpec(3, 32, False, outliers=2)
     dec = decompose(w, 2)
-    got = gptq(w, torch.eye(COLS, dtype=torch.float64), spec, 0.01, act_order, None, dec)
-    ref = rtn(w, spec, None, dec)
+    got = gptq(w, torch.eye(COLS, dtype=torch.float64), spec.plain, 0.01, act_order, None, dec)
+    ref = rtn_decomposed(w, spec, dec)
     for part in ("codes", "scales", "zeros", "offset", "outlier_columns", "outliers"):
         assert np.array_equal(getattr(got, part), getattr(ref, part)), part
 
@@ -76,8 +87,8 @@ def test_gptq_decomposed_beats_rtn_on_output_error(act_order):
     h = torch.from_numpy(x.astype(np.float64).T @ x.astype(np.float64) / len(x))
     dec = decompose(w, 2, np.diag(h.numpy()))
     spec = QuantSpec(3, 32, False, outliers=2)
-    q_gptq = gptq(w, h, spec, 0.01, act_order, None, dec)
-    q_rtn = rtn(w, spec, None, dec)
+    q_gptq = gptq(w, h, spec.plain, 0.01, act_order, None, dec)
+    q_rtn = rtn_decomposed(w, spec, dec)
     deq = dequantize(q_gptq)
     # the float columns hold their GPTQ-updated values, exactly as stored
     np.testing.assert_array_equal(deq[:, q_gptq.outlier_columns], q_gptq.outliers.astype(np.float32))

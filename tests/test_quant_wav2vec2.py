@@ -24,12 +24,14 @@ from wavq.converter import calib_wav2vec2  # noqa: E402
 from wavq.converter.calibrate import CalibItem  # noqa: E402
 from wavq.converter.quant import pipeline  # noqa: E402
 from wavq.converter.quant.recipe import Recipe  # noqa: E402
+from wavq.converter.registry import Exporter  # noqa: E402
 from wavq.formats import QuantizedTensor, write_wq  # noqa: E402
+from wavq.runtime.audio import SAMPLE_RATE  # noqa: E402
 from wavq.runtime.wav2vec2 import Wav2Vec2CTCModel  # noqa: E402
 from wavq.runtime.weights import Weights  # noqa: E402
 
 CASES = ["w2v-base", "w2v-lv60", "hubert-base-noprojln", "data2vec"]
-SR = 16_000
+SR = SAMPLE_RATE
 
 
 @pytest.fixture(scope="module", params=CASES)
@@ -54,7 +56,7 @@ def case(request, tmp_path_factory):
 
 
 def _calibration(exporter, tensors, items, split_attention=True):
-    return pipeline._Calibration(exporter, tensors, items, calib_wav2vec2, split_attention)
+    return exporter.calibration(items, tensors, split_attention)
 
 
 def _logits(model, cal):
@@ -137,12 +139,11 @@ def test_quantized_output_runs_in_the_runtime_as_in_torch(case, tmp_path):
 def test_gptq_needs_supported_architecture(case):
     _, exporter, tensors, items = case
 
-    class Other:
+    class Other(Exporter):
         architecture = "other"
-        model = exporter.model
 
     with pytest.raises(pipeline.ConversionError, match="not available for other"):
-        pipeline.quantize_tensors(Other(), tensors, Recipe(method="gptq"), items)
+        pipeline.quantize_tensors(Other(exporter.model, "other"), tensors, Recipe(method="gptq"), items)
 
 
 def test_module_is_importable_by_name():

@@ -23,9 +23,10 @@ from wavq.converter.quant.mixed import bits_per_weight  # noqa: E402
 from wavq.converter.quant.recipe import Recipe  # noqa: E402
 from wavq.converter.whisper import WhisperExporter  # noqa: E402
 from wavq.formats import QuantizedTensor, dequantize  # noqa: E402
+from wavq.runtime.audio import SAMPLE_RATE  # noqa: E402
 
 SOT, EOT, VOCAB = 90, 91, 96
-SR = 16_000
+SR = SAMPLE_RATE
 
 
 class CharTokenizer:
@@ -82,9 +83,7 @@ def tiny():
 
 
 def _calibration(exporter, tensors, items, split_attention=True):
-    return pipeline._Calibration(
-        exporter, tensors, items, importlib.import_module("wavq.converter.calib_whisper"), split_attention
-    )
+    return exporter.calibration(items, tensors, split_attention)
 
 
 def _teacher_forced_logits(model, cal):

@@ -10,10 +10,9 @@ and on the outlier column, so every token pays for it. Stored instead:
     columns     k outlier columns, stored as float16 values (their codes are ignored);
     codes       the residual W - offset, with those columns zeroed, quantized as usual.
 
-On tiny.en at 4 bits (asymmetric, group 128) this cuts the teacher-forced KL divergence caused by the embedding
-from 0.057 to 0.011 nats per token, for 64 bits per row (k = 4) plus one float row: 0.17 bits per weight of
-the embedding, 0.09 of the whole model. In the output projection the offset adds h . offset to every logit alike, which
-the softmax ignores; the runtime applies the decomposition exactly anyway (formats.codecs.apply_decomposition).
+The cost is 64 bits per row (k = 4) plus one float row; measured effect: benchmarks/results/quant_table_whisper-base.md.
+In the output projection the offset adds h . offset to every logit alike, which the softmax ignores; the runtime
+applies the decomposition exactly anyway (formats.codecs.apply_decomposition).
 
 Columns are chosen by the error they would cause: the spread of the residual column, weighted (when calibration
 statistics exist) by how strongly the inputs drive that column (diag H / mean diag H, plus 1 for the lookup use,

@@ -20,15 +20,12 @@ compensation flows into them and they store their updated values; they are left 
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
 from ...formats import QuantizedTensor, rtn_scales
-from ...formats.codecs import n_groups, rotate_columns
-from .decompose import Decomposition, decompose
-from .rotate import rotate_hessian
+from ...formats.codecs import n_groups
+from .decompose import Decomposition
 from .rtn import QuantSpec
 
 GPTQ_BLOCK = 128  # columns per lazy batch update
@@ -58,7 +55,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor |
 
 
 def gptq(
-    w: np.ndarray,
+    w2d: np.ndarray,
     hessian: torch.Tensor,
     spec: QuantSpec,
     damp: float,
@@ -66,30 +63,19 @@ def gptq(
     clip: np.ndarray | None = None,
     decomposition: Decomposition | None = None,
 ) -> QuantizedTensor | None:
-    """GPTQ codes for `w` (any rank >= 2, quantized as its 2-D view) given H = mean x x^T of its inputs.
+    """GPTQ codes for the (rows, cols) w2d given H = mean x x^T of its inputs.
 
-    `clip` (rows, n_groups) shrinks each group's range like round-to-nearest's clip. A decomposed spec uses
-    `decomposition` (by default chosen from the weight alone). A rotated spec (rotate.py) runs on W R with the
-    Hessian R^T H R of the rotated inputs (`clip` then refers to the groups of W R). Returns None when the
-    dampened Hessian cannot be factored even after DAMP_RETRIES increases (the caller falls back to RTN).
+    `clip` (rows, n_groups) shrinks each group's range like round-to-nearest's clip. With a `decomposition` the
+    codes are of its residual and its float columns take part in the compensation (module docstring). Returns
+    None when the dampened Hessian cannot be factored even after DAMP_RETRIES increases (the caller falls back
+    to RTN).
     """
-    shape = tuple(int(d) for d in w.shape)
-    rows = shape[0]
-    w2d = np.ascontiguousarray(w, dtype=np.float32).reshape(rows, -1)
-    if spec.rotation:
-        qt = gptq(
-            rotate_columns(w2d, spec.rotation).reshape(shape),
-            rotate_hessian(hessian, spec.rotation),
-            spec.unrotated,
-            damp,
-            act_order,
-            clip,
-        )
-        return None if qt is None else dataclasses.replace(qt, rotation=spec.rotation)
-    cols = w2d.shape[1]
-    dec = None
-    if spec.outliers:
-        dec = decomposition or decompose(w2d, spec.outliers)
+    spec.check_plain()
+    w2d = np.ascontiguousarray(w2d, dtype=np.float32)
+    shape = tuple(int(d) for d in w2d.shape)
+    rows, cols = shape
+    dec = decomposition
+    if dec is not None:
         w2d = w2d - dec.offset[None, :]
     floating = np.zeros(cols, dtype=bool)  # float16 columns of a decomposed tensor
     if dec is not None:

@@ -36,8 +36,9 @@ from ...formats import QuantizedTensor
 from ...formats.codecs import resolve_group_size, view_2d_shape
 from ...formats.constants import MAX_BITS, MIN_BITS, Encoding
 from ...formats.stats import payload_bits
-from .rtn import QuantSpec, fake_quant
+from .rtn import QuantSpec
 from .stats import Stats
+from .weight import rounded_fake
 
 EXCHANGE_ROUNDS = 1000  # bound on the local-search moves after the hull walk (each strictly lowers the error)
 EXCHANGE_BLOCK = 512  # rows of the pairwise search evaluated at once (bounds its memory)
@@ -110,9 +111,9 @@ def option_fakes(
     `rotation` is a block size (the quantizer keeps whichever errs less)."""
     b, g = option_bits_group(option, group_size)
     spec = QuantSpec(b, g, symmetric, outliers)
-    fakes = [fake_quant(w2d, spec)]
+    fakes = [rounded_fake(w2d, spec)]
     if rotation:
-        fakes.append(fake_quant(w2d, dataclasses.replace(spec, rotation=rotation)))
+        fakes.append(rounded_fake(w2d, dataclasses.replace(spec, rotation=rotation)))
     return fakes
 
 

@@ -1,52 +1,53 @@
 """quantize_tensors: the exporter's tensors + a Recipe (+ calibration audio) -> what the .wq stores.
 
-Flow:
-  1. bits (and, with Recipe.mixed_group_sizes, group size) per tensor: --keep pins first; then either the
-     recipe's bits, or (target_bpw) an allocation by measured sensitivity (mixed.py): the expected loss
-     increase from the diagonal Fisher of the model's loss on the calibration audio (fisher.py), or weight
-     squared error without calibration;
-  2. calibrated methods run block-sequentially over a working copy of the torch model (sequential.py with the
-     architecture's blocks from calib_whisper.py / calib_wav2vec2.py), the exported arrays loaded into it first
-     so exactly those values are quantized;
-  3. any quantizable tensor the calibration did not reach is rounded to nearest (sequential.quantize_weight on
-     its weight error: clip-searched when the method clips, rotated with --rotate where that errs less).
-The returned dict has every input tensor in input order: QuantizedTensor for quantized weights, float arrays
-otherwise (modified where AWQ folded a scale into them), plus `<prefix>.input_scale` float32 arrays right after
-their weight where an AWQ scale could not be folded.
+Stages, each a function from typed inputs to a typed result, composed by quantize_tensors:
+  select      which quantizable tensors --keep pins to bits, keeps float, or leaves free;
+  calibrate   the architecture's calibration set-up (Exporter.calibration): a working copy of the torch model
+              with the exported arrays loaded (so exactly those values are quantized), cut into blocks;
+  allocate    a QuantSpec per quantized tensor: the recipe's bits, or (target_bpw) an allocation by measured
+              sensitivity (mixed.py): the expected loss increase from the diagonal Fisher of the model's loss on
+              the calibration audio (fisher.py), or weight squared error without calibration;
+  quantize    calibrated methods run block-sequentially (sequential.py); any quantizable tensor the calibration
+              did not reach is quantized on its weight error (clip-searched when the method clips, rotated with
+              --rotate where that errs less);
+  tune        with "+tune", distil the float model into the scales and float tensors (tune.py);
+  assemble    every input tensor in input order: QuantizedTensor for quantized weights, float arrays otherwise
+              (modified where AWQ folded a scale into them), plus `<prefix>.input_scale` float32 arrays right
+              after their weight where an AWQ scale could not be folded;
+  describe    meta["quantization"]: bits per tensor, effective bits per weight, calibration, errors.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import fnmatch
-import importlib
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 
 from ...formats import QuantizedTensor
-from ..registry import ConversionError, ExportTensor
+from ..calibrate import CalibItem
+from ..registry import ConversionError, Exporter, ExportTensor
 from .fisher import diagonal_fisher, fisher_error
 from .mixed import (
     AllocationError,
+    Candidate,
     allocate_bits,
     bits_per_weight,
     fixed_storage,
     make_candidate,
     mixed_options,
+    option_bits_group,
     option_fakes,
     sensitivity,
 )
-from .recipe import FLOAT_KEEP_BITS, Recipe
+from .recipe import FLOAT_KEEP_BITS, Plan, Recipe
 from .rotate import block_size
 from .rtn import QuantSpec, as_2d
-from .sequential import SequentialQuantizer, quantize_weight
+from .sequential import Calibration, SequentialQuantizer
 from .stats import IdentityStats
+from .weight import quantize_weight
 
-# architecture (Exporter.architecture) -> module with build(model, exporter, items, tensor_names, split_attention)
-# and optionally prepare(model)
-CALIBRATION_MODULES = {"whisper": "..calib_whisper", "wav2vec2-ctc": "..calib_wav2vec2"}
 ERROR_DIGITS = 6  # significant digits of the per-tensor errors reported in the metadata
 TUNED_KINDS = ("norm", "bias")  # float tensors the tune stage fits along with the scales
 
@@ -56,51 +57,40 @@ class QuantResult(NamedTuple):
     info: dict  # for meta["quantization"]: bits per tensor, effective bits per weight, calibration, ...
 
 
-class _Calibration:
-    """A working copy of the model with the exported arrays loaded, cut into blocks."""
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The quantizable tensors and what --keep made of them."""
 
-    def __init__(self, exporter, tensors: list[ExportTensor], items: list, module, split_attention: bool = True):
-        self.model = copy.deepcopy(exporter.model).float().eval()
-        self.model.requires_grad_(False)
-        if hasattr(module, "prepare"):
-            module.prepare(self.model)
-        self.params = dict(self.model.named_parameters(remove_duplicate=False))
-        self.loaded: set[str] = set()
-        with torch.no_grad():
-            for t in tensors:
-                p = self.params.get(t.name)
-                if p is not None and tuple(p.shape) == tuple(t.array.shape):
-                    p.copy_(torch.from_numpy(np.asarray(t.array, dtype=np.float32)))
-                    self.loaded.add(t.name)
-        self.blocks, self.batches, self.info = module.build(
-            self.model, exporter, items, {t.name for t in tensors}, split_attention
-        )
-        self.targets = {t.name: t for b in self.blocks for t in b.targets if t.name in self.loaded}
-        self.module = module
+    quantizable: list[ExportTensor]
+    pinned: dict[str, int]  # name -> bits from --keep
+    kept_float: list[str]  # --keep PATTERN=16|32
+    free: list[ExportTensor]  # the recipe's bits, or the mixed-precision allocation, decide these
+    outliers: dict[str, int]  # float columns of a decomposed embedding table (decompose.py); 0: plain codes
+    rotate: bool  # Recipe.rotate
 
-    def array(self, name: str) -> np.ndarray:
-        return self.params[name].detach().numpy().copy()
+    def rotation_block(self, t: ExportTensor) -> int:
+        """The rotation block a tensor may be stored under (0: never rotated; decomposed tables are not)."""
+        return block_size(as_2d(t.array).shape[1]) if self.rotate and not self.outliers[t.name] else 0
 
 
-def _check_keep(recipe: Recipe, quantizable: list[ExportTensor]) -> None:
-    for pattern, _ in recipe.keep:
-        if not any(fnmatch.fnmatchcase(t.name, pattern) for t in quantizable):
-            example = quantizable[0].name if quantizable else "none"
-            raise ConversionError(
-                f"--keep pattern {pattern!r} matches no quantizable tensor (names look like {example!r})"
-            )
+@dataclasses.dataclass
+class Quantized:
+    results: dict[str, QuantizedTensor]  # every quantized weight
+    uncalibrated: list[str]  # quantized on their weight error: the calibration did not reach them
+    sequential: SequentialQuantizer | None  # the calibrated run (its errors, folds and input scales)
 
 
-def _significant(x: float) -> float:
-    return float(f"{x:.{ERROR_DIGITS}g}")
+@dataclasses.dataclass
+class Tuned:
+    tensors: dict[str, QuantizedTensor]  # quantized weights with tuned scales (and decomposition floats)
+    floats: dict[str, np.ndarray]  # tuned norms and biases
+    report: dict | None  # for meta["quantization"]["tune"]; None when the method does not tune
 
 
-def quantize_tensors(
-    exporter, tensors: list[ExportTensor], recipe: Recipe, calib_audio: list | None = None, progress: bool = False
-) -> QuantResult:
-    plan = recipe.plan
-    if plan is None:
-        return QuantResult({t.name: t.array for t in tensors}, {"method": "none"})
+NOT_TUNED = Tuned({}, {}, None)
+
+
+def select(tensors: list[ExportTensor], recipe: Recipe) -> Selection:
     quantizable = [t for t in tensors if t.quantizable]
     _check_keep(recipe, quantizable)
     pinned: dict[str, int] = {}
@@ -112,30 +102,108 @@ def quantize_tensors(
         elif b is not None:
             pinned[t.name] = b
     free = [t for t in quantizable if t.name not in pinned and t.name not in kept_float]
+    # embedding tables are stored decomposed (offset row + float columns + codes of the residual)
+    outliers = {t.name: recipe.outlier_columns if t.kind == "embedding" else 0 for t in quantizable}
+    return Selection(quantizable, pinned, kept_float, free, outliers, recipe.rotate)
 
-    architecture = getattr(exporter, "architecture", "?")
-    if recipe.needs_calibration and not calib_audio:
-        raise ConversionError(f"method {plan.name!r} needs calibration audio (--calib DIR)")
-    cal = None
-    if calib_audio and recipe.uses_calibration:
-        module_name = CALIBRATION_MODULES.get(architecture)
-        if module_name is None:
-            if recipe.needs_calibration:
-                raise ConversionError(f"calibrated quantization ({plan.name}) is not available for {architecture}")
-        else:
-            # AWQ folds out_proj's scale into v_proj before v_proj is quantized: attention must stay one block
-            cal = _Calibration(
-                exporter,
-                tensors,
-                list(calib_audio),
-                importlib.import_module(module_name, __package__),
-                split_attention=not plan.awq,
+
+def _check_keep(recipe: Recipe, quantizable: list[ExportTensor]) -> None:
+    for pattern, _ in recipe.keep:
+        if not any(fnmatch.fnmatchcase(t.name, pattern) for t in quantizable):
+            example = quantizable[0].name if quantizable else "none"
+            raise ConversionError(
+                f"--keep pattern {pattern!r} matches no quantizable tensor (names look like {example!r})"
             )
 
-    def quantizer(specs: dict[str, QuantSpec]) -> SequentialQuantizer:
-        return SequentialQuantizer(
+
+def calibrate(
+    exporter: Exporter, tensors: list[ExportTensor], recipe: Recipe, plan: Plan, items: list[CalibItem] | None
+) -> Calibration | None:
+    """The calibration set-up, or None when there is no audio or the method would not use it."""
+    if recipe.needs_calibration and not items:
+        raise ConversionError(f"method {plan.name!r} needs calibration audio (--calib DIR)")
+    if not items or not recipe.uses_calibration:
+        return None
+    # AWQ folds out_proj's scale into v_proj before v_proj is quantized: attention must stay one block
+    cal = exporter.calibration(list(items), tensors, split_attention=not plan.awq)
+    if cal is None and recipe.needs_calibration:
+        raise ConversionError(f"calibrated quantization ({plan.name}) is not available for {exporter.architecture}")
+    return cal
+
+
+def allocate(sel: Selection, recipe: Recipe, cal: Calibration | None, progress: bool) -> dict[str, QuantSpec]:
+    """A QuantSpec per quantized tensor: free tensors first (in allocation order), then the --keep pins."""
+    if recipe.target_bpw is None:
+        assert recipe.bits is not None  # Recipe: bits may be None only with target_bpw
+        chosen = {t.name: (recipe.bits, recipe.group_size) for t in sel.free}
+    else:
+        chosen = _mixed_precision(sel, recipe, cal, progress)
+    chosen.update({name: (b, recipe.group_size) for name, b in sel.pinned.items()})
+    return {name: QuantSpec(b, g, recipe.symmetric, sel.outliers[name]) for name, (b, g) in chosen.items()}
+
+
+def _mixed_precision(
+    sel: Selection, recipe: Recipe, cal: Calibration | None, progress: bool
+) -> dict[str, tuple[int, int]]:
+    """(bits, group size) per free tensor meeting recipe.target_bpw with the pinned tensors counted."""
+    gs, sym = recipe.group_size, recipe.symmetric
+    options = mixed_options((gs, *recipe.mixed_group_sizes), recipe.mixed_min_bits)
+    errors = _fisher_errors(sel, recipe, options, cal, progress) if cal is not None else {}
+    for t in sel.free:
+        if t.name not in errors:  # not reached by the calibration: the weight squared error
+            w2d = as_2d(t.array)
+            stats = IdentityStats(w2d.shape[1])
+            errors[t.name] = sensitivity(w2d, gs, sym, stats, options, sel.outliers[t.name], sel.rotation_block(t))
+    candidates: list[Candidate] = [
+        make_candidate(t.name, t.array.shape, gs, sym, errors[t.name], sel.outliers[t.name]) for t in sel.free
+    ]
+    shapes = {t.name: t.array.shape for t in sel.quantizable}
+    pinned = {n: (shapes[n], b, sel.outliers[n]) for n, b in sel.pinned.items()}
+    fixed_bits, fixed_numel = fixed_storage(pinned, gs, sym)
+    try:
+        chosen = allocate_bits(candidates, recipe.target_bpw, fixed_bits, fixed_numel)
+    except AllocationError as e:
+        raise ConversionError(str(e)) from None
+    return {name: option_bits_group(o, gs) for name, o in chosen.items()}
+
+
+def _fisher_errors(
+    sel: Selection, recipe: Recipe, options: list[tuple[int, int]], cal: Calibration, progress: bool
+) -> dict[str, dict]:
+    """Expected loss increase of each option for the free tensors the calibration reaches."""
+    targets = cal.targets
+    wanted = [t for t in sel.free if t.name in targets]
+    fisher = diagonal_fisher(
+        {t.name: targets[t.name].module.weight for t in wanted}, cal.losses(cal.model, cal.batches), progress
+    )
+    gs, sym = recipe.group_size, recipe.symmetric
+    return {
+        t.name: {
+            o: min(
+                fisher_error(t.array, d, fisher[t.name])
+                for d in option_fakes(as_2d(t.array), o, gs, sym, sel.outliers[t.name], sel.rotation_block(t))
+            )
+            for o in options
+        }
+        for t in wanted
+    }
+
+
+def quantize(
+    sel: Selection,
+    specs: dict[str, QuantSpec],
+    recipe: Recipe,
+    plan: Plan,
+    cal: Calibration | None,
+    progress: bool,
+) -> Quantized:
+    results: dict[str, QuantizedTensor] = {}
+    run = None
+    if cal is not None:
+        targets = cal.targets
+        run = SequentialQuantizer(
             plan,
-            specs,
+            {n: s for n, s in specs.items() if n in targets},
             damp=recipe.damp,
             act_order=recipe.act_order,
             true_sequential=recipe.true_sequential,
@@ -143,68 +211,10 @@ def quantize_tensors(
             rotate=recipe.rotate,
             progress=progress,
         )
-
-    # embedding tables are stored decomposed (offset row + float columns + codes of the residual)
-    outliers = {t.name: recipe.outlier_columns if t.kind == "embedding" else 0 for t in quantizable}
-
-    def rotation_for(t: ExportTensor) -> int:
-        """The rotation block a tensor may be stored under (0: never rotated)."""
-        return block_size(as_2d(t.array).shape[1]) if recipe.rotate and not outliers[t.name] else 0
-
-    # -- bits per tensor ------------------------------------------------------------------------------------
-    groups: dict[str, int] = {}  # allocated group sizes; every other tensor uses recipe.group_size
-    if recipe.target_bpw is not None:
-        gs, sym = recipe.group_size, recipe.symmetric
-        options = mixed_options((gs, *recipe.mixed_group_sizes), recipe.mixed_min_bits)
-        errors: dict[str, dict] = {}
-        if cal is not None:
-            wanted = [t for t in free if t.name in cal.targets]
-            fisher = diagonal_fisher(
-                {t.name: cal.targets[t.name].module.weight for t in wanted},
-                cal.module.losses(cal.model, cal.batches),
-                progress,
-            )
-            for t in wanted:
-                w2d = as_2d(t.array)
-                errors[t.name] = {
-                    o: min(
-                        fisher_error(t.array, d, fisher[t.name])
-                        for d in option_fakes(w2d, o, gs, sym, outliers[t.name], rotation_for(t))
-                    )
-                    for o in options
-                }
-        for t in free:
-            if t.name not in errors:
-                w2d = as_2d(t.array)
-                errors[t.name] = sensitivity(
-                    w2d, gs, sym, IdentityStats(w2d.shape[1]), options, outliers[t.name], rotation_for(t)
-                )
-        candidates = [make_candidate(t.name, t.array.shape, gs, sym, errors[t.name], outliers[t.name]) for t in free]
-        shapes = {t.name: t.array.shape for t in quantizable}
-        fixed_bits, fixed_numel = fixed_storage({n: (shapes[n], b, outliers[n]) for n, b in pinned.items()}, gs, sym)
-        try:
-            chosen = allocate_bits(candidates, recipe.target_bpw, fixed_bits, fixed_numel)
-        except AllocationError as e:
-            raise ConversionError(str(e)) from None
-        bits = {name: b for name, (b, _) in chosen.items()}
-        groups = {name: g for name, (_, g) in chosen.items()}
-    else:
-        bits = {t.name: recipe.bits for t in free}
-    bits.update(pinned)
-    specs = {
-        name: QuantSpec(b, groups.get(name, recipe.group_size), recipe.symmetric, outliers[name])
-        for name, b in bits.items()
-    }
-
-    # -- quantize -------------------------------------------------------------------------------------------
-    results: dict[str, QuantizedTensor] = {}
-    q = None
-    if cal is not None:
-        q = quantizer({n: s for n, s in specs.items() if n in cal.targets})
-        q.run(cal.blocks, cal.batches)
-        results.update(q.results)
+        run.run(cal.blocks, cal.batches)
+        results.update(run.results)
     uncalibrated = []
-    for t in quantizable:
+    for t in sel.quantizable:
         if t.name in specs and t.name not in results:
             # the weight error decides clip ranges and, with rotate, whether the tensor is stored rotated
             results[t.name] = quantize_weight(
@@ -217,71 +227,116 @@ def quantize_tensors(
                 rotate=recipe.rotate,
             ).qt
             uncalibrated.append(t.name)
+    return Quantized(results, uncalibrated, run)
 
-    # -- tune -----------------------------------------------------------------------------------------------
-    tuned_floats: dict[str, np.ndarray] = {}
-    tune_report = None
-    if plan.tune:
-        from .tune import teacher_targets, tune
 
-        teacher = teacher_targets(exporter.model.float().eval(), cal.batches, cal.module.outputs)
-        tuned, tuned_floats, tune_report = tune(
-            cal.model,
-            results,
-            [t.name for t in tensors if t.kind in TUNED_KINDS],
-            cal.batches,
-            cal.module.outputs,
-            teacher,
-            epochs=recipe.tune_epochs,
-            seed=recipe.seed,
-            progress=progress,
-        )
-        results.update(tuned)
+def tune_floats(
+    exporter: Exporter, tensors: list[ExportTensor], quantized: Quantized, recipe: Recipe, cal: Calibration, progress
+) -> Tuned:
+    from .tune import teacher_targets, tune
 
-    # -- assemble -------------------------------------------------------------------------------------------
+    teacher = teacher_targets(exporter.model.float().eval(), cal.batches, cal.outputs)
+    tuned, floats, report = tune(
+        cal.model,
+        quantized.results,
+        [t.name for t in tensors if t.kind in TUNED_KINDS],
+        cal.batches,
+        cal.outputs,
+        teacher,
+        epochs=recipe.tune_epochs,
+        seed=recipe.seed,
+        progress=progress,
+    )
+    return Tuned(tuned, floats, report)
+
+
+def assemble(
+    tensors: list[ExportTensor], results: dict[str, QuantizedTensor], tuned: Tuned, quantized: Quantized, cal
+) -> dict[str, Any]:
+    run = quantized.sequential
     out: dict[str, Any] = {}
     for t in tensors:
         if t.name in results:
             out[t.name] = results[t.name]
             scale_name = t.name.rsplit(".", 1)[0] + ".input_scale"
-            if q is not None and scale_name in q.input_scales:
-                out[scale_name] = q.input_scales[scale_name]
-        elif t.name in tuned_floats:
-            out[t.name] = tuned_floats[t.name]
-        elif q is not None and t.name in q.modified:
+            if run is not None and scale_name in run.input_scales:
+                out[scale_name] = run.input_scales[scale_name]
+        elif t.name in tuned.floats:
+            out[t.name] = tuned.floats[t.name]
+        elif run is not None and t.name in run.modified:
             out[t.name] = cal.array(t.name)
         else:
             out[t.name] = t.array
+    return out
 
+
+def describe(
+    sel: Selection,
+    specs: dict[str, QuantSpec],
+    results: dict[str, QuantizedTensor],
+    quantized: Quantized,
+    tuned: Tuned,
+    recipe: Recipe,
+    plan: Plan,
+    cal: Calibration | None,
+    items: list[CalibItem] | None,
+) -> dict[str, Any]:
+    quantizable = [t.name for t in sel.quantizable if t.name in results]
     info: dict[str, Any] = {
         "method": plan.name,
         "bits_per_weight": _significant(bits_per_weight(results.values())),
-        "tensor_bits": {t.name: results[t.name].bits for t in quantizable if t.name in results},
+        "tensor_bits": {name: results[name].bits for name in quantizable},
     }
     if recipe.rotate:  # the tensors stored rotated (SPEC.md 5.4): each kept the smaller error of the two ways
-        info["rotated"] = [t.name for t in quantizable if t.name in results and results[t.name].rotation]
+        info["rotated"] = [name for name in quantizable if results[name].rotation]
     if recipe.mixed_group_sizes:  # the allocation chose group sizes too (0 = per output channel, as --group-size)
         info["tensor_group_size"] = {name: specs[name].group_size for name in info["tensor_bits"]}
-    if kept_float:
-        info["kept_float"] = kept_float
-    if cal is not None:
-        info["calibration"] = {
-            "samples": len(calib_audio),
-            "seed": recipe.seed,
-            "ids": [str(getattr(it, "id", i)) for i, it in enumerate(calib_audio)],
-            **cal.info,
-        }
-        info["relative_output_error"] = {n: _significant(e) for n, e in q.errors.items()}
-        if q.rotation_errors:  # with rotate: each weight's relative output error stored plain and rotated
-            info["rotation_errors"] = {n: [_significant(a), _significant(b)] for n, (a, b) in q.rotation_errors.items()}
-        if q.awq_alpha:  # the exponent AWQ chose for each scaled weight (0: left unscaled)
-            info["awq_alpha"] = dict(q.awq_alpha)
-        if q.input_scales:
-            info["input_scales"] = sorted(q.input_scales)
-        if q.gptq_failed:
-            info["gptq_fallback_rtn"] = q.gptq_failed
-    if tune_report is not None:
-        info["tune"] = tune_report
-    if uncalibrated and (cal is not None or recipe.needs_calibration):
-        info["uncalibrated"] = uncalibrated
-    return QuantResult(out, info)
+    if sel.kept_float:
+        info["kept_float"] = sel.kept_float
+    run = quantized.sequential
+    if cal is not None and run is not None:
+        items = items or []
+        info["calibration"] = {"samples": len(items), "seed": recipe.seed, "ids": [it.id for it in items], **cal.info}
+        info.update(_calibrated_errors(run))
+    if tuned.report is not None:
+        info["tune"] = tuned.report
+    if quantized.uncalibrated and (cal is not None or recipe.needs_calibration):
+        info["uncalibrated"] = quantized.uncalibrated
+    return info
+
+
+def _calibrated_errors(run: SequentialQuantizer) -> dict[str, Any]:
+    info: dict[str, Any] = {"relative_output_error": {n: _significant(e) for n, e in run.errors.items()}}
+    if run.rotation_errors:  # with rotate: each weight's relative output error stored plain and rotated
+        info["rotation_errors"] = {n: [_significant(a), _significant(b)] for n, (a, b) in run.rotation_errors.items()}
+    if run.awq_alpha:  # the exponent AWQ chose for each scaled weight (0: left unscaled)
+        info["awq_alpha"] = dict(run.awq_alpha)
+    if run.input_scales:
+        info["input_scales"] = sorted(run.input_scales)
+    if run.gptq_failed:
+        info["gptq_fallback_rtn"] = run.gptq_failed
+    return info
+
+
+def _significant(x: float) -> float:
+    return float(f"{x:.{ERROR_DIGITS}g}")
+
+
+def quantize_tensors(
+    exporter: Exporter,
+    tensors: list[ExportTensor],
+    recipe: Recipe,
+    calib_audio: list[CalibItem] | None = None,
+    progress: bool = False,
+) -> QuantResult:
+    plan = recipe.plan
+    if plan is None:
+        return QuantResult({t.name: t.array for t in tensors}, {"method": "none"})
+    sel = select(tensors, recipe)
+    cal = calibrate(exporter, tensors, recipe, plan, calib_audio)
+    specs = allocate(sel, recipe, cal, progress)
+    quantized = quantize(sel, specs, recipe, plan, cal, progress)
+    tuned = tune_floats(exporter, tensors, quantized, recipe, cal, progress) if plan.tune and cal else NOT_TUNED
+    results = {**quantized.results, **tuned.tensors}
+    out = assemble(tensors, results, tuned, quantized, cal)
+    return QuantResult(out, describe(sel, specs, results, quantized, tuned, recipe, plan, cal, calib_audio))

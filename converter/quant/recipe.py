@@ -27,8 +27,7 @@ FLOAT_KEEP_BITS = (16, 32)  # --keep PATTERN=16|32: leave matching tensors unqua
 DEFAULT_DAMP = 0.01  # GPTQ dampening, as a fraction of the mean Hessian diagonal (the GPTQ paper's default)
 DEFAULT_CALIB_SAMPLES = 128
 DEFAULT_OUTLIER_COLUMNS = 4  # float16 columns of a decomposed embedding table (decompose.py)
-# passes of the tune stage over the calibration audio (tune.py): at 4 bits most of the gain comes in the first
-DEFAULT_TUNE_EPOCHS = 2
+DEFAULT_TUNE_EPOCHS = 2  # passes of the tune stage over the calibration audio (tune.py)
 MAX_OUTLIER_COLUMNS = 64
 
 

@@ -6,13 +6,10 @@ look Gaussian, so a group's range is set by its typical values instead of its ex
 2023; QuIP#, Tseng et al., 2024; QuaRot, Ashkboos et al., 2024). The file stores the codes of W R and the block
 size; every reader applies R^T when it dequantizes (SPEC.md 5.4), so nothing downstream changes.
 
-Whether it helps depends on the tensor: on whisper-base (3 bits, group 128, asymmetric, 16 train-clean-100
-utterances) it cut GPTQ's output error of 85 % of the encoder's linear layers, by a third in the geometric mean,
-but raised it on fc2 layers, whose inputs (after GELU) GPTQ already compensates almost perfectly. So a rotated
-tensor is quantized both ways and keeps whichever has the smaller error on its calibration statistics
-(SequentialQuantizer._quantize_target); without calibration the weight error decides (pipeline.py). End to end,
-on three calibration draws, it took base's 3.3 bits/weight recipe from 6.21 to 5.73 % WER on test-clean, and
-calibrated on all 225 train-clean-100 utterances to 5.24 % (unrotated, those 225 gave 6.15 %).
+Whether it helps depends on the tensor: layers whose inputs GPTQ already compensates well (fc2, after GELU) can
+get worse. So a rotated tensor is quantized both ways and keeps whichever has the smaller error on its calibration
+statistics (weight.quantize_weight); without calibration the weight error decides. Measured effect:
+benchmarks/results/quant_table_whisper-base.md.
 
 For GPTQ and clip search the statistics move with the weight: H = E[x x^T] of the inputs becomes R^T H R, the
 statistics of R^T x, the inputs a rotated weight sees.

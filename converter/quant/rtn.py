@@ -1,4 +1,5 @@
-"""Round-to-nearest quantization (the baseline), optionally with per-group range clipping.
+"""Round-to-nearest quantization (the baseline) of a plain (rows, cols) matrix, optionally with per-group range
+clipping; QuantSpec, how one tensor is stored.
 
 Thin wrappers over wavq.formats' codecs, so codes and scales follow the file's conventions exactly:
 scales are float16 and rounded outward, symmetric codes have zero point 2**(bits-1).
@@ -10,9 +11,8 @@ import dataclasses
 
 import numpy as np
 
-from ...formats import QuantizedTensor, dequantize, quantize, quantize_with_scales, rtn_scales
-from ...formats.codecs import dequantize_rows, resolve_group_size, rotate_columns, unrotate_columns, view_2d_shape
-from .decompose import Decomposition, decompose
+from ...formats import QuantizedTensor, quantize, quantize_with_scales, rtn_scales
+from ...formats.codecs import dequantize_rows, resolve_group_size, view_2d_shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +34,13 @@ class QuantSpec:
 
     @property
     def plain(self) -> QuantSpec:
-        """The same codes without decomposition (what the residual of a decomposed tensor is quantized with)."""
-        return dataclasses.replace(self, outliers=0)
+        """The same codes without decomposition or rotation: what rtn / gptq / fake_quant see (weight.py applies
+        the layout)."""
+        return dataclasses.replace(self, outliers=0, rotation=0)
 
-    @property
-    def unrotated(self) -> QuantSpec:
-        """The same codes without the rotation (what W R itself is quantized with)."""
-        return dataclasses.replace(self, rotation=0)
+    def check_plain(self) -> None:
+        if self.outliers or self.rotation:
+            raise ValueError("rtn, gptq and fake_quant take a plain spec: weight.py applies decomposition and rotation")
 
 
 def as_2d(w: np.ndarray) -> np.ndarray:
@@ -49,28 +49,16 @@ def as_2d(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w, dtype=np.float32).reshape(rows, cols)
 
 
-def rtn(
-    w: np.ndarray, spec: QuantSpec, clip: np.ndarray | None = None, decomposition: Decomposition | None = None
-) -> QuantizedTensor:
-    """Round-to-nearest codes for `w` (any rank >= 2); `clip` (rows, n_groups) shrinks each group's range.
-
-    A decomposed spec quantizes the residual of `decomposition` (by default chosen from the weight alone); a
-    rotated one quantizes W R (`clip` then refers to the groups of W R)."""
-    if spec.rotation:
-        qt = rtn(rotate_columns(as_2d(w), spec.rotation).reshape(w.shape), spec.unrotated, clip)
-        return dataclasses.replace(qt, rotation=spec.rotation)
-    if spec.outliers:
-        w2d = as_2d(w)
-        dec = decomposition or decompose(w2d, spec.outliers)
-        qt = rtn(dec.residual(w2d).reshape(w.shape), spec.plain, clip)
-        return dec.attach(qt, dec.outliers(w2d))
+def rtn(w2d: np.ndarray, spec: QuantSpec, clip: np.ndarray | None = None) -> QuantizedTensor:
+    """Round-to-nearest codes of a (rows, cols) matrix; `clip` (rows, n_groups) shrinks each group's range."""
+    spec.check_plain()
     if clip is None:
-        return quantize(w, spec.bits, spec.group_size, spec.symmetric)[0]
-    w2d = as_2d(w)
+        return quantize(w2d, spec.bits, spec.group_size, spec.symmetric)[0]
+    w2d = np.ascontiguousarray(w2d, dtype=np.float32)
     gs = spec.resolve(w2d.shape[1])
     scales, zeros = rtn_scales(w2d, spec.bits, gs, spec.symmetric, clip)
     codes = quantize_with_scales(w2d, scales, zeros, spec.bits, gs)
-    return QuantizedTensor(tuple(int(d) for d in w.shape), spec.bits, gs, codes, scales, zeros)
+    return QuantizedTensor(tuple(int(d) for d in w2d.shape), spec.bits, gs, codes, scales, zeros)
 
 
 def grouped(x2d: np.ndarray, group_size: int) -> np.ndarray:
@@ -84,17 +72,7 @@ def grouped(x2d: np.ndarray, group_size: int) -> np.ndarray:
 
 def fake_quant(w2d: np.ndarray, spec: QuantSpec, clip: np.ndarray | float = 1.0) -> np.ndarray:
     """float32 (rows, cols): what round-to-nearest would store for w2d, dequantized (for searches)."""
-    if spec.rotation:
-        return unrotate_columns(fake_quant(rotate_columns(w2d, spec.rotation), spec.unrotated, clip), spec.rotation)
-    if spec.outliers:
-        clip_arr = (
-            None
-            if np.ndim(clip) == 0 and float(clip) == 1.0
-            else np.broadcast_to(
-                np.asarray(clip, dtype=np.float32), (w2d.shape[0], -(-w2d.shape[1] // spec.resolve(w2d.shape[1])))
-            )
-        )
-        return dequantize(rtn(w2d, spec, clip_arr))
+    spec.check_plain()
     gs = spec.resolve(w2d.shape[1])
     scales, zeros = rtn_scales(w2d, spec.bits, gs, spec.symmetric, clip)
     codes = quantize_with_scales(w2d, scales, zeros, spec.bits, gs)

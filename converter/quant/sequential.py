@@ -18,23 +18,23 @@ Rows entering the statistics may be subsampled per sample (Block.max_rows) with 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ...formats import QuantizedTensor, dequantize
-from ...formats.codecs import rotate_columns
 from .awq import add_input_scale, scale_columns, search_scales
-from .clip import search_clip
-from .decompose import decompose
-from .gptq import gptq
 from .recipe import Plan
-from .rotate import block_size, rotate_stats
-from .rtn import QuantSpec, as_2d, rtn
+from .rtn import QuantSpec, as_2d
 from .stats import DiagStats, FullStats, IdentityStats, Stats
+from .weight import quantize_weight
+
+if TYPE_CHECKING:
+    from ..registry import ExportTensor
 
 # A tied embedding is calibrated as the output projection, on its logits error tr(dE H dE^T). Its other use, the
 # decoder's input lookup, sees the weight error of the looked-up row directly; GPTQ alone would push error into
@@ -82,6 +82,53 @@ class Batch:
 
     ids: list[int]
     lengths: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+
+
+Losses = Callable[[torch.nn.Module, list], Iterator[Callable[[], torch.Tensor]]]
+Outputs = Callable[[torch.nn.Module, Any], list[torch.Tensor]]
+
+
+@dataclasses.dataclass
+class Calibration:
+    """An architecture's calibration set-up (Exporter.calibration): a working copy of its model with the exported
+    arrays loaded, cut into blocks, and the batches entering the first block."""
+
+    model: torch.nn.Module  # the working copy: quantization writes into it; the exporter's model stays float
+    loaded: set[str]  # names of the exported arrays loaded into the working copy
+    blocks: list[Block]
+    batches: list
+    info: dict[str, Any]  # for meta["quantization"]["calibration"]
+    losses: Losses  # (model, batches) -> one per-utterance loss closure at a time, for the Fisher (fisher.py)
+    outputs: Outputs  # (model, initial batch) -> each utterance's output logits, for distillation (tune.py)
+
+    @property
+    def targets(self) -> dict[str, Target]:
+        """The quantizable weights the blocks reach, by name (those whose exported array was loaded)."""
+        return {t.name: t for b in self.blocks for t in b.targets if t.name in self.loaded}
+
+    def array(self, name: str) -> np.ndarray:
+        """A float tensor of the working copy as it is now (after AWQ folded scales into it)."""
+        return dict(self.model.named_parameters(remove_duplicate=False))[name].detach().numpy().copy()
+
+
+def working_copy(
+    model: torch.nn.Module, tensors: list[ExportTensor], prepare: Callable[[torch.nn.Module], None] | None = None
+) -> tuple[torch.nn.Module, set[str]]:
+    """A float32 eval copy of `model` (after `prepare`, which renames modules to match the exported tensors)
+    with the exported arrays loaded, so exactly the stored values are quantized; and the names loaded."""
+    work = copy.deepcopy(model).float().eval()
+    work.requires_grad_(False)
+    if prepare is not None:
+        prepare(work)
+    params = dict(work.named_parameters(remove_duplicate=False))
+    loaded: set[str] = set()
+    with torch.no_grad():
+        for t in tensors:
+            p = params.get(t.name)
+            if p is not None and tuple(p.shape) == tuple(t.array.shape):
+                p.copy_(torch.from_numpy(np.asarray(t.array, dtype=np.float32)))
+                loaded.add(t.name)
+    return work, loaded
 
 
 @contextlib.contextmanager
@@ -313,59 +360,3 @@ class SequentialQuantizer:
         if r.gptq_failed:
             self.gptq_failed.append(t.name)
         self.results[t.name] = r.qt
-
-
-@dataclasses.dataclass
-class Rounded:
-    qt: QuantizedTensor
-    error: float  # relative output error on the statistics the weight was quantized with
-    rotation_errors: tuple[float, float] | None  # (plain, rotated) relative errors when both were tried
-    gptq_failed: bool  # GPTQ could not factor the Hessian: rounded to nearest instead
-
-
-def quantize_weight(
-    w: np.ndarray, spec: QuantSpec, st: Stats, plan: Plan, *, damp: float, act_order: bool, rotate: bool = False
-) -> Rounded:
-    """One weight's codes on the statistics of its inputs (IdentityStats: no calibration, weight error): the
-    decomposition's columns, clip search, GPTQ (with FullStats) or round-to-nearest. With `rotate`, the weight is
-    also quantized under a block Hadamard rotation (rotate.py), and the version with the smaller error is kept."""
-    w2d = as_2d(w)
-    dec = None
-    if spec.outliers:  # decomposed: columns chosen by the error they would cause on these inputs
-        hdiag = torch.diagonal(st.hessian).numpy() if isinstance(st, FullStats) else None
-        dec = decompose(w2d, spec.outliers, hdiag)
-    failed = False
-
-    def round_with(sp: QuantSpec) -> tuple[QuantizedTensor, float]:
-        nonlocal failed
-        clip = None
-        if plan.clip:
-            target = w2d if dec is None else dec.residual(w2d)
-            if sp.rotation:  # searched on W R, with the statistics of the rotated inputs
-                clip = search_clip(
-                    rotate_columns(target, sp.rotation), sp.plain.unrotated, rotate_stats(st, sp.rotation)
-                )[0]
-            else:
-                clip = search_clip(target, sp.plain, st)[0]
-        qt = None
-        if plan.rounder == "gptq" and isinstance(st, FullStats):
-            qt = gptq(w, st.hessian, sp, damp, act_order, clip, dec)
-            failed |= qt is None
-        if qt is None:
-            qt = rtn(w, sp, clip, dec)
-        return qt, float(st.row_error(torch.from_numpy(w2d - dequantize(qt).reshape(w2d.shape))).sum())
-
-    ref = float(st.row_error(torch.from_numpy(w2d)).sum())
-    qt, err = round_with(spec)
-    pair = None
-    block = block_size(w2d.shape[1]) if rotate and not spec.outliers and not isinstance(st, DiagStats) else 0
-    if block:  # quantize W R too; keep whichever has the smaller error on these inputs
-        qt_r, err_r = round_with(dataclasses.replace(spec, rotation=block))
-        pair = (_rel(err, ref), _rel(err_r, ref))
-        if err_r < err:
-            qt, err = qt_r, err_r
-    return Rounded(qt, _rel(err, ref), pair, failed)
-
-
-def _rel(err: float, ref: float) -> float:
-    return err / ref if ref > 0 else 0.0

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.audio import SAMPLE_RATE, load_audio
 from ..evaluation.datasets import overlap_warning  # noqa: F401  (re-exported: converter users call it here)
+from ..runtime.audio import SAMPLE_RATE, load_audio
 from .registry import ConversionError
 
 MAX_SECONDS = 30.0  # longer files are cut: Whisper sees 30 s windows, and it bounds Wav2Vec2's attention cost

@@ -12,7 +12,12 @@ fi
 # shellcheck disable=SC1091
 . "$venv/bin/activate"
 stamp=$venv/.wavq-installed
-if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+# re-install when the package metadata or the optional compiled kernel's sources changed
+stale=0
+for f in "$root/pyproject.toml" "$root/setup.py" "$root"/runtime/_kernel/*.c; do
+  [ -f "$stamp" ] && [ ! "$f" -nt "$stamp" ] || stale=1
+done
+if [ "$stale" = 1 ]; then
   python -m pip install -q --upgrade pip
   # torch first, pinned: the CPU wheel. A bare `torch` requirement would pull a multi-GB CUDA build.
   python -m pip install -q "torch==2.13.0"

@@ -486,12 +486,16 @@ WHISPER_ONLY_OPTIONS: dict[str, Any] = {
     "language": None,
     "task": "transcribe",
     "beam_size": 1,
+    "length_penalty": None,
     "temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
     "compression_ratio_threshold": 2.4,
     "logprob_threshold": -1.0,
     "no_speech_threshold": 0.6,
     "condition_on_previous_text": True,
     "initial_prompt": None,
+    "without_timestamps": None,
+    "max_new_tokens": None,
+    "seed": 0,
 }
 
 # A segment (one subtitle cue) ends at a pause between words at least this long, and is cut before it would

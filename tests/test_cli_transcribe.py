@@ -3,7 +3,6 @@ Whisper-only options on a CTC model, --threads; `wavq info` languages; missing e
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -211,11 +210,16 @@ def test_threads_from_args():
 
 # ---- Whisper: the long-form options reach WhisperModel.transcribe -------------------------------------------------
 def _whisper_takes(name: str) -> bool:
-    from wavq.runtime.whisper import WhisperModel
+    """Whether WhisperModel.transcribe takes the long-form keyword `name` (decoding.TranscriptionOptions)."""
+    import dataclasses
 
-    return name in inspect.signature(WhisperModel.transcribe).parameters
+    from wavq.runtime import decoding
+
+    options = getattr(decoding, "TranscriptionOptions", None)
+    return options is not None and name in {f.name for f in dataclasses.fields(options)}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _whisper_takes("temperature"), reason="needs the long-form WhisperModel.transcribe")
 def test_whisper_long_form_options(tmp_path):
     pytest.importorskip("torch")

@@ -402,7 +402,7 @@ def transcribe(
     with click.progressbar(files, label="transcribing", file=sys.stderr, hidden=not show_bar) as bar:
         for path, name in bar:
             try:
-                if name in names:
+                if write and name in names:
                     raise ValueError(f"{path}: its transcript would replace that of {names[name]} (same name)")
                 names[name] = path
                 result = model.transcribe(load_audio(path), **opts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import pickle
 import signal
@@ -33,6 +34,22 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - safetensors comes with transformers
         pass
     return errors
+
+
+# What the `convert` extra provides and the converter imports; torch first: it is installed separately (README).
+_CONVERT_EXTRA = ("torch", "transformers", "safetensors")
+
+
+def _require_extra() -> None:
+    """One line naming the missing package instead of a traceback from deep inside the converter."""
+    for name in _CONVERT_EXTRA:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise click.ClickException(
+                f"wavq-convert needs {name}, which is not installed: install torch (a CPU wheel will do), "
+                "then pip install 'wavq[convert]'"
+            ) from None
 
 
 def _one_line(e: BaseException) -> str:
@@ -240,6 +257,7 @@ def main(
       wavq-convert openai/whisper-base --bits 4 -o base.wq
       wavq-convert facebook/wav2vec2-base-960h --bits 4 --method gptq --calib librispeech/train-clean-100 -o w2v.wq
     """
+    _require_extra()
     from .export import convert
 
     quantize = bits is not None or target_bpw is not None

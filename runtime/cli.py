@@ -12,6 +12,7 @@ import click
 
 from ..formats import FormatError, WqFile
 from .audio import AudioError
+from .writers import OUTPUT_FORMATS, write_result
 
 
 def _user_errors(fn):
@@ -26,7 +27,7 @@ def _user_errors(fn):
         except ValueError as e:  # options the model rejects (e.g. a language an English-only model lacks), DatasetError
             raise click.ClickException(str(e)) from None
         except OSError as e:
-            raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
+            raise click.ClickException(_one_line(e)) from None
 
     return wrapper
 
@@ -77,10 +78,33 @@ def _info_json(file: str, s, meta: dict, rows: list | None) -> None:
         "dims": json_value(meta.get("dims")),
         "quantization": json_value(meta.get("quantization")),
         "provenance": json_value(meta.get("provenance")),
+        **_languages_json(meta),
     }
     if rows is not None:
         out["tensors"] = [dict(zip(("name", "shape", "encoding", "bytes"), r)) for r in rows]
     click.echo(json.dumps(out, indent=2, allow_nan=False))
+
+
+def _languages_json(meta: dict) -> dict:
+    from .info import languages
+
+    langs = languages(meta)
+    if langs is None:
+        return {"multilingual": None, "languages": None}
+    return {"multilingual": langs.multilingual, "languages": langs.names}
+
+
+def _languages_text(meta: dict) -> None:
+    from .info import languages, printable
+
+    langs = languages(meta)
+    if langs is None:  # a CTC model writes what its vocabulary spells; the header names no language
+        return
+    if not langs.multilingual:
+        click.echo("languages:     English only (not multilingual)")
+        return
+    codes = ", ".join(printable(c) for c in langs.names)
+    click.echo(f"languages:     multilingual, {len(langs.names)}: {codes}")
 
 
 def _info_text(file: str, s, meta: dict, rows: list, n_rotated: int, tensors: bool) -> None:
@@ -92,6 +116,7 @@ def _info_text(file: str, s, meta: dict, rows: list, n_rotated: int, tensors: bo
     dims = meta_map(meta, "dims")
     if dims is None or dims:
         click.echo("dims:          " + (invalid if dims is None else _pairs(dims)))
+    _languages_text(meta)
     click.echo(f"parameters:    {s.n_params:,} ({s.n_quantized:,} quantized)")
     if s.n_quantized:
         click.echo(
@@ -169,19 +194,38 @@ def verify(file: str) -> None:
     click.echo(f"{file}: ok ({n} tensors, checksums match)")
 
 
-def _transcribe_options(model, beam_size, language, task) -> dict:
+def _transcribe_options(
+    model, beam_size: int = 1, language: str | None = None, task: str = "transcribe", **more
+) -> dict:
+    """The transcribe() keywords the user set (options left at their defaults are the model's own defaults).
+    A Whisper-only option given for a CTC model is a usage error naming the option."""
+    from .wav2vec2 import WHISPER_ONLY_OPTIONS
+
+    opts = {"beam_size": beam_size, "task": task, "language": language, **more}
+    defaults = {**WHISPER_ONLY_OPTIONS, "word_timestamps": False, "vad": False}
+    opts = {k: v for k, v in opts.items() if v is not None and v != defaults.get(k)}
     arch = model.meta.get("architecture")
-    if arch == "whisper":
-        opts = {"beam_size": beam_size, "task": task}
-        if language:
-            opts["language"] = language
-        return opts
-    given = [
-        n for n, v in (("--language", language), ("--task", task != "transcribe"), ("--beam-size", beam_size != 1)) if v
-    ]
-    if given:
-        raise click.UsageError(f"{', '.join(given)} apply to Whisper models only; this is a {arch} model")
-    return {}
+    if arch != "whisper":
+        given = [_flag(k, v) for k, v in opts.items() if k in WHISPER_ONLY_OPTIONS]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} apply to Whisper models only; this is a {arch} model")
+    return opts
+
+
+def _flag(keyword: str, value) -> str:
+    """The command-line option that sets a transcribe() keyword to `value`."""
+    name = keyword.replace("_", "-")
+    return f"--no-{name}" if value is False else f"--{name}"
+
+
+def _set_threads(ctx, param, value: int | None) -> int | None:
+    """--threads for what reads it at run time (the compiled kernel). The BLAS libraries read their variables
+    when numpy loads; the `wavq` command (wavq/__main__.py) sets those before importing anything."""
+    if value is not None:
+        from .kernel import THREADS_ENV
+
+        os.environ[THREADS_ENV] = str(value)
+    return value
 
 
 _model_options = [
@@ -206,6 +250,14 @@ _model_options = [
         show_default=True,
         help="Keep dequantized weights in memory (faster) or dequantize each layer as it is used.",
     ),
+    click.option(
+        "--threads",
+        type=click.IntRange(1),
+        default=None,
+        expose_value=False,
+        callback=_set_threads,
+        help="Threads for matrix products (BLAS and the compiled kernel); default: the libraries' own choice.",
+    ),
 ]
 
 
@@ -215,37 +267,166 @@ def _with_model_options(fn):
     return fn
 
 
+# Extensions of the audio files a folder given to `wavq transcribe` is searched for (WAV, and what soundfile reads).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
+STDIN_NAME = "stdin"  # the transcript files of "-" are named stdin.<format>
+
+
+def _audio_inputs(paths: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[str]]:
+    """([(audio path, transcript name)], errors): files and "-" as given, named by their stem; folders walked
+    (sorted, hidden entries skipped) for AUDIO_EXTENSIONS, named by their path inside the folder."""
+    inputs: list[tuple[str, str]] = []
+    errors: list[str] = []
+    for path in paths:
+        if path == "-":
+            inputs.append((path, STDIN_NAME))
+        elif os.path.isdir(path):
+
+            def unreadable(e: OSError) -> None:
+                errors.append(f"{e.filename}: {e.strerror}")
+
+            for root, dirs, files in os.walk(path, onerror=unreadable):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS):
+                        full = os.path.join(root, name)
+                        inputs.append((full, os.path.splitext(os.path.relpath(full, path))[0]))
+        else:
+            inputs.append((path, os.path.splitext(os.path.basename(path))[0]))
+    return inputs, errors
+
+
+def _writable_dir(path: str) -> None:
+    """Create `path` if needed and check that files can be created in it, before any transcription runs."""
+    import tempfile
+
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+        pass
+
+
 @main.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", metavar="FILES|DIRS|-", nargs=-1, required=True, type=click.Path())
 @_with_model_options
+@click.option(
+    "--output-format",
+    "-f",
+    type=click.Choice(OUTPUT_FORMATS),
+    default=None,
+    help="Write transcript files in this format (all: every one) instead of printing the text.  [default with -o: all]",
+)
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the transcript files (created if needed; a folder input's layout is kept).  [default: .]",
+)
+@click.option("--word-timestamps", is_flag=True, help="Time every word (subtitle cues then follow the words).")
+@click.option(
+    "--temperature",
+    type=click.FloatRange(0.0),
+    default=None,
+    help="Sample at this one temperature (Whisper).  [default: 0, falling back to 0.2 ... 1.0 on failure]",
+)
+@click.option(
+    "--no-speech-threshold",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="A window whose no-speech probability is above this (and whose text is unlikely) is silence (Whisper).  "
+    "[default: 0.6]",
+)
+@click.option(
+    "--condition-on-previous-text/--no-condition-on-previous-text",
+    default=True,
+    show_default=True,
+    help="Prompt each window with the text before it (Whisper); off avoids repetition loops.",
+)
+@click.option("--initial-prompt", default=None, help="Text that prompts the first window: spellings, style (Whisper).")
+@click.option("--vad", is_flag=True, help="Transcribe only the regions voice activity detection finds as speech.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file (text, segments, language).")
 @_user_errors
-def transcribe(model_path, files, beam_size, language, task, cache, as_json) -> None:
-    """Transcribe audio FILES with MODEL."""
+def transcribe(
+    model_path,
+    inputs,
+    beam_size,
+    language,
+    task,
+    cache,
+    output_format,
+    output_dir,
+    word_timestamps,
+    temperature,
+    no_speech_threshold,
+    condition_on_previous_text,
+    initial_prompt,
+    vad,
+    as_json,
+) -> None:
+    """Transcribe audio FILES (folders: every audio file in them; -: standard input) with MODEL.
+
+    Prints the text, or with --output-format / -o writes txt, srt, vtt, tsv or json files and prints their paths.
+    A file that fails is reported on one line and the others go on; the exit status is then 1.
+    """
     from . import load
     from .audio import load_audio
 
+    write = output_format is not None or output_dir is not None
+    if write and as_json:
+        raise click.UsageError("--json prints the transcripts; to write JSON files use --output-format json")
+    output_dir = output_dir or "."
+    if write:
+        _writable_dir(output_dir)
+    files, failures = _audio_inputs(inputs)
+    for message in failures:
+        click.echo(f"error: {message}", err=True)
+    if not files:
+        raise click.ClickException("no audio files found in " + ", ".join(inputs))
     model = load(model_path, cache=cache)
-    opts = _transcribe_options(model, beam_size, language, task)
-    failures = 0
+    opts = _transcribe_options(
+        model,
+        beam_size,
+        language,
+        task,
+        word_timestamps=word_timestamps,
+        temperature=None if temperature is None else (temperature,),
+        no_speech_threshold=no_speech_threshold,
+        condition_on_previous_text=condition_on_previous_text,
+        initial_prompt=initial_prompt,
+        vad=vad,
+    )
+    names: dict[str, str] = {}
+    n_failed = len(failures)
     show_bar = len(files) > 1 and sys.stderr.isatty()
     with click.progressbar(files, label="transcribing", file=sys.stderr, hidden=not show_bar) as bar:
-        for path in bar:
+        for path, name in bar:
             try:
+                if write and name in names:
+                    raise ValueError(f"{path}: its transcript would replace that of {names[name]} (same name)")
+                names[name] = path
                 result = model.transcribe(load_audio(path), **opts)
-            except AudioError as e:
-                failures += 1
-                click.echo(f"error: {e}", err=True)
-                continue
-            if as_json:
-                click.echo(json.dumps({"file": path, **result.to_dict()}, ensure_ascii=False))
-            elif len(files) > 1:
-                click.echo(f"{path}\t{result.text}")
-            else:
-                click.echo(result.text)
-    if failures:
-        raise click.ClickException(f"{failures} of {len(files)} files could not be transcribed")
+                if write:
+                    where = os.path.join(output_dir, os.path.dirname(name))
+                    for written in write_result(result, os.path.basename(name), where, output_format or "all"):
+                        click.echo(written)
+                elif as_json:
+                    click.echo(json.dumps({"file": path, **result.to_dict()}, ensure_ascii=False))
+                elif len(files) > 1:
+                    click.echo(f"{path}\t{result.text}")
+                else:
+                    click.echo(result.text)
+            except (AudioError, ValueError, OSError) as e:
+                n_failed += 1
+                click.echo(f"error: {_one_line(e)}", err=True)
+    if n_failed:
+        raise click.ClickException(f"{n_failed} of {len(files) + len(failures)} inputs could not be transcribed")
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename or ''}: {e.strerror}".lstrip(": ")
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 @main.command(name="eval")
@@ -269,10 +450,13 @@ def transcribe(model_path, files, beam_size, language, task, cache, as_json) -> 
 @_user_errors
 def eval_(model_path, data, subset, limit, beam_size, language, task, cache, json_path) -> None:
     """Word error rate, real-time factor and peak memory of MODEL on transcribed speech."""
+    import importlib.util
     import time
 
+    if importlib.util.find_spec("jiwer") is None:  # scoring comes after every transcription: check first
+        raise click.ClickException("wavq eval needs jiwer, which is not installed: pip install 'wavq[eval]'")
     # the measurement layer (the `eval` extra), outside the runtime: imported only when this command runs
-    from wavq.evaluation import evaluate
+    from wavq.evaluation import evaluate, normalizer_for
     from wavq.evaluation.datasets import find_utterances, overlap_warning
 
     from . import load
@@ -285,6 +469,10 @@ def eval_(model_path, data, subset, limit, beam_size, language, task, cache, jso
     model = load(model_path, cache=cache)
     load_s = time.perf_counter() - t0
     opts = _transcribe_options(model, beam_size, language, task)
+    try:
+        normalizer_for(model.meta.get("architecture", ""))  # whisper-normalizer, for Whisper models
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
     calib_ids = ((model.meta.get("quantization") or {}).get("calibration") or {}).get("ids") or []
     overlap = overlap_warning(calib_ids, [u.id for u in utts])
     if overlap:

@@ -128,3 +128,26 @@ def summarize(f: WqFile) -> Summary:
         by_role=dict(by_role),
         by_encoding=dict(by_enc),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Languages:
+    multilingual: bool
+    names: dict[str, str]  # code -> English name, in the model's token order; {"en": "english"} if English-only
+
+
+ENGLISH_ONLY = {"en": "english"}
+
+
+def languages(meta: dict) -> Languages | None:
+    """The languages a Whisper model's header declares (generation.is_multilingual, lang_to_id, languages);
+    None for other architectures. Read defensively like the rest of `meta`: a malformed entry is skipped."""
+    if meta.get("architecture") != "whisper":
+        return None
+    gen = meta_map(meta, "generation") or {}
+    if gen.get("is_multilingual") is not True:
+        return Languages(False, dict(ENGLISH_ONLY))
+    ids = int_map(gen.get("lang_to_id")) or {}
+    names = meta_map(gen, "languages") or {}
+    codes = [t[2:-2] for t in sorted(ids, key=ids.__getitem__) if isinstance(t, str) and t[:2] + t[-2:] == "<||>"]
+    return Languages(True, {c: str(names.get(c, c)) for c in codes})

@@ -96,8 +96,15 @@ class CTCDecoder:
         )
         self._strings = strings
 
+    def is_blank(self, ids: np.ndarray) -> np.ndarray:
+        """Which ids are the CTC blank (pad token), as a boolean array."""
+        ids = np.asarray(ids, dtype=np.int64)
+        valid = (ids >= 0) & (ids < len(self.vocab))
+        return self._strings[self._canon[np.where(valid, ids, len(self.vocab))]] == self.pad_token
+
     def decode(self, ids: np.ndarray) -> tuple[str, list[tuple[str, int, int]]]:
-        """(text, [(word, start_frame, end_frame)]) for argmax ids (T,)."""
+        """(text, [(word, start, end)]) for argmax ids (T,): a word spans positions [start, end) of `ids`, from its
+        first non-blank token to the end of its last one (Wav2Vec2CTCTokenizer's word offsets)."""
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size == 0:
             return "", []

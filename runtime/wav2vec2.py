@@ -26,8 +26,10 @@ inner edges are dropped, and the rest is concatenated before CTC decoding.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +37,8 @@ from . import ops
 from .audio import SAMPLE_RATE, load_audio
 from .config import Wav2Vec2Dims, wav2vec2_config
 from .tokenizer import CTCDecoder
-from .types import Segment, Transcription
+from .types import Segment, Transcription, Word
+from .vad import speech_regions
 from .weights import Weights
 
 ARCHITECTURE = "wav2vec2-ctc"
@@ -328,43 +331,69 @@ class Wav2Vec2CTCModel:
         self,
         audio,
         *,
+        sample_rate: int | None = None,
+        word_timestamps: bool = False,
+        vad: bool = False,
         batch_size: int = 1,
         chunk_length_s: float | None = None,
         stride_length_s: float | tuple[float, float] | None = None,
+        **whisper_options: Any,
     ):
         """Greedy CTC transcription of a path / array, or a list of them (-> list of Transcription).
+
+        Keywords shared with WhisperModel.transcribe: `sample_rate` (of an array input), `word_timestamps`
+        (segments carry their words with times from the CTC frames), `vad` (only the speech regions runtime/vad.py
+        finds are transcribed, each on its own). Whisper's decoding keywords (WHISPER_ONLY_OPTIONS) are accepted at
+        their defaults and are a ValueError naming the keyword otherwise.
 
         `chunk_length_s`: None windows audio longer than MAX_UNWINDOWED_S into DEFAULT_CHUNK_LENGTH_S windows;
         0 never windows; a positive value windows every input longer than it (transformers' ASR pipeline's
         `chunk_length_s`). `stride_length_s` (default chunk/6, as the pipeline) is the context dropped at each inner
         window edge, one value or (left, right). `batch_size` > 1 runs unwindowed utterances padded together like
         Wav2Vec2Processor(padding=True) would (see the module docstring).
-        Segments are words with start/end times from their CTC frames.
+        Segments are runs of words split at pauses (SEGMENT_PAUSE_S) and kept under MAX_SEGMENT_S.
         """
+        check_options(whisper_options)
         single = isinstance(audio, (str, os.PathLike, np.ndarray))  # an array is one (possibly multi-channel) clip
         items = [audio] if single else list(audio)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        waves = [load_audio(a, self.sampling_rate) for a in items]
-        results: list[Transcription | None] = [None] * len(waves)
+        waves = [load_audio(a, self.sampling_rate, sample_rate) for a in items]
+        # pieces: (wave index, first sample); the whole wave, or each of its speech regions with vad=True
+        pieces: list[tuple[int, int]] = []
+        samples: list[np.ndarray] = []
+        for i, x in enumerate(waves):
+            regions = speech_regions(x, self.sampling_rate) if vad else [(0, x.shape[0])]
+            for a, e in regions:
+                pieces.append((i, a))
+                samples.append(x[a:e])
+        frames = self._frames(samples, batch_size, chunk_length_s, stride_length_s)
+        results = [Transcription(text="", segments=[]) for _ in waves]
+        for (i, start), piece in zip(pieces, frames):
+            self._append(results[i], piece, start / self.sampling_rate, word_timestamps)
+        return results[0] if single else results
+
+    def _frames(self, waves: list[np.ndarray], batch_size: int, chunk_length_s, stride_length_s) -> list[CTCFrames]:
+        """The argmax ids of each wave, with their probabilities and frame indices."""
+        out: list[CTCFrames | None] = [None] * len(waves)
         direct = []
         for i, x in enumerate(waves):
             window = self._window_length(x.shape[0], chunk_length_s)
             if x.shape[0] < self.dims.receptive_field:
-                results[i] = Transcription(text="", segments=[])
+                out[i] = CTCFrames.empty()
             elif window:
-                results[i] = self._decode(self._windowed_ids(x, window, stride_length_s))
+                out[i] = self._windowed(x, window, stride_length_s)
             else:
                 direct.append(i)
         for start in range(0, len(direct), batch_size):
             idx = direct[start : start + batch_size]
             values, mask = self.preprocess([waves[i] for i in idx])
-            logits = self.logits(values, mask)
-            ids = logits.argmax(axis=-1)  # (B, T)
-            frames = self.n_frames(np.array([waves[i].shape[0] for i in idx]))
+            ids, probs = _best_path(self.logits(values, mask))  # (B, T)
+            n_frames = self.n_frames(np.array([waves[i].shape[0] for i in idx]))
             for row, i in enumerate(idx):
-                results[i] = self._decode(ids[row, : frames[row]])  # padding frames are not decoded
-        return results[0] if single else results
+                n = int(n_frames[row])  # padding frames are not decoded
+                out[i] = CTCFrames(ids[row, :n], probs[row, :n], np.arange(n))
+        return [f if f is not None else CTCFrames.empty() for f in out]
 
     def _window_length(self, n_samples: int, chunk_length_s: float | None) -> int:
         """Window length in samples (aligned to the total stride like the pipeline), 0 for no windowing."""
@@ -386,10 +415,14 @@ class Wav2Vec2CTCModel:
         return int(round(seconds * self.sampling_rate / align) * align)
 
     def _windowed_ids(self, x: np.ndarray, window: int, stride_length_s) -> np.ndarray:
+        return self._windowed(x, window, stride_length_s).ids
+
+    def _windowed(self, x: np.ndarray, window: int, stride_length_s) -> CTCFrames:
         """Argmax ids of `x` computed in overlapping windows, as transformers' ASR pipeline chunks CTC models:
         window starts step by window - left - right samples; from each window's ids the first round(left /
         window * n) and last round(right / window * n) are dropped (n = round(window_len / total_stride)),
-        except at the audio's ends."""
+        except at the audio's ends. Each kept id keeps its own frame index (window start / total stride + its
+        row), so times stay right even where the pipeline's rounding drops or repeats a frame."""
         chunk_s = window / self.sampling_rate
         if stride_length_s is None:
             stride_length_s = chunk_s / 6
@@ -414,20 +447,111 @@ class Wav2Vec2CTCModel:
             values = np.stack([x[a:e] for a, e, _, _ in group])  # (W, window)
             if self.do_normalize:
                 values = np.stack([normalize(v) for v in values])
-            ids = self.logits(values).argmax(axis=-1)  # (W, T_window): one weight pass for W windows
-            for row, (a, e, s_left, s_right) in zip(ids, group):
+            ids, probs = _best_path(self.logits(values))  # (W, T_window): one weight pass for W windows
+            for row, prob, (a, e, s_left, s_right) in zip(ids, probs, group):
                 # rescale_stride(): sample strides -> logit frames, rounded like the pipeline
                 token_n = int(round((e - a) / self.dims.total_stride))
                 lo = int(round(s_left / (e - a) * token_n))
-                hi = token_n - int(round(s_right / (e - a) * token_n))
-                pieces.append(row[lo:hi])
-        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+                hi = min(token_n - int(round(s_right / (e - a) * token_n)), row.shape[0])
+                first = a // self.dims.total_stride + lo
+                pieces.append(CTCFrames(row[lo:hi], prob[lo:hi], np.arange(first, first + max(hi - lo, 0))))
+        return CTCFrames.concatenate(pieces)
 
-    def _decode(self, ids: np.ndarray) -> Transcription:
+    def _append(self, result: Transcription, frames: CTCFrames, offset_s: float, word_timestamps: bool) -> None:
+        """Add one piece's text and segments (times offset by `offset_s`) to `result`."""
         frame_s = self.dims.total_stride / self.sampling_rate
-        text, words = self.decoder.decode(ids)
-        segments = [Segment(start=round(s * frame_s, 3), end=round(e * frame_s, 3), text=word) for word, s, e in words]
-        return Transcription(text=text, segments=segments)
+        text, spans = self.decoder.decode(frames.ids)
+        if not text:
+            return
+        result.text = f"{result.text} {text}" if result.text else text
+        blank = self.decoder.is_blank(frames.ids)
+        words = []
+        for word, a, e in spans:  # [a, e): the positions of the word's first to last non-blank token
+            voiced = frames.probs[a:e][~blank[a:e]]
+            start = offset_s + int(frames.frame[a]) * frame_s
+            end = offset_s + (int(frames.frame[e - 1]) + 1) * frame_s
+            words.append(Word(" " + word, round(start, 3), round(end, 3), float(voiced.mean())))
+        for group in _segment_words(words):
+            line = "".join(w.word for w in group)
+            result.segments.append(
+                Segment(group[0].start, group[-1].end, line, words=group if word_timestamps else None)
+            )
+
+
+# ---------------------------------------------------------------------------------------------------- transcripts
+
+# Whisper's transcribe keywords that mean nothing to greedy CTC decoding, with Whisper's defaults: the same options
+# may be passed to either model family, and a value other than these is a ValueError naming the keyword.
+WHISPER_ONLY_OPTIONS: dict[str, Any] = {
+    "language": None,
+    "task": "transcribe",
+    "beam_size": 1,
+    "length_penalty": None,
+    "temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+    "compression_ratio_threshold": 2.4,
+    "logprob_threshold": -1.0,
+    "no_speech_threshold": 0.6,
+    "condition_on_previous_text": True,
+    "initial_prompt": None,
+    "without_timestamps": None,
+    "max_new_tokens": None,
+    "seed": 0,
+}
+
+# A segment (one subtitle cue) ends at a pause between words at least this long, and is cut before it would
+# last longer than MAX_SEGMENT_S: subtitling conventions keep one cue on screen for at most about 7 s.
+SEGMENT_PAUSE_S = 0.5
+MAX_SEGMENT_S = 7.0
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """ValueError for a Whisper-only keyword given a value other than its default; TypeError for an unknown one."""
+    for name, value in options.items():
+        if name not in WHISPER_ONLY_OPTIONS:
+            raise TypeError(f"transcribe() got an unexpected keyword argument {name!r}")
+        default = WHISPER_ONLY_OPTIONS[name]
+        same = tuple(value) == default if isinstance(value, (list, tuple)) else value == default
+        if not same:
+            raise ValueError(
+                f"{name} does not apply to Wav2Vec2-CTC models (greedy CTC decoding); leave it at its default"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class CTCFrames:
+    """Greedy CTC path of one piece of audio: argmax ids (T,), their softmax probabilities (T,) and the encoder
+    frame each came from (T,), counted from the start of the piece."""
+
+    ids: np.ndarray
+    probs: np.ndarray
+    frame: np.ndarray
+
+    @classmethod
+    def empty(cls) -> CTCFrames:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    @classmethod
+    def concatenate(cls, pieces: list[CTCFrames]) -> CTCFrames:
+        if not pieces:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(p, f) for p in pieces]) for f in ("ids", "probs", "frame")))
+
+
+def _best_path(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax ids, their softmax probabilities) over the last axis."""
+    top = logits.max(axis=-1, keepdims=True)
+    probs = 1.0 / np.exp(logits - top).sum(axis=-1)
+    return logits.argmax(axis=-1), probs.astype(np.float32)
+
+
+def _segment_words(words: list[Word]) -> list[list[Word]]:
+    groups: list[list[Word]] = []
+    for w in words:
+        if groups and w.start - groups[-1][-1].end < SEGMENT_PAUSE_S and w.end - groups[-1][0].start <= MAX_SEGMENT_S:
+            groups[-1].append(w)
+        else:
+            groups.append([w])
+    return groups
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

@@ -365,8 +365,12 @@ def test_committed_example_rows_are_the_benchmark_tables():
     for model in ("tiny.en", "base"):
         with open(os.path.join(root, "results", f"quant_table_whisper-{model}.json")) as f:
             table = {r["label"]: r for r in json.load(f)}
-        imported = [r for r in rows if r["model"] == f"openai/whisper-{model}"]
+        mine = [r for r in rows if r["model"] == f"openai/whisper-{model}"]
+        imported = [r for r in mine if r["provenance"]["source"] == "imported"]
         assert {r["label"] for r in imported} == set(table)
+        for r in mine:  # the rest: validation rows measured by `wavq sweep` on the validation grid's set only
+            assert r in imported or (r["provenance"]["source"] == "sweep" and set(r["sets"]) == {"train-heldout"})
+            assert r["label"] in table
         for r in imported:
             t = table[r["label"]]
             assert r["provenance"]["source"] == "imported" and r["provenance"]["command"].startswith("`python")

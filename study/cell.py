@@ -17,6 +17,7 @@ import tempfile
 import time
 from importlib import metadata
 
+from .baselines import CONVERTED_BASELINES
 from .grid import Cell
 
 CONVERSION_LOG = "conversions.log"  # one line per conversion actually run: what a resumed sweep did not redo
@@ -84,12 +85,13 @@ def _write_json(path: str, obj: dict) -> None:
 def converted(cell: Cell, cache_dir: str, threads: int) -> tuple[str, dict]:
     """The cell's .wq file, converted now or found in the cache, and its conversion record."""
     key = cell.conversion_key
-    wq, record_path = os.path.join(cache_dir, key + ".wq"), os.path.join(cache_dir, key + ".json")
+    suffix = ".ct2" if cell.baseline else ".wq"  # a converted baseline is CTranslate2's model directory
+    wq, record_path = os.path.join(cache_dir, key + suffix), os.path.join(cache_dir, key + ".json")
     if os.path.exists(wq) and os.path.exists(record_path):
         with open(record_path, encoding="utf-8") as f:
             return wq, {**json.load(f), "cached": True}
     os.makedirs(cache_dir, exist_ok=True)
-    request = {"model": cell.model, "recipe": cell.recipe, "calib": cell.calib, "output": wq}
+    request = {"model": cell.model, "recipe": cell.recipe, "calib": cell.calib, "baseline": cell.baseline, "output": wq}
     reply, seconds, peak = run_child("convert", request, threads)
     record = {
         "conversion_key": key,
@@ -122,12 +124,12 @@ def run_cell(cell: Cell, cache_dir: str, threads: int = 1) -> dict:
     }
     sets = [{"name": s.name, "path": s.path, "limit": s.limit} for s in cell.sets]
     try:
-        if cell.baseline:
+        if cell.baseline and cell.baseline not in CONVERTED_BASELINES:
             request = {"model": cell.model, "baseline": cell.baseline, "sets": sets}
         else:
-            wq, record = converted(cell, cache_dir, threads)
+            path, record = converted(cell, cache_dir, threads)
             row.update(record)
-            request = {"model_path": wq, "sets": sets}
+            request = {"model": cell.model, "baseline": cell.baseline, "model_path": path, "sets": sets}
         reply, _, peak = run_child("evaluate", {**request, "max_new_tokens": cell.max_new_tokens}, threads)
     except CellError as e:
         return {**row, "status": "error", "error": str(e)}

@@ -18,6 +18,10 @@ FLOAT_BITS = {"f32": 32.0, "f16": 16.0}
 
 
 def convert_stage(req: dict) -> dict:
+    if req.get("baseline"):
+        from .baselines import convert_ctranslate2
+
+        return convert_ctranslate2(req["model"], req["output"])
     from wavq.converter.quant.recipe import Recipe
 
     recipe = Recipe.from_options(**req["recipe"]) if req["recipe"] else None
@@ -63,7 +67,11 @@ def _utterances(spec: dict):
 def evaluate_stage(req: dict) -> dict:
     from wavq.evaluation import evaluate
 
-    if req.get("baseline"):
+    if req.get("baseline") and req.get("model_path"):
+        from .baselines import CTranslate2Whisper
+
+        model, extra = CTranslate2Whisper(req["model"], req["model_path"], req["threads"]), {}
+    elif req.get("baseline"):
         from .baselines import load_baseline
 
         model, extra = load_baseline(req["model"], req["baseline"], req["threads"])
@@ -72,9 +80,10 @@ def evaluate_stage(req: dict) -> dict:
 
         model, extra = load(req["model_path"], cache=True), {}
     opts = {"max_new_tokens": req["max_new_tokens"]} if model.meta.get("architecture") == "whisper" else {}
-    sets, compute = {}, {}
+    sets, results = {}, []
     for spec in req["sets"]:
         r = evaluate(model, _utterances(spec), opts)
+        results.append(r)
         sets[spec["name"]] = {
             "wer": r.wer,
             "n_words": r.n_words,
@@ -83,8 +92,18 @@ def evaluate_stage(req: dict) -> dict:
             "compute_seconds": r.compute_seconds,
             "rtf": r.rtf,
         }
-        compute.update({k: getattr(r, k) for k in COMPUTE_FIELDS if getattr(r, k, None) is not None})
-    return {**extra, "sets": sets, **compute}
+    return {**extra, "sets": sets, **compute_per_audio_second(results)}
+
+
+def compute_per_audio_second(results: list) -> dict[str, float]:
+    """The COMPUTE_FIELDS the evaluation results report, over all sets (weighted by their audio seconds)."""
+    audio = sum(r.audio_seconds for r in results)
+    out = {}
+    for k in COMPUTE_FIELDS:
+        values = [getattr(r, k, None) for r in results]
+        if audio and all(v is not None for v in values):
+            out[k] = sum(v * r.audio_seconds for v, r in zip(values, results)) / audio
+    return out
 
 
 STAGES = {"convert": convert_stage, "evaluate": evaluate_stage}

@@ -31,13 +31,23 @@ def _grid(path: str):
 
 
 def _save_sweep(grid, path: str, store: Store) -> None:
-    out = {
-        "grid": os.path.basename(path),
-        "validation": grid.validation,
-        "budgets": list(grid.budgets),
-        "cells": [{"cell": c.id, "model": c.model, "label": c.label} for c in grid.cells],
-    }
+    """Record the grid's cells beside the rows. A directory may hold the rows of several grids (a test grid and the
+    validation grid of the same recipes): their cells are merged, and a grid naming a validation set or budgets
+    replaces the earlier ones."""
     target = os.path.join(store.directory, SWEEP_FILE)
+    old: dict = {}
+    if os.path.exists(target):
+        with open(target, encoding="utf-8") as f:
+            old = json.load(f)
+    cells = {c["cell"]: c for c in old.get("cells", [])}
+    cells.update({c.id: {"cell": c.id, "model": c.model, "label": c.label} for c in grid.cells})
+    grids = [g for g in old.get("grids", [old["grid"]] if "grid" in old else []) if g != os.path.basename(path)]
+    out = {
+        "grids": [*grids, os.path.basename(path)],
+        "validation": grid.validation or old.get("validation"),
+        "budgets": list(grid.budgets) or old.get("budgets", []),
+        "cells": list(cells.values()),
+    }
     with open(target + ".partial", "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1)
     os.replace(target + ".partial", target)

@@ -14,8 +14,8 @@
     method = "rtn"
     bits = [8, 4]
     group_size = [128, 0]
-    [[baselines]]                                # measured like the cells: transformers f32, torch dynamic int8
-    kind = "torch-int8"
+    [[baselines]]                                # measured like the cells: transformers-f32, torch-int8,
+    kind = "torch-int8"                          # ctranslate2-int8 (Whisper; the `ctranslate2` extra)
 
 Recipe keys are wavq.converter.quant.recipe.Recipe's fields (`seed` draws the calibration audio). Paths are relative
 to the grid file; ${VAR} is taken from the environment.
@@ -33,12 +33,13 @@ import re
 import sys
 from typing import Any
 
+from .baselines import BASELINES
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-BASELINES = ("transformers-f32", "torch-int8")
 DEFAULT_MAX_NEW_TOKENS = 200  # a broken model repeats itself to the limit; 200 tokens cover any LibriSpeech utterance
 _VAR = re.compile(r"\$\{(\w+)\}")
 

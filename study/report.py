@@ -178,17 +178,20 @@ def chosen_on_validation(rows: list[dict], validation: str, budgets: tuple[float
     points = {draw_key(p): p for p in pooled([r for r in rows if r["kind"] == "wavq"], validation)}
     others = [s for s in _set_names(rows) if s != validation]
     by_set = {s: {draw_key(p): p for p in pooled(rows, s)} for s in others}
+    recipes = {draw_key(r): r["bits_per_weight"] for r in _ok(rows) if r["kind"] == "wavq"}
     lines = []
     for budget in budgets:
         fits = [p for p in points.values() if p["bits_per_weight"] <= budget + 1e-9]
+        unmeasured = sum(1 for k, bits in recipes.items() if bits <= budget + 1e-9 and k not in points)
+        gap = f"; {unmeasured} recipes within the budget have no {validation} row" if unmeasured else ""
         if not fits:
-            lines.append(f"- ≤ {budget} bits/weight: no recipe measured on {validation}")
+            lines.append(f"- ≤ {budget} bits/weight: no recipe measured on {validation}{gap}")
             continue
         best = min(fits, key=lambda p: p["wer_pct"])
         tests = ", ".join(f"{s} {_fmt((by_set[s].get(draw_key(best)) or {}).get('wer_pct'))} %" for s in others)
         lines.append(
             f"- ≤ {budget} bits/weight: **{best['label']}** ({best['bits_per_weight']:.3f} bits/weight), "
-            f"{validation} {best['wer_pct']:.2f} % → {tests}"
+            f"{validation} {best['wer_pct']:.2f} % → {tests} (best of {len(fits)} measured on {validation}{gap})"
         )
     return lines
 

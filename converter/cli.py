@@ -199,6 +199,13 @@ def _parse_groups(ctx, param, value) -> tuple[int, ...]:
     help="Also quantize each weight under a block Hadamard rotation of its input columns and keep whichever "
     "has the smaller output error (stored rotated: layout revision 3). Not with AWQ.",
 )
+@click.option(
+    "--act-bits",
+    type=click.IntRange(2, 8),
+    default=None,
+    help="Also quantize the input of every quantized linear weight to this many bits (dynamic per-token scale); "
+    "the runtime then multiplies integer codes (layout revision 4). With --rotate the rotated input x R is quantized.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
 @click.option(
     "--dtype",
@@ -227,6 +234,7 @@ def main(
     tune_epochs,
     act_order,
     rotate,
+    act_bits,
     seed,
     dtype,
     revision,
@@ -243,8 +251,10 @@ def main(
     from .export import convert
 
     quantize = bits is not None or target_bpw is not None
-    if not quantize and (method or keep or calib or act_order or rotate):
-        raise click.UsageError("--method, --keep, --calib, --act-order and --rotate need --bits or --target-bpw")
+    if not quantize and (method or keep or calib or act_order or rotate or act_bits):
+        raise click.UsageError(
+            "--method, --keep, --calib, --act-order, --rotate and --act-bits need --bits or --target-bpw"
+        )
     if mixed_groups and target_bpw is None:
         raise click.UsageError("--mixed-groups needs --target-bpw")
     if mixed_min_bits != MIN_BITS and target_bpw is None:
@@ -270,6 +280,7 @@ def main(
                 outlier_columns=embedding_outliers,
                 tune_epochs=tune_epochs,
                 rotate=rotate,
+                act_bits=act_bits,
             )
             if recipe.needs_calibration and calib is None:
                 raise click.UsageError(f"method {recipe.method!r} needs calibration audio: pass --calib DIR")

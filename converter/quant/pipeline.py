@@ -14,6 +14,8 @@ Stages, each a function from typed inputs to a typed result, composed by quantiz
   assemble    every input tensor in input order: QuantizedTensor for quantized weights, float arrays otherwise
               (modified where AWQ folded a scale into them), plus `<prefix>.input_scale` float32 arrays right
               after their weight where an AWQ scale could not be folded;
+  activations the activation spec of every quantized weight whose input the runtime multiplies as integer codes
+              (Recipe.act_bits: dynamic per-row scales; a rotated weight's spec applies to x R);
   describe    meta["quantization"]: bits per tensor, effective bits per weight, calibration, errors.
 """
 
@@ -26,6 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ...formats import QuantizedTensor
+from ...formats.activation import ActivationSpec
 from ..calibrate import CalibItem
 from ..registry import ConversionError, Exporter, ExportTensor
 from .fisher import diagonal_fisher, fisher_error
@@ -340,3 +343,22 @@ def quantize_tensors(
     results = {**quantized.results, **tuned.tensors}
     out = assemble(tensors, results, tuned, quantized, cal)
     return QuantResult(out, describe(sel, specs, results, quantized, tuned, recipe, plan, cal, calib_audio))
+
+
+# weights stored quantized that no product multiplies (looked up by position only)
+LOOKUP_ONLY = ("embed_positions",)
+
+
+def activations(results: dict[str, Any], recipe: Recipe) -> dict[str, ActivationSpec]:
+    """The activation spec of every quantized matrix (2-D) weight the runtime multiplies through ops.linear:
+    convolution kernels (3-D, the front end) and position tables keep float inputs."""
+    if recipe.act_bits is None:
+        return {}
+    spec = ActivationSpec(recipe.act_bits)
+    return {
+        name: spec
+        for name, qt in results.items()
+        if isinstance(qt, QuantizedTensor)
+        and len(qt.shape) == 2
+        and not any(part in name.split(".") for part in LOOKUP_ONLY)
+    }

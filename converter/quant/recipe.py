@@ -101,6 +101,9 @@ class Recipe:
     tune_epochs: int = DEFAULT_TUNE_EPOCHS  # passes of the tune stage (methods with "+tune")
     # also quantize each weight under a block Hadamard rotation (rotate.py) and keep the smaller output error
     rotate: bool = False
+    # activation bits of every quantized linear weight's input (dynamic per-row scale; rotated weights quantize
+    # x R, QuaRot-style); None: float inputs
+    act_bits: int | None = None
 
     def __post_init__(self) -> None:
         plan = parse_method(self.method, self.clip)
@@ -154,6 +157,10 @@ class Recipe:
             raise ValueError("method 'none' exports float weights; there is nothing to rotate")
         if self.tune_epochs < 1:
             raise ValueError(f"tune epochs must be >= 1, got {self.tune_epochs}")
+        if self.act_bits is not None and not MIN_BITS <= self.act_bits <= MAX_BITS:
+            raise ValueError(f"activation bits must be {MIN_BITS}..{MAX_BITS}, got {self.act_bits}")
+        if self.act_bits is not None and plan is None:
+            raise ValueError("activation quantization needs quantized weights (integer codes to multiply)")
 
     @classmethod
     def from_options(cls, *, method: str = "rtn", bits: int | None = None, keep: Iterable = (), **kwargs) -> Recipe:
@@ -206,4 +213,5 @@ class Recipe:
             "outlier_columns": self.outlier_columns,
             **({"tune_epochs": self.tune_epochs} if self.plan is not None and self.plan.tune else {}),
             **({"rotate": True} if self.rotate else {}),
+            **({"act_bits": self.act_bits, "act_scale": "dynamic"} if self.act_bits is not None else {}),
         }

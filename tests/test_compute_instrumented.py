@@ -112,3 +112,24 @@ def test_integer_path_equals_float_simulation_end_to_end(files, arch, monkeypatc
     simulated = _whole_model_logits(files[arch])
     assert np.isfinite(integer).all()
     np.testing.assert_array_equal(integer.view(np.uint32), simulated.view(np.uint32))
+
+
+def test_info_compute(files):
+    import json
+
+    from wavq.runtime.cli import main as wavq_main
+
+    for path in files.values():
+        r = CliRunner().invoke(wavq_main, ["info", "--compute", "--json", path])
+        assert r.exit_code == 0, r.output
+        report = json.loads(r.output)
+        dims, table = _table(path)
+        with WqFile(path) as f:
+            expected = compute.summary(f.meta, table)
+        assert report["per_window"] == expected["per_window"]
+        seconds = expected["window_seconds"]
+        assert report["per_audio_second"]["macs"] == {k: v / seconds for k, v in expected["per_window"]["macs"].items()}
+        assert report["integer_products"] == compute.integer_products(table)
+        assert "attention_scores" in report["float_products"]
+        text = CliRunner().invoke(wavq_main, ["info", "--compute", path])
+        assert text.exit_code == 0 and "bit-ops" in text.output and "integer products" in text.output, text.output

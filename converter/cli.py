@@ -206,6 +206,12 @@ def _parse_groups(ctx, param, value) -> tuple[int, ...]:
     help="Also quantize the input of every quantized linear weight to this many bits (dynamic per-token scale); "
     "the runtime then multiplies integer codes (layout revision 4). With --rotate the rotated input x R is quantized.",
 )
+@click.option(
+    "--act-static",
+    is_flag=True,
+    help="With --act-bits: one activation scale per tensor, MSE-clipped on the inputs seen on the --calib audio "
+    "(weights the calibration does not reach stay dynamic).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
 @click.option(
     "--dtype",
@@ -235,6 +241,7 @@ def main(
     act_order,
     rotate,
     act_bits,
+    act_static,
     seed,
     dtype,
     revision,
@@ -281,7 +288,10 @@ def main(
                 tune_epochs=tune_epochs,
                 rotate=rotate,
                 act_bits=act_bits,
+                act_static=act_static,
             )
+            if act_static and calib is None:
+                raise click.UsageError("--act-static observes activation ranges on calibration audio: pass --calib DIR")
             if recipe.needs_calibration and calib is None:
                 raise click.UsageError(f"method {recipe.method!r} needs calibration audio: pass --calib DIR")
             if calib is not None and recipe.uses_calibration:

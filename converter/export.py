@@ -116,11 +116,11 @@ def convert(
     if recipe is None or recipe.plan is None:
         stored = {t.name: t.array for t in tensors}
     else:
-        from .quant.pipeline import activations, quantize_tensors
+        from .quant.pipeline import quantize_tensors
 
         stage(f"quantizing ({recipe.method})")
         stored, info = quantize_tensors(exporter, tensors, recipe, calib_items, progress)
-        act_specs = activations(stored, recipe)
+        act_specs = info.pop("activation_specs", {})  # written on the tensor entries (SPEC.md 5.5), not as meta
         quant_meta = {**recipe.to_meta(), "dtype": dtype, **info}
     meta["quantization"] = quant_meta
     meta["provenance"] = provenance(source, revision)

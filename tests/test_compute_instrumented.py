@@ -23,8 +23,8 @@ SAMPLE_RATE = 16_000
 MAX_NEW = 5  # decoded tokens: enough for several cached steps of a random model
 
 
-def _convert(checkpoint: str, out: str, *extra: str) -> str:
-    args = [checkpoint, "-o", out, "--bits", "4", "--group-size", "16", "-q", *extra]
+def _convert(checkpoint: str, out: str, *extra: object) -> str:
+    args = [checkpoint, "-o", out, "--bits", "4", "--group-size", "16", "-q", *map(str, extra)]
     r = CliRunner().invoke(convert_main, args)
     assert r.exit_code == 0, r.output
     return out
@@ -133,3 +133,24 @@ def test_info_compute(files):
         assert "attention_scores" in report["float_products"]
         text = CliRunner().invoke(wavq_main, ["info", "--compute", path])
         assert text.exit_code == 0 and "bit-ops" in text.output and "integer products" in text.output, text.output
+
+
+def test_static_activation_scales(tmp_path):
+    """--act-static stores one scale per reached weight (observed on the calibration audio); the integer path
+    still equals the float simulation bit for bit."""
+    sf = pytest.importorskip("soundfile")
+    from tiny_models import tiny_wav2vec2
+
+    (tmp_path / "calib").mkdir()
+    for i in range(2):
+        sf.write(tmp_path / "calib" / f"{i}.wav", _audio(0.8, seed=10 + i), SAMPLE_RATE)
+    ckpt = tiny_wav2vec2(tmp_path / "w2v")
+    path = _convert(
+        ckpt, os.fspath(tmp_path / "s.wq"), "--act-bits", "6", "--act-static", "--calib", tmp_path / "calib"
+    )
+    with WqFile(path) as f:
+        specs = {n: t.activation for n, t in f.tensors.items() if t.activation is not None}
+        assert f.meta["quantization"]["act_scale"] == "static"
+    static = [s for s in specs.values() if s.scale is not None]
+    assert static and all(s.bits == 6 and s.scale > 0 for s in static)
+    assert "activation_specs" not in WqFile(path).meta["quantization"]

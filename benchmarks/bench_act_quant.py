@@ -82,7 +82,6 @@ def measure(label: str, path: str, utts) -> dict:
 
 
 def table(rows: list[dict], header: dict) -> str:
-    f32 = next((r for r in rows if r["label"] == "f32"), None)
     lines = [
         "# Activation quantization, tiny.en (runtime WER, counted bit-operations)",
         "",
@@ -103,9 +102,32 @@ def table(rows: list[dict], header: dict) -> str:
             f"{r['macs_per_audio_second'] / 1e9:.3f} | {r['bitops_per_audio_second'] / 1e12:.3f} | 1/{1 / ratio:.1f} | "
             f"{100 * scores:.0f} % |"
         )
-    if f32 is not None:
-        lines += ["", f"f32 reference: {f32['bitops_per_audio_second'] / 1e12:.3f} T bit-ops per second of audio."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + targets({r["label"]: r for r in rows})) + "\n"
+
+
+# (quantized row, its weight-only row, largest WER increase in percentage points)
+WER_TARGETS = (("W8A8", "W8", 0.2), ("W4A8", "W4", 0.5))
+BITOPS_TARGET = ("W4A8", 30)  # at most 1/30 of the f32 x f32 bit-operations per second of audio
+
+
+def targets(rows: dict[str, dict]) -> list[str]:
+    out = ["", "Targets:", ""]
+    for label, base, limit in WER_TARGETS:
+        if label in rows and base in rows:
+            delta = 100 * (rows[label]["wer"] - rows[base]["wer"])
+            verdict = "met" if delta <= limit else "NOT met"
+            out.append(f"- {label} within +{limit} WER of {base}: {delta:+.2f} points, {verdict}.")
+    label, factor = BITOPS_TARGET
+    if label in rows:
+        r = rows[label]
+        ratio = r["float_bitops_per_audio_second"] / r["bitops_per_audio_second"]
+        scores = r["bitops_by_part"][compute.ATTENTION_SCORES] / sum(r["bitops_by_part"].values())
+        verdict = "met" if ratio >= factor else "NOT met"
+        out.append(
+            f"- {label} bit-operations at most 1/{factor} of f32 x f32: 1/{ratio:.1f}, {verdict}; the float x float "
+            f"attention score products are {100 * scores:.0f} % of its bit-operations."
+        )
+    return out
 
 
 def main() -> None:

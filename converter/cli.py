@@ -216,6 +216,19 @@ def _parse_groups(ctx, param, value) -> tuple[int, ...]:
     help="Also quantize each weight under a block Hadamard rotation of its input columns and keep whichever "
     "has the smaller output error (stored rotated: layout revision 3). Not with AWQ.",
 )
+@click.option(
+    "--act-bits",
+    type=click.IntRange(2, 8),
+    default=None,
+    help="Also quantize the input of every quantized linear weight to this many bits (dynamic per-token scale); "
+    "the runtime then multiplies integer codes (layout revision 4). With --rotate the rotated input x R is quantized.",
+)
+@click.option(
+    "--act-static",
+    is_flag=True,
+    help="With --act-bits: one activation scale per tensor, MSE-clipped on the inputs seen on the --calib audio "
+    "(weights the calibration does not reach stay dynamic).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
 @click.option(
     "--dtype",
@@ -244,6 +257,8 @@ def main(
     tune_epochs,
     act_order,
     rotate,
+    act_bits,
+    act_static,
     seed,
     dtype,
     revision,
@@ -261,8 +276,10 @@ def main(
     from .export import convert
 
     quantize = bits is not None or target_bpw is not None
-    if not quantize and (method or keep or calib or act_order or rotate):
-        raise click.UsageError("--method, --keep, --calib, --act-order and --rotate need --bits or --target-bpw")
+    if not quantize and (method or keep or calib or act_order or rotate or act_bits):
+        raise click.UsageError(
+            "--method, --keep, --calib, --act-order, --rotate and --act-bits need --bits or --target-bpw"
+        )
     if mixed_groups and target_bpw is None:
         raise click.UsageError("--mixed-groups needs --target-bpw")
     if mixed_min_bits != MIN_BITS and target_bpw is None:
@@ -288,7 +305,11 @@ def main(
                 outlier_columns=embedding_outliers,
                 tune_epochs=tune_epochs,
                 rotate=rotate,
+                act_bits=act_bits,
+                act_static=act_static,
             )
+            if act_static and calib is None:
+                raise click.UsageError("--act-static observes activation ranges on calibration audio: pass --calib DIR")
             if recipe.needs_calibration and calib is None:
                 raise click.UsageError(f"method {recipe.method!r} needs calibration audio: pass --calib DIR")
             if calib is not None and recipe.uses_calibration:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..formats import QuantizedTensor, WqWriter
+from ..formats.activation import ActivationSpec
 from ..formats.errors import OutputExistsError
 from .quant.recipe import Recipe
 from .registry import ConversionError, Exporter, ExportTensor, loader_for
@@ -111,6 +112,7 @@ def convert(
     tensors: list[ExportTensor] = list(exporter.tensors())
     quant_meta: dict = {"method": "none", "dtype": dtype}
     stored: dict[str, Any]
+    act_specs: dict[str, ActivationSpec] = {}
     if recipe is None or recipe.plan is None:
         stored = {t.name: t.array for t in tensors}
     else:
@@ -118,6 +120,7 @@ def convert(
 
         stage(f"quantizing ({recipe.method})")
         stored, info = quantize_tensors(exporter, tensors, recipe, calib_items, progress)
+        act_specs = info.pop("activation_specs", {})  # written on the tensor entries (SPEC.md 5.5), not as meta
         quant_meta = {**recipe.to_meta(), "dtype": dtype, **info}
     meta["quantization"] = quant_meta
     meta["provenance"] = provenance(source, revision)
@@ -131,7 +134,7 @@ def convert(
             if isinstance(value, QuantizedTensor):
                 n_quant += int(np.prod(value.shape))
                 n_params += int(np.prod(value.shape))
-                w.add(name, value)
+                w.add(name, value, activation=act_specs.get(name))
             else:
                 arr = np.asarray(value)
                 n_params += arr.size

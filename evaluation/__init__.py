@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from wavq.runtime import compute
 from wavq.runtime.audio import SAMPLE_RATE, load_audio
 
 from .datasets import Utterance
@@ -62,6 +63,17 @@ class EvalResult:
     compute_seconds: float
     peak_rss_mb: float
     hypotheses: list[dict]
+    counts: compute.Counts = dataclasses.field(default_factory=compute.Counts)  # every product the runtime ran
+
+    @property
+    def macs_per_audio_second(self) -> float:
+        """Measured multiply-accumulates per second of audio (compute.count_macs around the transcriptions)."""
+        return self.counts.total_macs / self.audio_seconds if self.audio_seconds else float("nan")
+
+    @property
+    def bitops_per_audio_second(self) -> float:
+        """Measured bit-operations (MACs x weight bits x activation bits) per second of audio."""
+        return self.counts.total_bitops / self.audio_seconds if self.audio_seconds else float("nan")
 
     @property
     def rtf(self) -> float:
@@ -77,13 +89,16 @@ def evaluate(
 ) -> EvalResult:
     refs, hyps, rows = [], [], []
     audio_s = compute_s = 0.0
+    counts = compute.Counts()
     for utt in utterances:
         if utt.text is None:
             raise ValueError(f"{utt.path}: no reference transcript")
         audio = load_audio(utt.path)
-        t0 = time.perf_counter()
-        text = model.transcribe(audio, **(transcribe_options or {})).text
-        compute_s += time.perf_counter() - t0
+        with compute.count_macs() as c:
+            t0 = time.perf_counter()
+            text = model.transcribe(audio, **(transcribe_options or {})).text
+            compute_s += time.perf_counter() - t0
+        counts += c
         audio_s += len(audio) / SAMPLE_RATE
         refs.append(utt.text)
         hyps.append(text)
@@ -91,7 +106,7 @@ def evaluate(
         if on_progress:
             on_progress(1)
     wer, n_words = score(refs, hyps, model.meta.get("architecture", ""))
-    return EvalResult(wer, len(rows), n_words, audio_s, compute_s, peak_rss_mb(), rows)
+    return EvalResult(wer, len(rows), n_words, audio_s, compute_s, peak_rss_mb(), rows, counts)
 
 
 def score(references: Sequence[str], hypotheses: Sequence[str], architecture: str) -> tuple[float, int]:

@@ -46,11 +46,21 @@ def _mib(n: float) -> str:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--tensors", is_flag=True, help="Also list every tensor with its encoding and size.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
+@click.option(
+    "--compute",
+    "show_compute",
+    is_flag=True,
+    help="Print the compute account instead: MACs and bit-operations per second of audio by part, weight bytes "
+    "per token and per window, peak activation bytes, and which products run on integer codes.",
+)
 @_user_errors
-def info(file: str, tensors: bool, as_json: bool) -> None:
+def info(file: str, tensors: bool, as_json: bool, show_compute: bool) -> None:
     """Architecture, size, bits per weight, recipe and provenance of FILE."""
     from .info import encoding_label, summarize
 
+    if show_compute:
+        _info_compute(file, as_json)
+        return
     with WqFile(file) as f:
         s = summarize(f)
         meta = f.meta
@@ -60,6 +70,35 @@ def info(file: str, tensors: bool, as_json: bool) -> None:
         _info_json(file, s, meta, rows if tensors else None)
     else:
         _info_text(file, s, meta, rows, n_rotated, tensors)
+
+
+def _info_compute(file: str, as_json: bool) -> None:
+    from .info import compute_report
+
+    with WqFile(file) as f:
+        r = compute_report(f)
+    if as_json:
+        click.echo(json.dumps(r, indent=2, allow_nan=False))
+        return
+    per_s = r["per_audio_second"]
+    scope = ", encoder and cross K/V" if "per_token" in r else ""
+    click.echo(f"per second of audio ({r['window_seconds']:.0f}-s window{scope}):")
+    for part in per_s["macs"]:
+        click.echo(
+            f"  {part:<22} {per_s['macs'][part] / 1e6:12.1f} M MACs {per_s['bitops'][part] / 1e9:12.1f} G bit-ops"
+        )
+    total_macs, total_bits = sum(per_s["macs"].values()), sum(per_s["bitops"].values())
+    click.echo(f"  {'total':<22} {total_macs / 1e6:12.1f} M MACs {total_bits / 1e9:12.1f} G bit-ops")
+    if "per_token" in r:
+        tok = r["per_token"]
+        tok_bits = sum(tok["bitops"].values())
+        click.echo(f"per decoded token:       {tok['total_macs'] / 1e6:.2f} M MACs {tok_bits / 1e9:.2f} G bit-ops")
+    wb = r["weight_bytes"]
+    click.echo("weight bytes read:       " + ", ".join(f"{_mib(v)} {k.replace('_', ' ')}" for k, v in wb.items()))
+    click.echo(f"peak activation bytes:   {_mib(r['peak_activation_bytes'])}")
+    click.echo(f"bit-ops vs f32 x f32:    {r['bitops_vs_float']:.4f}")
+    click.echo(f"integer products:        {len(r['integer_products'])} weights (codes x activation codes)")
+    click.echo(f"float products:          {', '.join(r['float_products']) or 'none'}; softmax, norms, activations")
 
 
 def _info_json(file: str, s, meta: dict, rows: list | None) -> None:
@@ -490,6 +529,8 @@ def eval_(model_path, data, subset, limit, beam_size, language, task, cache, jso
     click.echo(f"RTF            {r.rtf:.3f} (compute {r.compute_seconds:.1f} s)")
     click.echo(f"load time      {load_s:.2f} s")
     click.echo(f"peak RSS       {r.peak_rss_mb:.0f} MiB")
+    click.echo(f"MACs/s audio   {r.macs_per_audio_second / 1e9:.3f} G (measured)")
+    click.echo(f"bit-ops/s      {r.bitops_per_audio_second / 1e12:.3f} T (MACs x weight bits x activation bits)")
     if json_path:
         out = {
             "model": os.path.basename(model_path),
@@ -502,6 +543,10 @@ def eval_(model_path, data, subset, limit, beam_size, language, task, cache, jso
             "rtf": r.rtf,
             "load_seconds": load_s,
             "peak_rss_mb": r.peak_rss_mb,
+            "macs_per_audio_second": r.macs_per_audio_second,
+            "bitops_per_audio_second": r.bitops_per_audio_second,
+            "macs_by_part": r.counts.macs,
+            "bitops_by_part": r.counts.bitops,
             "options": opts,
             "utterances": r.hypotheses,
         }

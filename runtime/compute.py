@@ -12,6 +12,11 @@ projection and positional convolution), the attention projections (q, k, v, out)
 its MACs x weight bits x activation bits: stored code bits for a quantized weight, 32 for a float one (the runtime
 computes in float32 whatever the storage), the activation spec's bits for a quantized input, 32 otherwise; the
 attention scores are float x float (32 x 32).
+
+Not counted: Whisper's log-mel features (runtime/mel.py: an FFT and the mel filterbank product). They are
+feature extraction, fixed by the preprocessing config whatever the model's size or quantization, computed before
+the model (Wav2Vec2 has no counterpart: it takes samples), and small beside the encoder: the filterbank is
+n_mels x 201 MACs per 10-ms frame (80 x 201 x 100 = 1.6 M per second, under 0.1 % of tiny.en's encoder).
 """
 
 from __future__ import annotations
@@ -92,6 +97,11 @@ class Counts:
 # -- instrumentation ------------------------------------------------------------------------------------------
 
 _open_counts: list[Counts] = []  # the counts of the open count_macs() blocks, innermost last
+
+
+def counting() -> bool:
+    """Whether a count_macs() block is open (callers skip preparing a record's arguments otherwise)."""
+    return bool(_open_counts)
 
 
 def record(part: str, macs: int, weight_bits: int = FLOAT_BITS, act_bits: int = FLOAT_BITS) -> None:

@@ -151,3 +151,30 @@ def languages(meta: dict) -> Languages | None:
     names = meta_map(gen, "languages") or {}
     codes = [t[2:-2] for t in sorted(ids, key=ids.__getitem__) if isinstance(t, str) and t[:2] + t[-2:] == "<||>"]
     return Languages(True, {c: str(names.get(c, c)) for c in codes})
+
+
+def compute_report(f: WqFile) -> dict[str, Any]:
+    """`wavq info --compute`: compute.summary of the file (MACs and bit-operations by part per 30-s window and per
+    decoded token, weight bytes, peak activation bytes, integer products), plus MACs and bit-operations per
+    second of audio (the window's work over its length; for Whisper the decoder's per-token work comes on top)
+    and which operations run on integer codes and which in float."""
+    from . import compute
+
+    report = compute.summary(f.meta, compute.table_from_file(f))
+    seconds = report["window_seconds"]
+    window = report["per_window"]
+    report["per_audio_second"] = {
+        "macs": {part: macs / seconds for part, macs in window["macs"].items()},
+        "bitops": {part: bits / seconds for part, bits in window["bitops"].items()},
+    }
+    integer = set(report["integer_products"])
+    report["float_products"] = sorted(
+        {compute.part_of(n) for n, t in compute.table_from_file(f).items() if _is_product(n, t) and n not in integer}
+        | {compute.ATTENTION_SCORES}
+    )
+    return report
+
+
+def _is_product(name: str, cost) -> bool:
+    """A weight some matrix product multiplies (matrices and convolution kernels, position tables excepted)."""
+    return len(cost.shape) >= 2 and "embed_positions" not in name and name.endswith(".weight")

@@ -1,5 +1,6 @@
 """Numpy building blocks shared by the runtime models: every matrix product of Whisper and Wav2Vec2 runs through
 `linear`, `attention` or `conv1d` here, so counting or replacing the arithmetic means changing these three.
+Each records its multiply-accumulates with compute.record (a no-op unless a compute.count_macs() block is open).
 
 Shapes: T = time, C = channels, D = model width, H = heads, hd = head width.
 """
@@ -12,7 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..formats.codecs import rotate_columns
+from ..formats.activation import ActivationSpec
+from ..formats.codecs import QuantizedTensor, rotate_columns
+from . import compute
+from .intlinear import int_linear
 from .weights import Weights
 
 Activation = Callable[[np.ndarray], np.ndarray]
@@ -28,13 +32,17 @@ ATTENTION_SCORE_BYTES = 64 << 20  # float32 attention scores computed at once (a
 @dataclasses.dataclass(frozen=True)
 class Linear:
     """One Hugging Face Linear ready to multiply: `weight` is W (out, in), or the stored V = W R when `rotation`
-    is set (SPEC.md 5.4), in which case the inputs are rotated instead (x W^T = (x R) V^T)."""
+    is set (SPEC.md 5.4), in which case the inputs are rotated instead (x W^T = (x R) V^T). A weight with an
+    activation spec (SPEC.md 5.5) carries its stored `codes` instead and multiplies on the integer path."""
 
     name: str  # state_dict name of the weight, e.g. "model.decoder.layers.0.fc1.weight"
-    weight: np.ndarray
+    weight: np.ndarray | None  # None on the integer path
     bias: np.ndarray | None
     input_scale: np.ndarray | None  # activation-aware quantization's unfolded per-input-channel scale
     rotation: int = 0
+    weight_bits: int = compute.FLOAT_BITS  # stored code bits (compute accounting)
+    act: ActivationSpec | None = None  # set: the input is quantized and multiplied as integer codes
+    codes: QuantizedTensor | None = None  # the stored weight, for the integer path
 
     @classmethod
     def load(cls, w: Weights, prefix: str, n_rows: int | None = None, *, bias: bool = True) -> Linear:
@@ -44,30 +52,46 @@ class Linear:
         step) and weights that are not cached (`Weights.uncached_rotation`); otherwise W itself is used.
         """
         name = prefix + ".weight"
+        b = w.get(prefix + ".bias") if bias else None
+        scale = w.get(prefix + ".input_scale")
+        act = w.activation(name)
+        if act is not None:
+            return cls(name, None, b, scale, 0, w.bits(name), act, w.codes(name))
         block = w.uncached_rotation(name)
         if block and n_rows is not None and n_rows < w.shape(name)[0]:
             weight = w.stored(name)
         else:
             weight, block = w[name], 0
-        return cls(
-            name,
-            weight,
-            w.get(prefix + ".bias") if bias else None,
-            w.get(prefix + ".input_scale"),
-            block,
-        )
+        return cls(name, weight, b, scale, block, w.bits(name))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return apply_linear(self, x)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out, in) of the product."""
+        if self.codes is not None:
+            return self.codes.shape[0], int(np.prod(self.codes.shape[1:]))
+        assert self.weight is not None  # one of the two is always set (load)
+        return self.weight.shape[0], self.weight.shape[-1]
 
 
 def apply_linear(layer: Linear, x: np.ndarray) -> np.ndarray:
     """x @ W.T + b: the one place where an input meets a named weight."""
     if layer.input_scale is not None:
         x = x / layer.input_scale
-    if layer.rotation:
-        x = rotate_columns(x.reshape(-1, x.shape[-1]), layer.rotation).reshape(x.shape)
-    y = x @ layer.weight.T
+    if compute.counting():
+        out_features, in_features = layer.shape
+        act_bits = compute.FLOAT_BITS if layer.act is None else layer.act.bits
+        macs = (x.size // x.shape[-1]) * out_features * in_features
+        compute.record(compute.part_of(layer.name), macs, layer.weight_bits, act_bits)
+    if layer.act is not None and layer.codes is not None:  # integer codes x integer codes (intlinear.py)
+        y = int_linear(x, layer.codes, layer.act)
+    else:
+        assert layer.weight is not None
+        if layer.rotation:
+            x = rotate_columns(x.reshape(-1, x.shape[-1]), layer.rotation).reshape(x.shape)
+        y = x @ layer.weight.T
     if layer.bias is not None:
         y += layer.bias
     return y
@@ -84,14 +108,14 @@ def linear(w: Weights, prefix: str, x: np.ndarray, *, bias: bool = True, block_b
     name = prefix + ".weight"
     out_rows = w.shape(name)[0]
     step = out_rows if block_bytes is None else max(1, block_bytes // (4 * int(np.prod(w.shape(name)[1:]))))
-    if w.cache or step >= out_rows:
+    if w.cache or step >= out_rows or w.activation(name) is not None:  # integer codes are small: no blocks
         return apply_linear(Linear.load(w, prefix, rows, bias=bias), x)
     scale = w.get(prefix + ".input_scale")
     b = w.get(prefix + ".bias") if bias else None
     out = np.empty(x.shape[:-1] + (out_rows,), dtype=np.float32)
     for s in range(0, out_rows, step):
         e = min(out_rows, s + step)
-        part = Linear(name, w.rows(name, s, e), None if b is None else b[s:e], scale)
+        part = Linear(name, w.rows(name, s, e), None if b is None else b[s:e], scale, weight_bits=w.bits(name))
         out[..., s:e] = apply_linear(part, x)
     return out
 
@@ -225,10 +249,18 @@ def activation(name: str) -> Activation:
 
 
 def conv1d(
-    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, stride: int = 1, padding: int = 0, groups: int = 1
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+    weight_bits: int = compute.FLOAT_BITS,
 ) -> np.ndarray:
     """torch conv1d, (C_in, N) -> (C_out, T) with T = (N + 2 padding - K) // stride + 1, as one im2col matmul per
-    group (an einsum is ~15x slower on Wav2Vec2's 1-channel first layer, which sees every sample)."""
+    group (an einsum is ~15x slower on Wav2Vec2's 1-channel first layer, which sees every sample). Every
+    convolution is part of the front end; `weight_bits` are the stored bits of `weight` (compute accounting)."""
     if padding:
         x = np.pad(x, ((0, 0), (padding, padding)))
     _, n = x.shape
@@ -238,6 +270,7 @@ def conv1d(
     out = np.empty((c_out, max(t_out, 0)), dtype=np.float32)
     if t_out <= 0:
         return out
+    compute.record(compute.FRONT_END, t_out * weight.size, weight_bits)
     for g in range(groups):
         xg = x[g * c_per_group : (g + 1) * c_per_group]
         cols = np.lib.stride_tricks.as_strided(  # (Cg, K, T) view -> (Cg*K, T) copy
@@ -267,6 +300,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     v = np.ascontiguousarray(v)
     tq, tk = q.shape[-2], kt.shape[-1]
     stack = int(np.prod(np.broadcast_shapes(q.shape[:-2], kt.shape[:-2])))
+    compute.record(compute.ATTENTION_SCORES, 2 * stack * tq * tk * q.shape[-1])  # q k^T and p v, float x float
     block = max(1, ATTENTION_SCORE_BYTES // (4 * stack * tk))
     if block >= tq:
         return _attend(q, kt, v, mask)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import ops
+from . import compute, ops
 from .audio import SAMPLE_RATE, load_audio
 from .config import Wav2Vec2Dims, wav2vec2_config
 from .tokenizer import CTCDecoder
@@ -166,10 +166,10 @@ class Wav2Vec2CTCModel:
             h[~valid] = 0.0  # padded frames enter the positional convolution as zeros
         h = self.encoder(h, lengths)  # (B, T, D)
         head = ops.Linear.load(self.weights, "lm_head")
-        return _rowwise(head, h, head.weight.shape[0])  # (B, T, V)
+        return _rowwise(head, h, head.shape[0])  # (B, T, V)
 
     def _conv_layers(self) -> list[tuple]:
-        """(weight, bias, stride, (norm weight, norm bias) | None) per feature-encoder conv layer."""
+        """(weight, bias, stride, (norm weight, norm bias) | None, stored bits) per feature-encoder conv layer."""
         d, w = self.dims, self.weights
         p = f"{d.prefix}.feature_extractor.conv_layers"
         layers = []
@@ -177,7 +177,8 @@ class Wav2Vec2CTCModel:
             norm = None
             if d.feat_extract_norm == "layer" or i == 0 and d.feat_extract_norm == "group":
                 norm = (w[f"{p}.{i}.layer_norm.weight"], w[f"{p}.{i}.layer_norm.bias"])
-            layers.append((w[f"{p}.{i}.conv.weight"], w.get(f"{p}.{i}.conv.bias"), d.conv_stride[i], norm))
+            name = f"{p}.{i}.conv.weight"
+            layers.append((w[name], w.get(f"{p}.{i}.conv.bias"), d.conv_stride[i], norm, w.bits(name)))
         return layers
 
     def feature_encoder(
@@ -195,8 +196,8 @@ class Wav2Vec2CTCModel:
 
         def run(segment: np.ndarray) -> np.ndarray:
             h = segment[None, :]  # (1, n)
-            for weight, bias, stride, norm in layers:
-                h = ops.conv1d(h, weight, bias, stride=stride)  # (C_i, t_i)
+            for weight, bias, stride, norm, bits in layers:
+                h = ops.conv1d(h, weight, bias, stride=stride, weight_bits=bits)  # (C_i, t_i)
                 if norm is not None and d.feat_extract_norm == "layer":  # LayerNorm over channels, per frame
                     h = np.ascontiguousarray(ops.layer_norm(h.T, norm[0], norm[1], TORCH_NORM_EPS).T)
                 elif norm is not None and group_stats is not None:  # one group per channel, whole-row statistics
@@ -217,13 +218,13 @@ class Wav2Vec2CTCModel:
     def _conv0_statistics(x: np.ndarray, layer, chunk: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and 1/sqrt(var + eps) of conv layer 0's output over the whole row, accumulated over
         chunks of `chunk` output frames (Chan et al.'s pairwise update, in float64)."""
-        weight, bias, stride, _ = layer
+        weight, bias, stride, _, bits = layer
         k = weight.shape[-1]
         total = (x.shape[0] - k) // stride + 1
         count, mean, m2 = 0, np.zeros(weight.shape[0]), np.zeros(weight.shape[0])
         for a in range(0, total, chunk):
             b = min(a + chunk, total)
-            y = ops.conv1d(x[None, a * stride : (b - 1) * stride + k], weight, bias, stride=stride)  # (C, b-a)
+            y = ops.conv1d(x[None, a * stride : (b - 1) * stride + k], weight, bias, stride=stride, weight_bits=bits)
             n_c = y.shape[1]
             mean_c = y.mean(axis=1, dtype=np.float64)
             y -= mean_c.astype(np.float32)[:, None]  # centred per chunk, so float32 squares lose nothing material
@@ -252,11 +253,10 @@ class Wav2Vec2CTCModel:
         p = f"{d.prefix}.encoder.pos_conv_embed"
         act = ops.activation(d.feat_extract_activation)
         if d.pos_conv_stack:
-            convs = [
-                (w[f"{p}.layers.{i}.conv.weight"], w.get(f"{p}.layers.{i}.conv.bias")) for i in range(d.pos_conv_layers)
-            ]
+            prefixes = [f"{p}.layers.{i}.conv" for i in range(d.pos_conv_layers)]
         else:
-            convs = [(w[f"{p}.conv.weight"], w.get(f"{p}.conv.bias"))]
+            prefixes = [f"{p}.conv"]
+        convs = [(w[c + ".weight"], w.get(c + ".bias"), w.bits(c + ".weight")) for c in prefixes]
         out = np.empty_like(h)
         for b in range(h.shape[0]):
             x = h[b]  # (T, D)
@@ -264,8 +264,8 @@ class Wav2Vec2CTCModel:
                 scale = w[f"{p}.batch_norm.weight"] / np.sqrt(w[f"{p}.batch_norm.running_var"] + d.batch_norm_eps)
                 x = (x - w[f"{p}.batch_norm.running_mean"]) * scale + w[f"{p}.batch_norm.bias"]
             x = x.T  # (D, T)
-            for weight, bias in convs:
-                x = _same_conv(x, weight, bias, d.pos_conv_groups)  # (D, T)
+            for weight, bias, bits in convs:
+                x = _same_conv(x, weight, bias, d.pos_conv_groups, bits)  # (D, T)
                 if d.pos_conv_stack:
                     x = ops.norm(x.T, TORCH_NORM_EPS).T
                 x = act(x)
@@ -578,7 +578,9 @@ def _equal_length_runs(spans: list, limit: int) -> list[list]:
     return runs
 
 
-def _same_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, groups: int) -> np.ndarray:
+def _same_conv(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, groups: int, weight_bits: int = compute.FLOAT_BITS
+) -> np.ndarray:
     """Conv1d with padding K//2 on both sides and, for even K, the last output frame dropped (SamePad):
     (D, T) -> (D, T). Runs over time blocks so the per-group (C/groups * K, block) im2col copy stays bounded."""
     k = weight.shape[-1]
@@ -588,5 +590,5 @@ def _same_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, group
     block = max(1, IM2COL_ELEMENTS // (weight.shape[1] * k))
     for a in range(0, t, block):
         e = min(a + block, t)
-        out[:, a:e] = ops.conv1d(padded[:, a : e + k - 1], weight, bias, groups=groups)
+        out[:, a:e] = ops.conv1d(padded[:, a : e + k - 1], weight, bias, groups=groups, weight_bits=weight_bits)
     return out

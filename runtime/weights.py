@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..formats import MissingTensorError, WqFile
+from ..formats.activation import ActivationSpec
+from ..formats.codecs import QuantizedTensor
+from .compute import FLOAT_BITS
 
 
 class Weights:
@@ -99,6 +102,21 @@ class Weights:
         (`stored` gives V = W R): the stored rotation when weights are not cached; 0 with cache=True, where the
         cache holds W itself, the rotation undone once on first use."""
         return 0 if self.cache else self.rotation(name)
+
+    def bits(self, name: str) -> int:
+        """Stored code bits of a quantized tensor, else FLOAT_BITS (compute accounting)."""
+        info = None if self._file is None else self._file.info(name)
+        return info.bits if info is not None and info.quantized and info.bits else FLOAT_BITS
+
+    def activation(self, name: str) -> ActivationSpec | None:
+        """How the input of the product with this weight is quantized (SPEC.md 5.5); None: float input."""
+        return None if self._file is None else self._file.info(name).activation
+
+    def codes(self, name: str) -> QuantizedTensor:
+        """The stored codes of a quantized tensor (the integer path multiplies these)."""
+        if self._file is None:
+            raise TypeError(f"{name!r} is a float array, not quantized")
+        return self._file.quantized(name)
 
     def stored(self, name: str) -> np.ndarray:
         """float32 V = W R of a rotated tensor: its dequantized codes before the rotation is undone (not cached)."""

@@ -272,4 +272,5 @@ class WhisperModel:
 
 def _conv(w: Weights, prefix: str, x: np.ndarray, stride: int) -> np.ndarray:
     """Whisper's kernel-3, padding-1 Conv1d: x (C, T) -> (C_out, T // stride)."""
-    return ops.conv1d(x, w[prefix + ".weight"], w[prefix + ".bias"], stride=stride, padding=1)
+    name = prefix + ".weight"
+    return ops.conv1d(x, w[name], w[prefix + ".bias"], stride=stride, padding=1, weight_bits=w.bits(name))

@@ -14,6 +14,10 @@ Stages, each a function from typed inputs to a typed result, composed by quantiz
   assemble    every input tensor in input order: QuantizedTensor for quantized weights, float arrays otherwise
               (modified where AWQ folded a scale into them), plus `<prefix>.input_scale` float32 arrays right
               after their weight where an AWQ scale could not be folded;
+  activations the activation spec of every quantized weight whose input the runtime multiplies as integer codes
+              (Recipe.act_bits: dynamic per-row scales, or with act_static one scale per tensor, MSE-clipped on
+              the inputs the quantized working model sees on the calibration audio; a rotated weight's spec
+              applies to x R); returned in info["activation_specs"], which the exporter pops before the metadata;
   describe    meta["quantization"]: bits per tensor, effective bits per weight, calibration, errors.
 """
 
@@ -24,10 +28,13 @@ import fnmatch
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
 from ...formats import QuantizedTensor
+from ...formats.activation import ActivationSpec
 from ..calibrate import CalibItem
 from ..registry import ConversionError, Exporter, ExportTensor
+from .act import ActRange, observe_inputs, static_spec
 from .fisher import diagonal_fisher, fisher_error
 from .mixed import (
     AllocationError,
@@ -339,4 +346,43 @@ def quantize_tensors(
     tuned = tune_floats(exporter, tensors, quantized, recipe, cal, progress) if plan.tune and cal else NOT_TUNED
     results = {**quantized.results, **tuned.tensors}
     out = assemble(tensors, results, tuned, quantized, cal)
-    return QuantResult(out, describe(sel, specs, results, quantized, tuned, recipe, plan, cal, calib_audio))
+    info = describe(sel, specs, results, quantized, tuned, recipe, plan, cal, calib_audio)
+    if recipe.act_bits is not None:
+        ranges = observe_activations(cal, results) if recipe.act_static and cal is not None else {}
+        info["activation_specs"] = activations(results, recipe, ranges)
+        info["act_static_tensors"] = len(ranges)
+    return QuantResult(out, info)
+
+
+# weights stored quantized that no product multiplies (looked up by position only)
+LOOKUP_ONLY = ("embed_positions",)
+
+
+def activations(
+    results: dict[str, Any], recipe: Recipe, ranges: dict[str, ActRange] | None = None
+) -> dict[str, ActivationSpec]:
+    """The activation spec of every quantized matrix (2-D) weight the runtime multiplies through ops.linear:
+    convolution kernels (3-D, the front end) and position tables keep float inputs. A weight with an observed
+    range gets a static spec, the others dynamic ones."""
+    if recipe.act_bits is None:
+        return {}
+    bits, ranges = recipe.act_bits, ranges or {}
+    return {
+        name: static_spec(ranges[name], bits) if name in ranges else ActivationSpec(bits)
+        for name, qt in results.items()
+        if isinstance(qt, QuantizedTensor)
+        and len(qt.shape) == 2
+        and not any(part in name.split(".") for part in LOOKUP_ONLY)
+    }
+
+
+def observe_activations(cal: Calibration, results: dict[str, QuantizedTensor]) -> dict[str, ActRange]:
+    """|x| histograms of the inputs of every quantized linear weight the calibration reaches, over a forward
+    pass of the working model (its weights as quantized) on every calibration utterance; rotated weights see x R."""
+    targets = cal.targets
+    modules = {n: targets[n].module for n, qt in results.items() if n in targets and len(qt.shape) == 2}
+    rotations = {n: results[n].rotation for n in modules if results[n].rotation}
+    with torch.no_grad(), observe_inputs(modules, rotations) as ranges:
+        for loss in cal.losses(cal.model, cal.batches):
+            loss()
+    return {n: r for n, r in ranges.items() if r.n}

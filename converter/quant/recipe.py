@@ -101,6 +101,11 @@ class Recipe:
     tune_epochs: int = DEFAULT_TUNE_EPOCHS  # passes of the tune stage (methods with "+tune")
     # also quantize each weight under a block Hadamard rotation (rotate.py) and keep the smaller output error
     rotate: bool = False
+    # activation bits of every quantized linear weight's input (dynamic per-row scale; rotated weights quantize
+    # x R, QuaRot-style); None: float inputs
+    act_bits: int | None = None
+    # static per-tensor activation scales (MSE clip on the calibration audio's inputs) instead of dynamic ones
+    act_static: bool = False
 
     def __post_init__(self) -> None:
         plan = parse_method(self.method, self.clip)
@@ -154,6 +159,14 @@ class Recipe:
             raise ValueError("method 'none' exports float weights; there is nothing to rotate")
         if self.tune_epochs < 1:
             raise ValueError(f"tune epochs must be >= 1, got {self.tune_epochs}")
+        if self.act_bits is not None and not MIN_BITS <= self.act_bits <= MAX_BITS:
+            raise ValueError(f"activation bits must be {MIN_BITS}..{MAX_BITS}, got {self.act_bits}")
+        if self.act_static and self.act_bits is None:
+            raise ValueError("static activation scales need activation bits (--act-bits)")
+        if self.act_static and plan is not None and plan.awq:
+            raise ValueError("static activation scales are observed without AWQ's input scales: not with AWQ")
+        if self.act_bits is not None and plan is None:
+            raise ValueError("activation quantization needs quantized weights (integer codes to multiply)")
 
     @classmethod
     def from_options(cls, *, method: str = "rtn", bits: int | None = None, keep: Iterable = (), **kwargs) -> Recipe:
@@ -177,7 +190,9 @@ class Recipe:
         """True when calibration audio, if given, changes the result (adds clip search and mixed precision,
         which fall back to weight-error objectives without it)."""
         plan = self.plan
-        return self.needs_calibration or (plan is not None and (plan.clip or self.target_bpw is not None))
+        return self.needs_calibration or (
+            plan is not None and (plan.clip or self.target_bpw is not None or self.act_static)
+        )
 
     def keep_bits(self, name: str) -> int | None:
         """Pinned bits for a tensor name (the last matching --keep pattern wins), or None."""
@@ -206,4 +221,9 @@ class Recipe:
             "outlier_columns": self.outlier_columns,
             **({"tune_epochs": self.tune_epochs} if self.plan is not None and self.plan.tune else {}),
             **({"rotate": True} if self.rotate else {}),
+            **(
+                {"act_bits": self.act_bits, "act_scale": "static" if self.act_static else "dynamic"}
+                if self.act_bits is not None
+                else {}
+            ),
         }

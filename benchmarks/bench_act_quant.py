@@ -1,0 +1,169 @@
+"""Activation quantization on tiny.en: weight-only rows next to W8A8, W4A8, W4A6, W4A4 (dynamic per-token
+activations, integer products in the runtime), with WER measured by the numpy runtime itself (`evaluate`, the
+code behind `wavq eval`) so the integer path is what is measured, and the runtime's counted MACs and
+bit-operations per second of audio. Writes benchmarks/results/act_quant.md and .json.
+
+    nice -n 10 python benchmarks/bench_act_quant.py --data ../shared/librispeech --subset train-clean-100 \\
+        --limit 20 --workdir /tmp/wavq-act
+
+Every row is stored in <workdir>/results.json as soon as it is measured (an interrupted run resumes); --rows
+selects rows by label. Rounding is RTN (group 128): no calibration audio is used, so any LibriSpeech subset is
+held out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from click.testing import CliRunner  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import machine, versions  # noqa: E402
+
+from wavq.converter.cli import main as convert_main  # noqa: E402
+from wavq.evaluation import evaluate  # noqa: E402
+from wavq.evaluation.datasets import find_utterances  # noqa: E402
+from wavq.formats import WqFile  # noqa: E402
+from wavq.runtime import compute, load  # noqa: E402
+from wavq.runtime.info import summarize  # noqa: E402
+
+MODEL = "openai/whisper-tiny.en"
+MAX_NEW_TOKENS = 128
+FLOAT_BITOPS_PER_MAC = compute.FLOAT_BITS * compute.FLOAT_BITS
+# label -> wavq-convert options (f32: no options)
+ROWS: dict[str, list[str]] = {
+    "f32": [],
+    "W8": ["--bits", "8"],
+    "W8A8": ["--bits", "8", "--act-bits", "8"],
+    "W4": ["--bits", "4"],
+    "W4A8": ["--bits", "4", "--act-bits", "8"],
+    "W4A6": ["--bits", "4", "--act-bits", "6"],
+    "W4A4": ["--bits", "4", "--act-bits", "4"],
+    "W4A4 rotate": ["--bits", "4", "--act-bits", "4", "--rotate"],
+}
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def convert(label: str, workdir: str) -> str:
+    path = os.path.join(workdir, label.replace(" ", "_") + ".wq")
+    if not os.path.exists(path):
+        r = CliRunner().invoke(convert_main, [MODEL, "-o", path, "-q", *ROWS[label]])
+        if r.exit_code != 0:
+            raise SystemExit(f"{label}: conversion failed: {r.output}")
+    return path
+
+
+def measure(label: str, path: str, utts) -> dict:
+    with WqFile(path) as f:
+        s = summarize(f)
+        act = f.meta.get("quantization", {}).get("act_bits")
+    r = evaluate(load(path), utts, {"max_new_tokens": MAX_NEW_TOKENS})
+    return {
+        "label": label,
+        "options": ROWS[label],
+        "bits_per_weight": s.quantized_bpw if s.n_quantized else 32.0,
+        "act_bits": act or 32,
+        "wer": r.wer,
+        "n_words": r.n_words,
+        "audio_seconds": r.audio_seconds,
+        "rtf": r.rtf,
+        "macs_per_audio_second": r.macs_per_audio_second,
+        "bitops_per_audio_second": r.bitops_per_audio_second,
+        "float_bitops_per_audio_second": r.macs_per_audio_second * FLOAT_BITOPS_PER_MAC,
+        "bitops_by_part": r.counts.bitops,
+        "macs_by_part": r.counts.macs,
+    }
+
+
+def table(rows: list[dict], header: dict) -> str:
+    lines = [
+        "# Activation quantization, tiny.en (runtime WER, counted bit-operations)",
+        "",
+        f"Machine: {header['machine']}; {header['versions']}; {header['date']}.",
+        f"Data: {header['data']} ({header['n_utterances']} utterances); greedy, max {MAX_NEW_TOKENS} new tokens.",
+        f"Command: `{header['command']}`",
+        "",
+        "Bit-operations = counted MACs x weight bits x activation bits (attention scores float x float, 32 x 32).",
+        "",
+        "| recipe | bits/weight | act bits | WER % | G MACs/s audio | T bit-ops/s audio | vs f32 x f32 | scores |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = r["bitops_per_audio_second"] / r["float_bitops_per_audio_second"]
+        scores = r["bitops_by_part"][compute.ATTENTION_SCORES] / max(1, sum(r["bitops_by_part"].values()))
+        lines.append(
+            f"| {r['label']} | {r['bits_per_weight']:.2f} | {r['act_bits']} | {100 * r['wer']:.2f} | "
+            f"{r['macs_per_audio_second'] / 1e9:.3f} | {r['bitops_per_audio_second'] / 1e12:.3f} | 1/{1 / ratio:.1f} | "
+            f"{100 * scores:.0f} % |"
+        )
+    return "\n".join(lines + targets({r["label"]: r for r in rows})) + "\n"
+
+
+# (quantized row, its weight-only row, largest WER increase in percentage points)
+WER_TARGETS = (("W8A8", "W8", 0.2), ("W4A8", "W4", 0.5))
+BITOPS_TARGET = ("W4A8", 30)  # at most 1/30 of the f32 x f32 bit-operations per second of audio
+
+
+def targets(rows: dict[str, dict]) -> list[str]:
+    out = ["", "Targets:", ""]
+    for label, base, limit in WER_TARGETS:
+        if label in rows and base in rows:
+            delta = 100 * (rows[label]["wer"] - rows[base]["wer"])
+            verdict = "met" if delta <= limit else "NOT met"
+            out.append(f"- {label} within +{limit} WER of {base}: {delta:+.2f} points, {verdict}.")
+    label, factor = BITOPS_TARGET
+    if label in rows:
+        r = rows[label]
+        ratio = r["float_bitops_per_audio_second"] / r["bitops_per_audio_second"]
+        scores = r["bitops_by_part"][compute.ATTENTION_SCORES] / sum(r["bitops_by_part"].values())
+        verdict = "met" if ratio >= factor else "NOT met"
+        out.append(
+            f"- {label} bit-operations at most 1/{factor} of f32 x f32: 1/{ratio:.1f}, {verdict}; the float x float "
+            f"attention score products are {100 * scores:.0f} % of its bit-operations."
+        )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="LibriSpeech-layout directory")
+    ap.add_argument("--subset", default=None, help="subset folder under --data, e.g. train-clean-100")
+    ap.add_argument("--limit", type=int, default=None, help="first N utterances by id")
+    ap.add_argument("--workdir", required=True, help="converted models and results.json")
+    ap.add_argument("--rows", nargs="*", default=list(ROWS), help="row labels to measure")
+    ap.add_argument("--name", default="act_quant", help="output name under benchmarks/results")
+    args = ap.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    utts = [u for u in find_utterances(args.data, args.subset) if u.text is not None]
+    utts = utts[: args.limit] if args.limit else utts
+    store = os.path.join(args.workdir, "results.json")
+    done = json.load(open(store)) if os.path.exists(store) else {}
+    for label in args.rows:
+        if label not in done:
+            done[label] = measure(label, convert(label, args.workdir), utts)
+            with open(store, "w") as f:
+                json.dump(done, f, indent=1)
+            print(f"{label}: WER {100 * done[label]['wer']:.2f} %", file=sys.stderr, flush=True)
+    header = {
+        "machine": machine(),
+        "versions": versions(),
+        "date": datetime.date.today().isoformat(),
+        "data": os.path.join(os.path.basename(os.path.normpath(args.data)), args.subset or ""),
+        "n_utterances": len(utts),
+        "command": "python benchmarks/bench_act_quant.py " + " ".join(sys.argv[1:]),
+    }
+    rows = [done[label] for label in ROWS if label in done]
+    with open(os.path.join(RESULTS, args.name + ".json"), "w") as f:
+        json.dump({"header": header, "rows": rows}, f, indent=1)
+    with open(os.path.join(RESULTS, args.name + ".md"), "w") as f:
+        f.write(table(rows, header))
+
+
+if __name__ == "__main__":
+    main()

@@ -259,15 +259,30 @@ class WhisperModel:
         return decoding.windows(len(audio), self.n_samples)
 
     @overload
-    def transcribe(self, audio: list | tuple, **options: Any) -> list[Transcription]: ...
+    def transcribe(
+        self, audio: list | tuple, *, sample_rate: int | None = None, **options: Any
+    ) -> list[Transcription]: ...
 
     @overload
-    def transcribe(self, audio: str | os.PathLike | np.ndarray, **options: Any) -> Transcription: ...
+    def transcribe(
+        self, audio: str | os.PathLike | np.ndarray, *, sample_rate: int | None = None, **options: Any
+    ) -> Transcription: ...
 
-    def transcribe(self, audio, **options):
-        """Text of `audio` (path, array at the model's rate, or a list of them -> list); options: DecodingOptions."""
-        options.setdefault("task", "transcribe")
-        return decoding.transcribe(self, audio, decoding.DecodingOptions(**options))
+    def transcribe(self, audio, *, sample_rate=None, **options):
+        """Text of `audio`: a path, an array, or a list of them (-> list of results).
+
+        An array is taken to be at `sample_rate` Hz and resampled to the model's rate; with no `sample_rate` it
+        must already be at the model's rate (16 kHz), as before. Options (`decoding.TranscriptionOptions`, with
+        openai-whisper's defaults): language, task, beam_size, length_penalty, temperature (fallback schedule),
+        compression_ratio_threshold, logprob_threshold, no_speech_threshold, condition_on_previous_text,
+        initial_prompt, word_timestamps, vad, without_timestamps, max_new_tokens, seed.
+
+        Audio longer than one window goes through openai-whisper's seek loop with timestamps; a single window is
+        decoded as transformers' short-form generate does (no timestamps, no fallback), so its text equals
+        `generate` token for token, unless `without_timestamps=False`, `word_timestamps` or `initial_prompt`
+        ask for the seek loop. `without_timestamps=True` decodes equal windows without timestamps instead.
+        """
+        return decoding.transcribe(self, audio, decoding.TranscriptionOptions(**options), sample_rate)
 
 
 def _conv(w: Weights, prefix: str, x: np.ndarray, stride: int) -> np.ndarray:

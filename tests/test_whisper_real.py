@@ -164,7 +164,7 @@ def test_long_audio_is_transcribed_completely(tiny, dev_clean):
     gap = np.zeros(8000, dtype=np.float32)  # 0.5 s of silence between utterances
     audio = np.concatenate([np.concatenate([_read(u.path), gap]) for u in utts])
     assert len(audio) > 30 * 16000
-    result = model.transcribe(audio)
+    result = model.transcribe(audio, without_timestamps=True)  # equal windows; the seek loop: test_longform.py
     assert len(result.segments) == len(model.windows(audio)) >= 2
     ref = _norm(" ".join(u.text for u in utts))
     assert jiwer.wer(ref, _norm(result.text)) <= LONG_WER_MAX

@@ -23,6 +23,7 @@ from .config import TASKS, WhisperGeneration
 from .mel import log_mel_spectrogram
 from .ops import log_softmax
 from .timestamps import TimestampRules
+from .timing import assign_words, find_alignment
 from .transcribe import (
     COMPRESSION_RATIO_THRESHOLD,
     LOGPROB_THRESHOLD,
@@ -568,7 +569,7 @@ class LongForm:
             eot=model.eot,
             options=self.options.seek_loop(),
             initial_prompt_tokens=prompt,
-            align_words=None,
+            align_words=self.align_words if self.options.word_timestamps else None,
         )
         result.text = result.text.strip()
         result.language = _language_or_none(model, dataclasses.replace(self.options, language=self.decoding.language))
@@ -602,3 +603,33 @@ class LongForm:
         result = decode_audio_features(model, cross, options, self.rng)
         no_speech = 0.0 if result.no_speech_prob is None else result.no_speech_prob
         return WindowDecoding(result.tokens, result.avg_logprob, no_speech, temperature)
+
+    def align_words(
+        self, segments: list[Segment], mel_segment: np.ndarray, num_frames: int, time_offset: float, last_speech: float
+    ) -> None:
+        """openai-whisper's add_word_timestamps for one window: the window's text teacher-forced once more after
+        <|notimestamps|>, DTW over the alignment heads' cross-attention, words put into the segments."""
+        from .whisper import CrossScores  # whisper.py imports this module
+
+        model, eot = self.model, self.model.eot
+        text_tokens = [t for s in segments for t in s.tokens or () if t < eot]
+        plain = dataclasses.replace(self.decoding, without_timestamps=True, previous=(), temperature=0.0)
+        sot_sequence = build_prompt(model, plain)[:-1]  # without <|notimestamps|>
+        sequence = [*sot_sequence, model.no_timestamps, *text_tokens, eot]
+        scores = CrossScores(model.generation.alignment_heads)
+        model.decoder_step(np.array([sequence]), model.new_state(1, len(sequence)), self.cross(mel_segment), scores)
+        assert scores.hidden is not None
+        text_logits = model.logits(scores.hidden[len(sot_sequence) : len(sot_sequence) + len(text_tokens)])[:, :eot]
+        probs = np.exp(log_softmax(text_logits.astype(np.float32)))
+        token_probs = probs[np.arange(len(text_tokens)), text_tokens]
+        alignment = find_alignment(
+            scores.stacked(),
+            len(sot_sequence),
+            text_tokens,
+            token_probs,
+            num_frames,
+            model.tokenizer.token_bytes,
+            eot,
+            language=self.decoding.language,
+        )
+        assign_words(segments, alignment, time_offset, last_speech, eot)

@@ -1,9 +1,14 @@
-"""Decoding for Whisper: prompts, language detection, logit filters, greedy and beam search, short-form transcription.
+"""Decoding for Whisper: prompts, language detection, logit filters, greedy, sampling and beam search, transcription.
 
-Follows transformers' WhisperForConditionalGeneration.generate() for short-form audio: the same prompt (start of
-transcript, language, task, <|notimestamps|>), the same suppressed tokens, language detection, max length and beam
-search, so tokens match transformers at f32. Audio longer than one window is cut into equal windows of at most one
-window, decoded one after the other without conditioning on the previous window's text (no timestamp seeking).
+`decode` follows transformers' WhisperForConditionalGeneration.generate() for short-form audio: the same prompt
+(start of transcript, language, task, <|notimestamps|>), the same suppressed tokens, language detection, max length
+and beam search, so tokens match transformers at f32. With `without_timestamps=False` it adds what the long-form
+seek loop needs: timestamp tokens (TimestampRules), sampling at a temperature, the earlier text as a prompt, the
+chosen tokens' log-probability and P(<|nospeech|>).
+
+`transcribe` runs openai-whisper's seek loop (runtime/transcribe.py) over audio of any length by default, with
+optional word timestamps (cross-attention DTW, runtime/timing.py) and VAD (runtime/vad.py); `without_timestamps=True`
+keeps the earlier equal-window short-form decoding.
 
 The model is used only through its narrow interface (`WhisperModel.cross_kv`, `new_state`, `decoder_step`, and the
 validated `generation` config), so the same decoders serve any model that offers it.
@@ -450,9 +455,9 @@ class TranscriptionOptions:
     initial_prompt: str | None = None
     word_timestamps: bool = False
     vad: bool = False  # skip what runtime/vad.py finds to be non-speech; times stay those of the input
-    # None: timestamps (the seek loop) for audio longer than one window, transformers' short-form for one window;
-    # False: the seek loop for any audio (openai-whisper); True: no timestamps, equal windows decoded independently
-    without_timestamps: bool | None = None
+    # False: openai-whisper's seek loop with timestamps, for any length (so one window gets the fallback and the
+    # silence rules too); True: transformers' short-form generate on equal windows of at most one window
+    without_timestamps: bool = False
     max_new_tokens: int | None = None  # per window; None: up to the decoder's context after the prompt
     seed: int = 0  # of the sampler at temperatures above 0
 
@@ -489,17 +494,14 @@ def _transcribe_one(
     if options.vad:
         timeline = SpeechTimeline(tuple(speech_regions(samples, rate)), rate)
         samples = timeline.gather(samples)
-    timestamps = not options.without_timestamps
-    if options.without_timestamps is None:
-        timestamps = len(samples) > model.n_samples or options.word_timestamps or options.initial_prompt is not None
-    if options.word_timestamps and not timestamps:
-        raise ValueError("word timestamps need the timestamp path: without_timestamps cannot be true")
+    if options.without_timestamps and (options.word_timestamps or options.initial_prompt is not None):
+        raise ValueError("word_timestamps and initial_prompt need timestamps: without_timestamps must be false")
     if len(samples) == 0:
         result = Transcription("", [], _language_or_none(model, options))
-    elif timestamps:
-        result = LongForm(model, options).run(samples)
-    else:
+    elif options.without_timestamps:
         result = _fixed_windows(model, samples, options.decoding())
+    else:
+        result = LongForm(model, options).run(samples)
     if timeline is not None:
         _map_times(result, timeline)
     return result

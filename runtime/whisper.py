@@ -321,10 +321,10 @@ class WhisperModel:
         compression_ratio_threshold, logprob_threshold, no_speech_threshold, condition_on_previous_text,
         initial_prompt, word_timestamps, vad, without_timestamps, max_new_tokens, seed.
 
-        Audio longer than one window goes through openai-whisper's seek loop with timestamps; a single window is
-        decoded as transformers' short-form generate does (no timestamps, no fallback), so its text equals
-        `generate` token for token, unless `without_timestamps=False`, `word_timestamps` or `initial_prompt`
-        ask for the seek loop. `without_timestamps=True` decodes equal windows without timestamps instead.
+        Audio of any length goes through openai-whisper's seek loop with timestamps (temperature fallback, the
+        no-speech rule, segments with real times), as openai-whisper does; on the 60-s test-clean file tiny.en
+        gives transformers' long-form text and segments. `without_timestamps=True` instead decodes equal windows
+        of at most 30 s as transformers' short-form generate does (one window: equal to `generate`).
         """
         return decoding.transcribe(self, audio, decoding.TranscriptionOptions(**options), sample_rate)
 

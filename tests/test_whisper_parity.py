@@ -270,7 +270,7 @@ def test_long_audio_is_cut_into_equal_windows(built, speech):
 
 def test_transcribe_list_and_text(built, speech):
     hf, model, d = built(SPECS[0])
-    results = model.transcribe([speech, speech[:16000]], max_new_tokens=5)
+    results = model.transcribe([speech, speech[:16000]], max_new_tokens=5, without_timestamps=True)
     assert len(results) == 2
     _, tokens = model.generate(model.log_mel(speech), max_new_tokens=5)
     assert results[0].text == model.decode_tokens(tokens).strip()

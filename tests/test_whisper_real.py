@@ -100,7 +100,7 @@ def test_greedy_transcripts_equal_transformers_on_dev_clean(tiny, dev_clean):
         _, tokens = model.generate(model.log_mel(audio))
         assert tokens == ref, utt.id
         assert model.decode_tokens(tokens) == proc.tokenizer.decode(ref, skip_special_tokens=True), utt.id
-    assert model.transcribe(audio).text == model.decode_tokens(tokens).strip()
+    assert model.transcribe(audio, without_timestamps=True).text == model.decode_tokens(tokens).strip()
 
 
 def test_beam_search_equals_transformers(tiny, dev_clean):

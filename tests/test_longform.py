@@ -222,3 +222,26 @@ def test_white_noise_gives_no_text_and_silence_is_flagged(tiny_en):
     result = tiny_en.transcribe(silence)
     assert all(s.no_speech_prob > 0.6 for s in result.segments)
     assert tiny_en.transcribe(silence, vad=True).text == ""
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_temperature_fallback_rescues_a_low_bit_loop(tmp_path, librispeech):
+    """RTN 3-bit tiny.en loops on this dev-clean utterance at temperature 0; the fallback keeps a hotter decoding."""
+    from wavq.converter.quant.recipe import Recipe
+    from wavq.evaluation.datasets import find_utterances
+    from wavq.runtime.audio import load_audio
+    from wavq.runtime.transcribe import COMPRESSION_RATIO_THRESHOLD, compression_ratio
+
+    utt = next(u for u in find_utterances(librispeech("dev-clean"), "dev-clean") if u.id == "2412-153948-0000")
+    try:
+        convert(TINY_EN, str(tmp_path / "q3.wq"), Recipe(method="rtn", bits=3, group_size=128))
+    except OSError:
+        pytest.skip(f"{TINY_EN} is not in the Hugging Face cache")
+    model = load(str(tmp_path / "q3.wq"), cache=True)
+    audio = load_audio(utt.path, RATE)
+    cold = model.transcribe(audio, temperature=0.0)
+    assert compression_ratio(cold.text) > COMPRESSION_RATIO_THRESHOLD
+    rescued = model.transcribe(audio)
+    assert all(s.temperature > 0 for s in rescued.segments)
+    assert compression_ratio(rescued.text) <= COMPRESSION_RATIO_THRESHOLD

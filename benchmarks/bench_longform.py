@@ -1,6 +1,7 @@
 """Word error rate of a .wq model on the long recordings of make_longform.py, one JSON record per (model, file).
 
     python benchmarks/bench_longform.py tiny.en-f32.wq tiny.en-rtn4.wq --label before
+    python benchmarks/bench_longform.py --table > benchmarks/results/longform.md
 
 Each record: label, model file, recording, WER against the concatenated LibriSpeech text, WER against
 transformers' long-form output (the reference JSON), the runtime's segments (start, end, text) and seconds taken.
@@ -25,6 +26,27 @@ from wavq.evaluation import normalizer_for  # noqa: E402
 from wavq.runtime import load  # noqa: E402
 
 RUNS = RESULTS / "runs.jsonl"
+LABELS = {"before": "fixed equal windows, no seeking", "after": "seek loop with timestamps (openai-whisper defaults)"}
+
+
+def table() -> str:
+    """Markdown: WER per recording and model, before and after, from the last record of each (label, model, file)."""
+    last: dict[tuple[str, str, str], dict] = {}
+    for line in RUNS.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        last[(r["recording"], r["model"], r["label"])] = r
+    rows = [
+        "| recording | model | label | WER vs LibriSpeech % | WER vs transformers long-form % | "
+        "transformers long-form WER % | segments | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (rec, model, label), r in sorted(last.items(), key=lambda kv: (kv[1]["duration"], kv[0][1], kv[0][2])):
+        rows.append(
+            f"| {rec} ({r['duration']:.0f} s) | {model} | {label} | {r['wer_librispeech']} | "
+            f"{r['wer_vs_transformers']} | {r['reference_wer_librispeech']} | {len(r['segments'])} | {r['seconds']} |"
+        )
+    legend = "\n".join(f"- {k}: {v}" for k, v in LABELS.items())
+    return "\n".join(rows) + "\n\n" + legend + "\n"
 
 
 def references(model_name: str) -> list[pathlib.Path]:
@@ -37,12 +59,18 @@ def main() -> None:
     import jiwer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="+", help=".wq files")
+    parser.add_argument("models", nargs="*", help=".wq files")
+    parser.add_argument("--table", action="store_true", help="print the markdown table of runs.jsonl and stop")
     parser.add_argument("--checkpoint", default="whisper-tiny.en", help="which references to use")
-    parser.add_argument("--label", required=True, help="e.g. before / after")
+    parser.add_argument("--label", help="e.g. before / after")
     parser.add_argument("--librispeech", default=str(LIBRISPEECH))
     parser.add_argument("--only", help="one recording name suffix, e.g. 60s, 3min, 10min")
     args = parser.parse_args()
+    if args.table:
+        print(table(), end="")
+        return
+    if not args.models or not args.label:
+        parser.error("give .wq files and --label (or --table)")
     norm = normalizer_for("whisper")
     for path in references(args.checkpoint):
         ref = json.loads(path.read_text(encoding="utf-8"))

@@ -11,6 +11,7 @@ filterbank, so the runtime's log-mel features equal WhisperFeatureExtractor's wi
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -170,9 +171,20 @@ class WhisperExporter(Exporter):
             "suppress_tokens": [int(t) for t in suppress],
             "begin_suppress_tokens": [int(t) for t in begin_suppress],
             "max_length": int(get("max_length", c.max_target_positions)),
+            # (decoder layer, head) pairs whose cross-attention follows the audio in time: word timestamps (DTW);
+            # [] when the checkpoint names none (the runtime then uses every head of the upper half of the layers)
+            "alignment_heads": self._alignment_heads(get("alignment_heads") or []),
+            "max_initial_timestamp_index": int(get("max_initial_timestamp_index", 50)),
             "num_beams": int(get("num_beams", 1)),
             "length_penalty": float(get("length_penalty", 1.0)),
         }
+
+    def _alignment_heads(self, heads) -> list[list[int]]:
+        """The configured heads, or [] when any lies outside this model (a generation config of another size)."""
+        c = self.config
+        pairs = [[int(layer), int(head)] for layer, head in heads]
+        inside = all(0 <= la < c.decoder_layers and 0 <= h < c.decoder_attention_heads for la, h in pairs)
+        return pairs if inside else []
 
     # -- tensors ----------------------------------------------------------------------------------------------
     def _named(self) -> Iterator[tuple[str, str]]:
@@ -253,7 +265,20 @@ def tokenizer_meta(tokenizer) -> dict:
         "special": special,
         # every id from eot up (special tokens, language tokens, timestamps) is not text
         "first_special_id": int(special["eot"]),
+        "merges": tokenizer_merges(tokenizer),  # encoding (initial prompts) needs them; decoding does not
     }
+
+
+def tokenizer_merges(tokenizer) -> list[str]:
+    """BPE merge rules "left right" in rank order (merges.txt without its header): byte-level tokens hold no
+    spaces (GPT-2's alphabet maps the space byte to 'Ġ'), so one space separates the two parts unambiguously."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UnsupportedModelError("the tokenizer has no tokenizers backend to read the BPE merges from")
+    model = json.loads(backend.to_str())["model"]
+    if model.get("type") != "BPE":
+        raise UnsupportedModelError(f"tokenizer model {model.get('type')!r} is not BPE")
+    return [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
 
 
 def _first(v):

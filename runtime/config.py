@@ -27,6 +27,7 @@ MAX_KERNEL = 1 << 12  # samples or frames one convolution kernel spans
 MIN_SAMPLING_RATE = 1_000  # Hz
 MAX_SAMPLING_RATE = 384_000  # Hz: the highest rate audio hardware records; also bounds every resampled buffer
 MAX_WINDOW_S = 120  # seconds of audio in one Whisper window (30 in released models)
+MAX_MERGE_CHARS = 1024  # characters of one BPE merge rule "left right" (released vocabularies: under 130)
 WAV2VEC2_PREFIXES = ("wav2vec2", "hubert", "data2vec_audio")
 TASKS = ("transcribe", "translate")
 _MISSING: Any = object()
@@ -193,6 +194,11 @@ class WhisperGeneration:
     begin_suppress_tokens: tuple[int, ...]
     max_length: int
     length_penalty: float
+    # (decoder layer, head) pairs whose cross-attention follows the audio (word timestamps); files that name none
+    # get openai-whisper's default, every head of the upper half of the decoder layers
+    alignment_heads: tuple[tuple[int, int], ...] = ()
+    max_initial_timestamp_index: int = 50  # timestamp steps the first timestamp of a window may be at most
+    prev_sot_token_id: int | None = None  # <|startofprev|>, which opens a prompt of earlier text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +209,7 @@ class WhisperConfig:
     tokens: tuple[str, ...]  # byte-level BPE token strings by id
     first_special_id: int
     special: dict[str, int]
+    merges: tuple[str, ...] | None = None  # BPE merge rules in rank order; None in files converted before them
 
 
 def whisper_config(w: Weights) -> WhisperConfig:
@@ -219,7 +226,19 @@ def whisper_config(w: Weights) -> WhisperConfig:
     special = tok.id_map("special", dims.n_vocab, {})
     first_special = tok.integer("first_special_id", 0, len(tokens))
     gen = whisper_generation(root.section("generation"), dims)
-    return WhisperConfig(dims, pre, gen, tokens, first_special, special)
+    return WhisperConfig(dims, pre, gen, tokens, first_special, special, _merges(tok, len(tokens)))
+
+
+def _merges(f: Fields, n_tokens: int) -> tuple[str, ...] | None:
+    """The tokenizer's merge rules, each two non-empty parts joined by one space; None when the file has none."""
+    if f.value.get("merges") is None:
+        return None
+    merges = f.strings("merges", n_tokens)
+    for i, m in enumerate(merges):
+        parts = m.split(" ")
+        if len(m) > MAX_MERGE_CHARS or len(parts) != 2 or not all(parts):
+            f.fail(f"is {_short(m)}, not two tokens joined by one space", f"merges[{i}]")
+    return merges
 
 
 def whisper_dims(f: Fields) -> WhisperDims:
@@ -307,6 +326,9 @@ def whisper_generation(f: Fields, d: WhisperDims) -> WhisperGeneration:
         begin_suppress_tokens=f.integers("begin_suppress_tokens", 0, v - 1, v, ()),
         max_length=f.integer("max_length", 0, MAX_POSITIONS, d.n_text_ctx),
         length_penalty=f.number("length_penalty", -1e3, 1e3, 1.0),
+        alignment_heads=_alignment_heads(f, d),
+        max_initial_timestamp_index=f.integer("max_initial_timestamp_index", 0, d.n_audio_ctx, 50),
+        prev_sot_token_id=_optional_id(f, "prev_sot_token_id", v),
     )
     if gen.is_multilingual:
         for task in TASKS:
@@ -315,6 +337,34 @@ def whisper_generation(f: Fields, d: WhisperDims) -> WhisperGeneration:
         if not gen.lang_to_id:
             f.fail("is empty, but is_multilingual is true", "lang_to_id")
     return gen
+
+
+def _alignment_heads(f: Fields, d: WhisperDims) -> tuple[tuple[int, int], ...]:
+    pairs = f._sequence("alignment_heads", f.value.get("alignment_heads") or [], d.decoder_layers * d.decoder_heads)
+    out = []
+    for i, pair in enumerate(pairs):
+        key = f"alignment_heads[{i}]"
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            f.fail(f"is {_short(pair)}, not a [layer, head] pair", key)
+        out.append(
+            (
+                _integer(f, key + "[0]", pair[0], 0, d.decoder_layers - 1),
+                _integer(f, key + "[1]", pair[1], 0, d.decoder_heads - 1),
+            )
+        )
+    if out:
+        return tuple(out)
+    return tuple(
+        (layer, head) for layer in range(d.decoder_layers // 2, d.decoder_layers) for head in range(d.decoder_heads)
+    )
+
+
+def _optional_id(f: Fields, key: str, n_vocab: int) -> int | None:
+    """A token id, or None when absent or negative (the converter writes -1 for a token the tokenizer lacks)."""
+    v = f.value.get(key)
+    if v is None or (isinstance(v, int) and not isinstance(v, bool) and v < 0):
+        return None
+    return f.integer(key, 0, n_vocab - 1)
 
 
 def _languages(f: Fields) -> dict[str, str]:

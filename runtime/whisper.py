@@ -15,7 +15,7 @@ methods of the same names here are shortcuts to it (as openai/whisper binds `dec
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, overload
 
 import numpy as np
@@ -35,7 +35,7 @@ NEG_INF = np.float32(-np.inf)
 
 CrossKV = list[tuple[np.ndarray, np.ndarray]]  # per decoder layer: keys and values (H, n_audio_ctx, hd)
 
-__all__ = ["WhisperDims", "WhisperModel", "DecoderState", "TOKEN_EMBEDDING", "OUTPUT_PROJECTION"]
+__all__ = ["WhisperDims", "WhisperModel", "DecoderState", "CrossScores", "TOKEN_EMBEDDING", "OUTPUT_PROJECTION"]
 
 
 class DecoderState:
@@ -68,6 +68,37 @@ class DecoderState:
         """Copy hypothesis 0 to `batch` rows (after a shared prompt)."""
         self.k = np.repeat(self.k[:, :1], batch, axis=1)
         self.v = np.repeat(self.v[:, :1], batch, axis=1)
+
+
+HeadScores = Callable[[np.ndarray, np.ndarray], None]  # (scaled queries (H, n, hd), keys (H, T, hd)) of one layer
+
+
+class CrossScores:
+    """Collects, in one decoder_step, the cross-attention scores q k^T / sqrt(hd) (before the softmax) of chosen
+    (layer, head) pairs and the final hidden states (n, D) of every position: what word timestamps align with."""
+
+    def __init__(self, heads: Sequence[tuple[int, int]]):
+        self.heads = [(int(layer), int(head)) for layer, head in heads]
+        self.by_layer: dict[int, np.ndarray] = {}  # layer -> (heads of it, n, T)
+        self.hidden: np.ndarray | None = None
+
+    def at(self, layer: int) -> HeadScores | None:
+        picked = [h for la, h in self.heads if la == layer]
+        if not picked:
+            return None
+
+        def keep(q: np.ndarray, k: np.ndarray) -> None:
+            self.by_layer[layer] = q[picked] @ k[picked].transpose(0, 2, 1)
+
+        return keep
+
+    def stacked(self) -> np.ndarray:
+        """(len(heads), n, T) in the order of `heads`."""
+        rows: dict[tuple[int, int], np.ndarray] = {}
+        for layer, scores in self.by_layer.items():
+            for i, head in enumerate(h for la, h in self.heads if la == layer):
+                rows.setdefault((layer, head), scores[i])
+        return np.stack([rows[pair] for pair in self.heads])
 
 
 class WhisperModel:
@@ -177,11 +208,13 @@ class WhisperModel:
         d = self.dims
         return DecoderState(d.decoder_layers, batch, d.decoder_heads, d.d_model // d.decoder_heads, capacity)
 
-    def decoder_step(self, tokens: np.ndarray, state: DecoderState, cross: CrossKV) -> np.ndarray:
+    def decoder_step(
+        self, tokens: np.ndarray, state: DecoderState, cross: CrossKV, scores: CrossScores | None = None
+    ) -> np.ndarray:
         """Feed tokens (B, n) after the `state.length` cached ones; returns logits (B, V) of the last position.
 
-        Word timestamps will need the cross-attention weights of chosen heads: they are the softmax inside
-        `_cross_attention`, which is the one place to return them from.
+        `scores`, when given, collects the cross-attention scores of its heads and every position's final hidden
+        state (word timestamps); without it nothing extra is computed.
         """
         w, d = self.weights, self.dims
         tokens = np.asarray(tokens, dtype=np.int64)
@@ -199,9 +232,16 @@ class WhisperModel:
             x += self._cached_self_attention(
                 p + "self_attn", self._norm(p + "self_attn_layer_norm", x), state, li, mask
             )
-            x += self._cross_attention(p + "encoder_attn", self._norm(p + "encoder_attn_layer_norm", x), cross[li])
+            x += self._cross_attention(
+                p + "encoder_attn",
+                self._norm(p + "encoder_attn_layer_norm", x),
+                cross[li],
+                None if scores is None else scores.at(li),
+            )
             x += self._mlp(p, self._norm(p + "final_layer_norm", x))
         state.length = off + n
+        if scores is not None:
+            scores.hidden = self._norm("model.decoder.layer_norm", x)
         last = x.reshape(b, n, d.d_model)[:, -1]  # (B, D)
         return self.logits(self._norm("model.decoder.layer_norm", last))
 
@@ -223,11 +263,15 @@ class WhisperModel:
         a = ops.attention(q, state.k[layer, :, :, : off + n], state.v[layer, :, :, : off + n], mask)  # (B, H, n, hd)
         return ops.linear(w, prefix + ".out_proj", ops.merge_heads(a).reshape(b * n, -1))
 
-    def _cross_attention(self, prefix: str, x: np.ndarray, kv: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    def _cross_attention(
+        self, prefix: str, x: np.ndarray, kv: tuple[np.ndarray, np.ndarray], keep: HeadScores | None = None
+    ) -> np.ndarray:
         """Attention of x (B*n, D) over the audio: every hypothesis shares it, so all queries stack per head."""
         w, heads = self.weights, self.dims.decoder_heads
         scale = np.float32((x.shape[-1] // heads) ** -0.5)
         q = ops.split_heads(ops.linear(w, prefix + ".q_proj", x) * scale, heads)  # (H, B*n, hd)
+        if keep is not None:
+            keep(q, kv[0])
         return ops.linear(w, prefix + ".out_proj", ops.merge_heads(ops.attention(q, *kv)))
 
     def logits(self, h: np.ndarray) -> np.ndarray:
@@ -259,15 +303,30 @@ class WhisperModel:
         return decoding.windows(len(audio), self.n_samples)
 
     @overload
-    def transcribe(self, audio: list | tuple, **options: Any) -> list[Transcription]: ...
+    def transcribe(
+        self, audio: list | tuple, *, sample_rate: int | None = None, **options: Any
+    ) -> list[Transcription]: ...
 
     @overload
-    def transcribe(self, audio: str | os.PathLike | np.ndarray, **options: Any) -> Transcription: ...
+    def transcribe(
+        self, audio: str | os.PathLike | np.ndarray, *, sample_rate: int | None = None, **options: Any
+    ) -> Transcription: ...
 
-    def transcribe(self, audio, **options):
-        """Text of `audio` (path, array at the model's rate, or a list of them -> list); options: DecodingOptions."""
-        options.setdefault("task", "transcribe")
-        return decoding.transcribe(self, audio, decoding.DecodingOptions(**options))
+    def transcribe(self, audio, *, sample_rate=None, **options):
+        """Text of `audio`: a path, an array, or a list of them (-> list of results).
+
+        An array is taken to be at `sample_rate` Hz and resampled to the model's rate; with no `sample_rate` it
+        must already be at the model's rate (16 kHz), as before. Options (`decoding.TranscriptionOptions`, with
+        openai-whisper's defaults): language, task, beam_size, length_penalty, temperature (fallback schedule),
+        compression_ratio_threshold, logprob_threshold, no_speech_threshold, condition_on_previous_text,
+        initial_prompt, word_timestamps, vad, without_timestamps, max_new_tokens, seed.
+
+        Audio of any length goes through openai-whisper's seek loop with timestamps (temperature fallback, the
+        no-speech rule, segments with real times), as openai-whisper does; on the 60-s test-clean file tiny.en
+        gives transformers' long-form text and segments. `without_timestamps=True` instead decodes equal windows
+        of at most 30 s as transformers' short-form generate does (one window: equal to `generate`).
+        """
+        return decoding.transcribe(self, audio, decoding.TranscriptionOptions(**options), sample_rate)
 
 
 def _conv(w: Weights, prefix: str, x: np.ndarray, stride: int) -> np.ndarray:

@@ -262,7 +262,7 @@ def test_long_audio_is_cut_into_equal_windows(built, speech):
     windows = model.windows(long)
     assert len(windows) == 3 and windows[0][0] == 0 and windows[-1][1] == len(long)
     assert max(e - s for s, e in windows) <= model.n_samples
-    result = model.transcribe(long, max_new_tokens=3)
+    result = model.transcribe(long, max_new_tokens=3, without_timestamps=True)
     assert len(result.segments) == 3
     assert result.segments[-1].end == pytest.approx(len(long) / 16000)
     assert result.language == "en"
@@ -270,7 +270,7 @@ def test_long_audio_is_cut_into_equal_windows(built, speech):
 
 def test_transcribe_list_and_text(built, speech):
     hf, model, d = built(SPECS[0])
-    results = model.transcribe([speech, speech[:16000]], max_new_tokens=5)
+    results = model.transcribe([speech, speech[:16000]], max_new_tokens=5, without_timestamps=True)
     assert len(results) == 2
     _, tokens = model.generate(model.log_mel(speech), max_new_tokens=5)
     assert results[0].text == model.decode_tokens(tokens).strip()

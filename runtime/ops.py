@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..formats.codecs import rotate_columns
+from . import kernel
 from .weights import Weights
 
 Activation = Callable[[np.ndarray], np.ndarray]
@@ -28,13 +29,16 @@ ATTENTION_SCORE_BYTES = 64 << 20  # float32 attention scores computed at once (a
 @dataclasses.dataclass(frozen=True)
 class Linear:
     """One Hugging Face Linear ready to multiply: `weight` is W (out, in), or the stored V = W R when `rotation`
-    is set (SPEC.md 5.4), in which case the inputs are rotated instead (x W^T = (x R) V^T)."""
+    is set (SPEC.md 5.4), in which case the inputs are rotated instead (x W^T = (x R) V^T). With `packed` set
+    (a quantized weight that is not kept, with the compiled kernel) `weight` is None: the kernel multiplies the
+    packed codes and rotates the inputs itself."""
 
     name: str  # state_dict name of the weight, e.g. "model.decoder.layers.0.fc1.weight"
-    weight: np.ndarray
+    weight: np.ndarray | None
     bias: np.ndarray | None
     input_scale: np.ndarray | None  # activation-aware quantization's unfolded per-input-channel scale
     rotation: int = 0
+    packed: kernel.PackedTensor | None = None
 
     @classmethod
     def load(cls, w: Weights, prefix: str, n_rows: int | None = None, *, bias: bool = True) -> Linear:
@@ -44,18 +48,20 @@ class Linear:
         step) and weights that are not cached (`Weights.uncached_rotation`); otherwise W itself is used.
         """
         name = prefix + ".weight"
+        b = w.get(prefix + ".bias") if bias else None
+        packed = w.packed(name)
+        if packed is not None:
+            return cls(name, None, b, w.get(prefix + ".input_scale"), packed=packed)
         block = w.uncached_rotation(name)
         if block and n_rows is not None and n_rows < w.shape(name)[0]:
             weight = w.stored(name)
         else:
             weight, block = w[name], 0
-        return cls(
-            name,
-            weight,
-            w.get(prefix + ".bias") if bias else None,
-            w.get(prefix + ".input_scale"),
-            block,
-        )
+        return cls(name, weight, b, w.get(prefix + ".input_scale"), block)
+
+    @property
+    def out_features(self) -> int:
+        return self.packed.rows if self.packed is not None else self.weight.shape[0]  # type: ignore[union-attr]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return apply_linear(self, x)
@@ -65,9 +71,13 @@ def apply_linear(layer: Linear, x: np.ndarray) -> np.ndarray:
     """x @ W.T + b: the one place where an input meets a named weight."""
     if layer.input_scale is not None:
         x = x / layer.input_scale
-    if layer.rotation:
-        x = rotate_columns(x.reshape(-1, x.shape[-1]), layer.rotation).reshape(x.shape)
-    y = x @ layer.weight.T
+    if layer.packed is not None:
+        y = kernel.matmul(x.reshape(-1, x.shape[-1]), layer.packed).reshape(x.shape[:-1] + (layer.packed.rows,))
+    else:
+        if layer.rotation:
+            x = rotate_columns(x.reshape(-1, x.shape[-1]), layer.rotation).reshape(x.shape)
+        assert layer.weight is not None
+        y = x @ layer.weight.T
     if layer.bias is not None:
         y += layer.bias
     return y
@@ -76,15 +86,15 @@ def apply_linear(layer: Linear, x: np.ndarray) -> np.ndarray:
 def linear(w: Weights, prefix: str, x: np.ndarray, *, bias: bool = True, block_bytes: int | None = None) -> np.ndarray:
     """x (..., in) @ W.T + b for the Linear `prefix` (an optional `{prefix}.input_scale` divides the input first).
 
-    `block_bytes`: when weights are not cached, dequantize the weight at most this many float32 bytes (a block of
-    output rows) at a time, so a large table (Whisper's output embedding) never exists whole; cached weights are
-    multiplied in one call.
+    `block_bytes`: when a weight is neither kept nor multiplied by the compiled kernel, dequantize it at most this
+    many float32 bytes (a block of output rows) at a time, so a large table (Whisper's output embedding) never
+    exists whole; kept weights and the kernel multiply in one call.
     """
     rows = x.size // x.shape[-1]
     name = prefix + ".weight"
     out_rows = w.shape(name)[0]
     step = out_rows if block_bytes is None else max(1, block_bytes // (4 * int(np.prod(w.shape(name)[1:]))))
-    if w.cache or step >= out_rows:
+    if w.keeps(name) or w.packed(name) is not None or step >= out_rows:
         return apply_linear(Linear.load(w, prefix, rows, bias=bias), x)
     scale = w.get(prefix + ".input_scale")
     b = w.get(prefix + ".bias") if bias else None

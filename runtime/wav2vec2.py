@@ -163,7 +163,7 @@ class Wav2Vec2CTCModel:
             h[~valid] = 0.0  # padded frames enter the positional convolution as zeros
         h = self.encoder(h, lengths)  # (B, T, D)
         head = ops.Linear.load(self.weights, "lm_head")
-        return _rowwise(head, h, head.weight.shape[0])  # (B, T, V)
+        return _rowwise(head, h, head.out_features)  # (B, T, V)
 
     def _conv_layers(self) -> list[tuple]:
         """(weight, bias, stride, (norm weight, norm bias) | None) per feature-encoder conv layer."""

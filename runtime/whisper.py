@@ -20,7 +20,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from . import decoding, ops
+from . import decoding, kernel, ops
 from .config import WhisperDims, whisper_config
 from .mel import log_mel_spectrogram
 from .tokenizer import ByteLevelBPEDecoder
@@ -33,7 +33,38 @@ LOGIT_BLOCK_BYTES = 8 << 20  # uncached weights: output-embedding bytes dequanti
 KV_GROWTH = 64  # positions added to the self-attention cache when it fills up
 NEG_INF = np.float32(-np.inf)
 
-CrossKV = list[tuple[np.ndarray, np.ndarray]]  # per decoder layer: keys and values (H, n_audio_ctx, hd)
+# per decoder layer: keys and values (H, n_audio_ctx, hd) shared by every row, or (B, H, n_audio_ctx, hd): one
+# utterance per row of a batch (`stack_cross`)
+CrossKV = list[tuple[np.ndarray, np.ndarray]]
+_PER_WINDOW = ("encoder_attn.k_proj", "encoder_attn.v_proj")  # decoder weights read once per window (cross_kv)
+
+
+def reuse_rank(name: str) -> int | None:
+    """Order in which a memory budget keeps Whisper's tensors dequantized (`Weights.plan`; lower first): what
+    is re-read at every token before what is read once per window. The output embedding is the largest table
+    read per token: without the kernel it comes first (dequantizing it per token costs the most); with the
+    kernel it is never kept, the kernel's product on its packed codes measuring faster than a float32 one."""
+    per_token = name.startswith("model.decoder.") and not any(k in name for k in _PER_WINDOW)
+    if name in (OUTPUT_PROJECTION, TOKEN_EMBEDDING):
+        return None if kernel.available() else 0
+    return 1 if per_token else 2
+
+
+def stack_cross(crosses: Sequence[CrossKV]) -> CrossKV:
+    """One CrossKV with a batch dimension from single-utterance ones: row b of the batch attends to crosses[b]."""
+    return [_batched_kv(np.stack([c[li][0] for c in crosses]), np.stack([c[li][1] for c in crosses]))
+            for li in range(len(crosses[0]))]  # fmt: skip
+
+
+def select_cross(cross: CrossKV, index: np.ndarray) -> CrossKV:
+    """The batch rows `index` of a batched CrossKV (finished utterances leave the batch)."""
+    return [_batched_kv(k[index], v[index]) for k, v in cross]
+
+
+def _batched_kv(k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys as the transposed view of a contiguous (B, H, hd, T) array, the layout attention multiplies by."""
+    return np.ascontiguousarray(np.swapaxes(k, -1, -2)).swapaxes(-1, -2), np.ascontiguousarray(v)
+
 
 __all__ = ["WhisperDims", "WhisperModel", "DecoderState", "TOKEN_EMBEDDING", "OUTPUT_PROJECTION"]
 
@@ -63,6 +94,10 @@ class DecoderState:
         n = self.length
         self.k[:, :, :, :n] = self.k[:, index, :, :n]
         self.v[:, :, :, :n] = self.v[:, index, :, :n]
+
+    def select(self, index: np.ndarray) -> None:
+        """Keep only hypotheses `index` (fewer rows: finished utterances leave a batch)."""
+        self.k, self.v = self.k[:, index], self.v[:, index]
 
     def expand(self, batch: int) -> None:
         """Copy hypothesis 0 to `batch` rows (after a shared prompt)."""
@@ -224,11 +259,16 @@ class WhisperModel:
         return ops.linear(w, prefix + ".out_proj", ops.merge_heads(a).reshape(b * n, -1))
 
     def _cross_attention(self, prefix: str, x: np.ndarray, kv: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """Attention of x (B*n, D) over the audio: every hypothesis shares it, so all queries stack per head."""
+        """Attention of x (B*n, D) over the audio. Shared audio (kv (H, T, hd)): all queries stack per head;
+        batched audio (kv (B, H, T, hd)): each row's queries attend to their own utterance."""
         w, heads = self.weights, self.dims.decoder_heads
         scale = np.float32((x.shape[-1] // heads) ** -0.5)
-        q = ops.split_heads(ops.linear(w, prefix + ".q_proj", x) * scale, heads)  # (H, B*n, hd)
-        return ops.linear(w, prefix + ".out_proj", ops.merge_heads(ops.attention(q, *kv)))
+        q = ops.linear(w, prefix + ".q_proj", x) * scale
+        if kv[0].ndim == 4:
+            b = kv[0].shape[0]
+            a = ops.merge_heads(ops.attention(ops.split_heads(q.reshape(b, -1, q.shape[-1]), heads), *kv))
+            return ops.linear(w, prefix + ".out_proj", a.reshape(x.shape[0], -1))
+        return ops.linear(w, prefix + ".out_proj", ops.merge_heads(ops.attention(ops.split_heads(q, heads), *kv)))
 
     def logits(self, h: np.ndarray) -> np.ndarray:
         """h (B, D) through the output embedding -> (B, V); uncached, a block of its rows at a time."""
@@ -265,8 +305,12 @@ class WhisperModel:
     def transcribe(self, audio: str | os.PathLike | np.ndarray, **options: Any) -> Transcription: ...
 
     def transcribe(self, audio, **options):
-        """Text of `audio` (path, array at the model's rate, or a list of them -> list); options: DecodingOptions."""
+        """Text of `audio` (path, array at the model's rate, or a list of them -> list); options: DecodingOptions,
+        and for a list `batch_size` (> 1: short-form utterances decoded together, `decoding.transcribe_batch`)."""
         options.setdefault("task", "transcribe")
+        batch_size = int(options.pop("batch_size", 1))
+        if isinstance(audio, (list, tuple)) and batch_size > 1:
+            return decoding.transcribe_batch(self, audio, decoding.DecodingOptions(**options), batch_size)
         return decoding.transcribe(self, audio, decoding.DecodingOptions(**options))
 
 

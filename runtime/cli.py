@@ -12,6 +12,10 @@ import click
 
 from ..formats import FormatError, WqFile
 from .audio import AudioError
+from .kernel import kernel_status
+
+# `wavq eval` batch when weights are dequantized per use: one dequantization then serves every utterance
+DEFAULT_EVAL_BATCH = 8
 
 
 def _user_errors(fn):
@@ -32,7 +36,7 @@ def _user_errors(fn):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="wavq")
+@click.version_option(package_name="wavq", message="%(prog)s %(version)s\n" + kernel_status())
 def main() -> None:
     """Run and inspect wavq models (.wq files) with numpy alone."""
 
@@ -77,6 +81,7 @@ def _info_json(file: str, s, meta: dict, rows: list | None) -> None:
         "dims": json_value(meta.get("dims")),
         "quantization": json_value(meta.get("quantization")),
         "provenance": json_value(meta.get("provenance")),
+        "runtime": kernel_status(),
     }
     if rows is not None:
         out["tensors"] = [dict(zip(("name", "shape", "encoding", "bytes"), r)) for r in rows]
@@ -123,6 +128,7 @@ def _info_text(file: str, s, meta: dict, rows: list, n_rotated: int, tensors: bo
     prov = meta_map(meta, "provenance")
     if prov is None or prov:
         click.echo("provenance:    " + (invalid if prov is None else _pairs(prov)))
+    click.echo(f"runtime:       {kernel_status()}")
     if tensors:
         click.echo("tensors:")
         for name, shape, label, nbytes in rows:
@@ -169,6 +175,26 @@ def verify(file: str) -> None:
     click.echo(f"{file}: ok ({n} tensors, checksums match)")
 
 
+class _ByteSize(click.ParamType):
+    """A memory size: bytes, or a number with a unit (KB, MB, GB: powers of 1000; KiB, MiB, GiB: of 1024)."""
+
+    name = "size"
+    _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper()
+        number = text.rstrip("KMGIB ")
+        try:
+            size = float(number) * self._UNITS[text[len(number) :].strip()]
+        except (KeyError, ValueError):
+            self.fail(f"{value!r} is not a memory size (e.g. 150MB, 1.5GiB, 0)", param, ctx)
+        if size < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return int(size)
+
+
 def _transcribe_options(model, beam_size, language, task) -> dict:
     arch = model.meta.get("architecture")
     if arch == "whisper":
@@ -206,6 +232,12 @@ _model_options = [
         show_default=True,
         help="Keep dequantized weights in memory (faster) or dequantize each layer as it is used.",
     ),
+    click.option(
+        "--max-memory",
+        type=_ByteSize(),
+        default=None,
+        help="Keep dequantized weights up to this much memory, e.g. 150MB (the most re-read first; overrides --cache).",
+    ),
 ]
 
 
@@ -221,12 +253,12 @@ def _with_model_options(fn):
 @_with_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file (text, segments, language).")
 @_user_errors
-def transcribe(model_path, files, beam_size, language, task, cache, as_json) -> None:
+def transcribe(model_path, files, beam_size, language, task, cache, max_memory, as_json) -> None:
     """Transcribe audio FILES with MODEL."""
     from . import load
     from .audio import load_audio
 
-    model = load(model_path, cache=cache)
+    model = load(model_path, cache=cache, max_memory=max_memory)
     opts = _transcribe_options(model, beam_size, language, task)
     failures = 0
     show_bar = len(files) > 1 and sys.stderr.isatty()
@@ -260,6 +292,12 @@ def transcribe(model_path, files, beam_size, language, task, cache, as_json) -> 
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N utterances (by id).")
 @_with_model_options
 @click.option(
+    "--batch-size",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Whisper: short utterances decoded together [default: 8, or 1 when every weight is kept].",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False),
@@ -267,7 +305,7 @@ def transcribe(model_path, files, beam_size, language, task, cache, as_json) -> 
     help="Also write the results, with every transcript, to this JSON file.",
 )
 @_user_errors
-def eval_(model_path, data, subset, limit, beam_size, language, task, cache, json_path) -> None:
+def eval_(model_path, data, subset, limit, beam_size, language, task, cache, max_memory, batch_size, json_path) -> None:
     """Word error rate, real-time factor and peak memory of MODEL on transcribed speech."""
     import time
 
@@ -282,9 +320,11 @@ def eval_(model_path, data, subset, limit, beam_size, language, task, cache, jso
         raise click.ClickException(f"{data}: no utterances with transcripts (*.trans.txt) found")
     utts = utts[:limit] if limit else utts
     t0 = time.perf_counter()
-    model = load(model_path, cache=cache)
+    model = load(model_path, cache=cache, max_memory=max_memory)
     load_s = time.perf_counter() - t0
     opts = _transcribe_options(model, beam_size, language, task)
+    if model.meta.get("architecture") == "whisper":  # batches pay off when weights are re-read per step
+        opts["batch_size"] = batch_size or (1 if model.weights.cache else DEFAULT_EVAL_BATCH)
     calib_ids = ((model.meta.get("quantization") or {}).get("calibration") or {}).get("ids") or []
     overlap = overlap_warning(calib_ids, [u.id for u in utts])
     if overlap:

@@ -31,6 +31,7 @@ LIBRISPEECH = os.path.join(HERE, "..", "..", "shared", "librispeech")
 WARMUP_SAMPLES = 2 * SAMPLE_RATE  # 2 s of the first utterance, untimed
 LONG_SECONDS = (20.0, 30.0)  # the "long" utterances: near a whole window, still short-form
 BUDGET_MB = 150
+LOADED = 3.0  # load average above which the table says the machine was busy
 MEMORY = {"cache": {"cache": True}, f"{BUDGET_MB}MB": {"max_memory": BUDGET_MB * 10**6}, "lowmem": {}}
 
 
@@ -198,21 +199,33 @@ def main() -> None:
     utts = utterances(args.n, args.long)
     job = {"model": args.model, "utterances": [{"id": u.id, "path": u.path} for u in utts], **prepare(args.model,
            args.workdir)}  # fmt: skip
-    rows = []
-    for system in systems(args.quick):
-        if (args.only and system["name"] not in args.only) or (system["kind"] == "ct2" and not job["ct2_dir"]):
+    chosen = systems(args.quick)
+    if args.only:  # in the order given
+        chosen = [next(x for x in chosen if x["name"] == name) for name in args.only]
+    rows: list[dict] = []
+    for system in chosen:
+        if system["kind"] == "ct2" and not job["ct2_dir"]:
             continue
         r = run(system, job, args.workdir, args.threads)
-        size = _size(system, job)
-        rows.append({**system, **r, "rtf": r["compute_s"] / r["audio_s"], "file_bytes": size})
+        rows.append({**system, **r, "rtf": r["compute_s"] / r["audio_s"], "file_bytes": _size(system, job)})
         print(f"{system['name']:<36} RTF {rows[-1]['rtf']:.3f}  peak {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)
-    ref = next((r["compute_s"] for r in rows if r["name"] == "transformers-f32"), None)
+        _write(args.out, _meta(args, started, load_before, utts, rows), _compared(rows))  # a table after each system
+
+
+def _compared(rows: list[dict]) -> list[dict]:
+    """Rows with their time ratio to transformers f32 and how many texts equal its texts."""
+    ref = next((r for r in rows if r["name"] == "transformers-f32"), None)
+    out = []
     for r in rows:
-        r["ratio"] = r["compute_s"] / ref if ref else None
-        r["same_text_as_transformers"] = sum(
-            r["hyps"][k] == v for k, v in next(x for x in rows if x["name"] == "transformers-f32")["hyps"].items()
-        ) if ref else None  # fmt: skip
-    meta = {
+        same = None if ref is None else sum(r["hyps"].get(k) == v for k, v in ref["hyps"].items())
+        out.append(
+            {**r, "ratio": r["compute_s"] / ref["compute_s"] if ref else None, "same_text_as_transformers": same}
+        )
+    return out
+
+
+def _meta(args, started, load_before: float, utts: list, rows: list) -> dict:
+    return {
         "model": args.model,
         "command": "python benchmarks/bench_speed.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
@@ -225,7 +238,6 @@ def main() -> None:
         "n_long": args.long,
         "audio_seconds": rows[0]["audio_s"] if rows else 0,
     }
-    _write(args.out, meta, rows)
 
 
 def _size(system: dict, job: dict) -> int | None:
@@ -258,6 +270,14 @@ def _write(out: str, meta: dict, rows: list) -> None:
             f"{m['load_average_before_after'][0]} / {m['load_average_before_after'][1]}",
             f"- {m['n_utterances']} test-clean utterances ({m['n_long']} of 20-30 s), {m['audio_seconds']:.0f} s "
             "of audio, greedy; each system in its own subprocess, one at a time",
+            *(
+                [
+                    "- **the machine was shared and heavily loaded during this run (2 cores, load average above): "
+                    "times and ratios are indicative only**"
+                ]
+                if max(m["load_average_before_after"]) > LOADED
+                else []
+            ),
             "",
             "| system | memory | kernel | batch | RTF | time / transformers f32 | peak RSS MiB | file MB | "
             "same text as transformers |",

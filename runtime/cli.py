@@ -12,6 +12,7 @@ import click
 
 from ..formats import FormatError, WqFile
 from .audio import AudioError
+from .kernel import kernel_status
 from .writers import OUTPUT_FORMATS, write_result
 
 
@@ -33,7 +34,7 @@ def _user_errors(fn):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="wavq")
+@click.version_option(package_name="wavq", message="%(prog)s %(version)s\n" + kernel_status())
 def main() -> None:
     """Run and inspect wavq models (.wq files) with numpy alone."""
 
@@ -118,6 +119,7 @@ def _info_json(file: str, s, meta: dict, rows: list | None) -> None:
         "quantization": json_value(meta.get("quantization")),
         "provenance": json_value(meta.get("provenance")),
         **_languages_json(meta),
+        "runtime": kernel_status(),
     }
     if rows is not None:
         out["tensors"] = [dict(zip(("name", "shape", "encoding", "bytes"), r)) for r in rows]
@@ -187,6 +189,7 @@ def _info_text(file: str, s, meta: dict, rows: list, n_rotated: int, tensors: bo
     prov = meta_map(meta, "provenance")
     if prov is None or prov:
         click.echo("provenance:    " + (invalid if prov is None else _pairs(prov)))
+    click.echo(f"runtime:       {kernel_status()}")
     if tensors:
         click.echo("tensors:")
         for name, shape, label, nbytes in rows:
@@ -231,6 +234,26 @@ def verify(file: str) -> None:
             click.echo(f"corrupt: {printable(p.tensor)}", err=True)
         raise click.ClickException(f"{file}: {len(problems)} of {n} tensors are corrupt")
     click.echo(f"{file}: ok ({n} tensors, checksums match)")
+
+
+class _ByteSize(click.ParamType):
+    """A memory size: bytes, or a number with a unit (KB, MB, GB: powers of 1000; KiB, MiB, GiB: of 1024)."""
+
+    name = "size"
+    _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper()
+        number = text.rstrip("KMGIB ")
+        try:
+            size = float(number) * self._UNITS[text[len(number) :].strip()]
+        except (KeyError, ValueError):
+            self.fail(f"{value!r} is not a memory size (e.g. 150MB, 1.5GiB, 0)", param, ctx)
+        if size < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return int(size)
 
 
 def _transcribe_options(
@@ -296,6 +319,12 @@ _model_options = [
         expose_value=False,
         callback=_set_threads,
         help="Threads for matrix products (BLAS and the compiled kernel); default: the libraries' own choice.",
+    ),
+    click.option(
+        "--max-memory",
+        type=_ByteSize(),
+        default=None,
+        help="Keep dequantized weights up to this much memory, e.g. 150MB (the most re-read first; overrides --cache).",
     ),
 ]
 
@@ -393,6 +422,7 @@ def transcribe(
     language,
     task,
     cache,
+    max_memory,
     output_format,
     output_dir,
     word_timestamps,
@@ -422,7 +452,7 @@ def transcribe(
         click.echo(f"error: {message}", err=True)
     if not files:
         raise click.ClickException("no audio files found in " + ", ".join(inputs))
-    model = load(model_path, cache=cache)
+    model = load(model_path, cache=cache, max_memory=max_memory)
     opts = _transcribe_options(
         model,
         beam_size,
@@ -480,6 +510,13 @@ def _one_line(e: BaseException) -> str:
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N utterances (by id).")
 @_with_model_options
 @click.option(
+    "--batch-size",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Whisper: decode N utterances together, short-form without timestamps (as transformers' generate) "
+    "[default: 1: one at a time through the timestamp seek loop].",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False),
@@ -487,7 +524,7 @@ def _one_line(e: BaseException) -> str:
     help="Also write the results, with every transcript, to this JSON file.",
 )
 @_user_errors
-def eval_(model_path, data, subset, limit, beam_size, language, task, cache, json_path) -> None:
+def eval_(model_path, data, subset, limit, beam_size, language, task, cache, max_memory, batch_size, json_path) -> None:
     """Word error rate, real-time factor and peak memory of MODEL on transcribed speech."""
     import importlib.util
     import time
@@ -505,13 +542,16 @@ def eval_(model_path, data, subset, limit, beam_size, language, task, cache, jso
         raise click.ClickException(f"{data}: no utterances with transcripts (*.trans.txt) found")
     utts = utts[:limit] if limit else utts
     t0 = time.perf_counter()
-    model = load(model_path, cache=cache)
+    model = load(model_path, cache=cache, max_memory=max_memory)
     load_s = time.perf_counter() - t0
     opts = _transcribe_options(model, beam_size, language, task)
     try:
         normalizer_for(model.meta.get("architecture", ""))  # whisper-normalizer, for Whisper models
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None
+    if batch_size and batch_size > 1 and model.meta.get("architecture") == "whisper":
+        # one decoder pass per step serves the whole batch; batching is short-form decoding (no timestamps)
+        opts.update(batch_size=batch_size, without_timestamps=True)
     calib_ids = ((model.meta.get("quantization") or {}).get("calibration") or {}).get("ids") or []
     overlap = overlap_warning(calib_ids, [u.id for u in utts])
     if overlap:

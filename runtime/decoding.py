@@ -635,3 +635,90 @@ class LongForm:
             language=self.decoding.language,
         )
         assign_words(segments, alignment, time_offset, last_speech, eot)
+
+
+# ---------------------------------------------------------------------------------------------------- batches
+
+
+class BatchedGreedyDecoder:
+    """Greedy decoding of several utterances at once, with GreedyDecoder's filters: each step is one decoder
+    pass over the B rows still running (each weight read once for all of them, matrix-vector products become
+    matrix-matrix ones), and an utterance leaves the batch when it emits end of text. `cross` holds one row per
+    utterance (`whisper.stack_cross`) and every prompt has the same length, so rows stay in step."""
+
+    def __init__(self, eot: int, filters: Sequence[LogitFilter]):
+        self.eot, self.filters = eot, filters
+
+    def run(self, model: WhisperModel, prompts: np.ndarray, cross: CrossKV, max_new: int) -> list[list[int]]:
+        from .whisper import select_cross
+
+        b, plen = prompts.shape
+        state = model.new_state(b, plen + PROMPT_ROOM)
+        logits = model.decoder_step(prompts, state, cross)
+        history = np.zeros((b, plen + max_new), np.int64)
+        history[:, :plen] = prompts
+        generated = np.zeros(b, np.int64)
+        active = np.arange(b)
+        for step in range(max_new):
+            tok = np.argmax(_filtered(logits, self.filters, history[active, : plen + step]), axis=-1)
+            history[active, plen + step] = tok
+            generated[active] = step + 1
+            running = tok != self.eot
+            if step + 1 == max_new or not running.any():
+                break
+            if not running.all():
+                keep = np.flatnonzero(running)
+                state.select(keep)
+                cross = select_cross(cross, keep)
+                active, tok = active[keep], tok[keep]
+            logits = model.decoder_step(tok[:, None], state, cross)
+        return [_strip_eot(history[i, plen : plen + generated[i]].tolist(), self.eot) for i in range(b)]
+
+
+def transcribe_batch(
+    model: WhisperModel, audio: Sequence, options: TranscriptionOptions, batch_size: int, sample_rate: int | None = None
+) -> list[Transcription]:
+    """`transcribe` of a list with short-form utterances (one window, `without_timestamps=True`, greedy, no VAD)
+    decoded `batch_size` at a time (`BatchedGreedyDecoder`); each result is the one `transcribe` gives it alone.
+    Everything else (the timestamp seek loop, long audio, beam search) goes one utterance at a time."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batchable = options.without_timestamps and options.beam_size == 1 and not options.vad
+    results: list[Transcription | None] = [None] * len(audio)
+    short: list[tuple[int, np.ndarray]] = []
+    for i, a in enumerate(audio):
+        samples = load_audio(a, model.sampling_rate, source_rate=sample_rate)
+        if batchable and 0 < len(samples) <= model.n_samples:
+            short.append((i, samples))
+        else:
+            results[i] = _transcribe_one(model, samples, options, None)
+    decoding = options.decoding()
+    for s in range(0, len(short), batch_size):
+        chunk = short[s : s + batch_size]
+        crosses = [model.cross_kv(model.encode(model.log_mel(samples))) for _, samples in chunk]
+        prompts = [build_prompt(model, decoding, c) for c in crosses]
+        for plen in sorted({len(p) for p in prompts}):  # rows decode in step: one group per prompt length
+            rows = [j for j, p in enumerate(prompts) if len(p) == plen]
+            tokens = _decode_rows(model, np.array([prompts[j] for j in rows]), [crosses[j] for j in rows], decoding)
+            for j, toks in zip(rows, tokens):
+                index, samples = chunk[j]
+                results[index] = _short_result(model, prompts[j], toks, len(samples))
+    return [r for r in results if r is not None]
+
+
+def _decode_rows(model: WhisperModel, prompts: np.ndarray, crosses: list, options: DecodingOptions) -> list:
+    from .whisper import stack_cross
+
+    gen = model.generation
+    max_new = max_new_tokens(gen, model.dims.n_text_ctx, prompts.shape[1], options.max_new_tokens)
+    if max_new <= 0:
+        return [[] for _ in crosses]
+    decoder = BatchedGreedyDecoder(gen.eos_token_id, logit_filters(gen, prompts.shape[1]))
+    return decoder.run(model, prompts, stack_cross(crosses), max_new)
+
+
+def _short_result(model: WhisperModel, prompt: list[int], tokens: list[int], n_samples: int) -> Transcription:
+    """The Transcription `_fixed_windows` makes of one window."""
+    text = model.decode_tokens(tokens).strip()
+    lang = language_code(model.generation, prompt[1]) if model.is_multilingual else "en"
+    return Transcription(text, [Segment(0.0, n_samples / model.sampling_rate, text)], lang)

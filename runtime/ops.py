@@ -15,7 +15,7 @@ import numpy as np
 
 from ..formats.activation import ActivationSpec
 from ..formats.codecs import QuantizedTensor, rotate_columns
-from . import compute
+from . import compute, kernel
 from .intlinear import int_linear
 from .weights import Weights
 
@@ -33,16 +33,19 @@ ATTENTION_SCORE_BYTES = 64 << 20  # float32 attention scores computed at once (a
 class Linear:
     """One Hugging Face Linear ready to multiply: `weight` is W (out, in), or the stored V = W R when `rotation`
     is set (SPEC.md 5.4), in which case the inputs are rotated instead (x W^T = (x R) V^T). A weight with an
-    activation spec (SPEC.md 5.5) carries its stored `codes` instead and multiplies on the integer path."""
+    activation spec (SPEC.md 5.5) carries its stored `codes` instead and multiplies on the integer path. With
+    `packed` set (a quantized weight that is not kept, with the compiled kernel) `weight` is None too: the kernel
+    multiplies the packed codes and rotates the inputs itself."""
 
     name: str  # state_dict name of the weight, e.g. "model.decoder.layers.0.fc1.weight"
-    weight: np.ndarray | None  # None on the integer path
+    weight: np.ndarray | None  # None on the integer and the kernel paths
     bias: np.ndarray | None
     input_scale: np.ndarray | None  # activation-aware quantization's unfolded per-input-channel scale
     rotation: int = 0
     weight_bits: int = compute.FLOAT_BITS  # stored code bits (compute accounting)
     act: ActivationSpec | None = None  # set: the input is quantized and multiplied as integer codes
     codes: QuantizedTensor | None = None  # the stored weight, for the integer path
+    packed: kernel.PackedTensor | None = None  # the stored weight's packed views, for the compiled kernel
 
     @classmethod
     def load(cls, w: Weights, prefix: str, n_rows: int | None = None, *, bias: bool = True) -> Linear:
@@ -57,6 +60,9 @@ class Linear:
         act = w.activation(name)
         if act is not None:
             return cls(name, None, b, scale, 0, w.bits(name), act, w.codes(name))
+        packed = w.packed(name)
+        if packed is not None:
+            return cls(name, None, b, scale, weight_bits=w.bits(name), packed=packed)
         block = w.uncached_rotation(name)
         if block and n_rows is not None and n_rows < w.shape(name)[0]:
             weight = w.stored(name)
@@ -72,7 +78,9 @@ class Linear:
         """(out, in) of the product."""
         if self.codes is not None:
             return self.codes.shape[0], int(np.prod(self.codes.shape[1:]))
-        assert self.weight is not None  # one of the two is always set (load)
+        if self.packed is not None:
+            return self.packed.rows, self.packed.cols
+        assert self.weight is not None  # one of the three is always set (load)
         return self.weight.shape[0], self.weight.shape[-1]
 
 
@@ -87,6 +95,8 @@ def apply_linear(layer: Linear, x: np.ndarray) -> np.ndarray:
         compute.record(compute.part_of(layer.name), macs, layer.weight_bits, act_bits)
     if layer.act is not None and layer.codes is not None:  # integer codes x integer codes (intlinear.py)
         y = int_linear(x, layer.codes, layer.act)
+    elif layer.packed is not None:  # the compiled kernel, straight from the packed codes
+        y = kernel.matmul(x.reshape(-1, x.shape[-1]), layer.packed).reshape(x.shape[:-1] + (layer.packed.rows,))
     else:
         assert layer.weight is not None
         if layer.rotation:
@@ -100,15 +110,15 @@ def apply_linear(layer: Linear, x: np.ndarray) -> np.ndarray:
 def linear(w: Weights, prefix: str, x: np.ndarray, *, bias: bool = True, block_bytes: int | None = None) -> np.ndarray:
     """x (..., in) @ W.T + b for the Linear `prefix` (an optional `{prefix}.input_scale` divides the input first).
 
-    `block_bytes`: when weights are not cached, dequantize the weight at most this many float32 bytes (a block of
-    output rows) at a time, so a large table (Whisper's output embedding) never exists whole; cached weights are
-    multiplied in one call.
+    `block_bytes`: when a weight is neither kept nor multiplied by the compiled kernel, dequantize it at most this
+    many float32 bytes (a block of output rows) at a time, so a large table (Whisper's output embedding) never
+    exists whole; kept weights and the kernel multiply in one call.
     """
     rows = x.size // x.shape[-1]
     name = prefix + ".weight"
     out_rows = w.shape(name)[0]
     step = out_rows if block_bytes is None else max(1, block_bytes // (4 * int(np.prod(w.shape(name)[1:]))))
-    if w.cache or step >= out_rows or w.activation(name) is not None:  # integer codes are small: no blocks
+    if w.keeps(name) or w.packed(name) is not None or step >= out_rows or w.activation(name) is not None:
         return apply_linear(Linear.load(w, prefix, rows, bias=bias), x)
     scale = w.get(prefix + ".input_scale")
     b = w.get(prefix + ".bias") if bias else None

@@ -1,39 +1,96 @@
 """Weight access for the runtime models: by Hugging Face state_dict name, dequantized when used.
 
-The default keeps nothing: each call dequantizes from the memory-mapped packed codes, so resident memory
-holds the packed file pages plus one layer's float weights at a time. `cache=True` keeps every dequantized
-array (faster, for devices with the memory).
+A memory budget (`max_memory`, bytes of float32 kept) decides which tensors stay dequantized after first use:
+the ones re-read most often first (a model's `reuse_rank`: Whisper's decoder weights are read at every token,
+its encoder weights once per window), the rest dequantized per use from the memory-mapped packed codes. The
+default keeps nothing (resident memory: the packed file pages plus one layer's float weights at a time);
+`cache=True` is an unlimited budget. When the compiled kernel is available (`kernel.available()`), a quantized
+tensor that is not kept is multiplied straight from its packed codes (`packed`) instead of being dequantized.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from ..formats import MissingTensorError, WqFile
+from ..formats import Encoding, MissingTensorError, WqFile
 from ..formats.activation import ActivationSpec
 from ..formats.codecs import QuantizedTensor
+from . import kernel
 from .compute import FLOAT_BITS
+
+# A tensor's place in the order tensors are kept in under a memory budget (lower first), None: never kept.
+ReuseRank = Callable[[str], int | None]
+UNLIMITED = float("inf")
+
+
+def keep_within(costs: Mapping[str, int], rank: ReuseRank, budget: float) -> frozenset[str]:
+    """Names kept under `budget` bytes: by rank (ties in file order), each one that still fits."""
+    order = sorted((r, i, name) for i, name in enumerate(costs) if (r := rank(name)) is not None)
+    kept, used = set(), 0
+    for _, _, name in order:
+        if used + costs[name] <= budget:
+            kept.add(name)
+            used += costs[name]
+    return frozenset(kept)
+
+
+def file_order(name: str) -> int:
+    """The rank of a model that reads every weight equally often (Wav2Vec2: once per utterance)."""
+    return 0
 
 
 class Weights:
     def __init__(
-        self, source: WqFile | Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None, *, cache: bool = False
+        self,
+        source: WqFile | Mapping[str, np.ndarray],
+        meta: Mapping[str, Any] | None = None,
+        *,
+        cache: bool = False,
+        max_memory: float | None = None,
+        rank: ReuseRank = file_order,
     ):
+        """`max_memory`: float32 bytes of dequantized tensors to keep (None: 0, or unlimited with cache=True)."""
         self._file = source if isinstance(source, WqFile) else None
         self._dict: dict[str, np.ndarray] = (
             {} if isinstance(source, WqFile) else {k: np.asarray(v) for k, v in source.items()}
         )
         self.meta: dict = dict(self._file.meta if self._file is not None else (meta or {}))
-        self.cache = cache
+        if max_memory is None:
+            max_memory = UNLIMITED if cache else 0
+        elif max_memory < 0:
+            raise ValueError(f"max_memory must be >= 0 bytes, got {max_memory}")
+        self.max_memory = max_memory
         self._cache: dict[str, np.ndarray] = {}
+        self._packed: dict[str, kernel.PackedTensor] = {}
+        self.kept = self.plan(rank)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, cache: bool = False) -> Weights:
-        return cls(WqFile(path), cache=cache)
+    def open(cls, path: str | os.PathLike, *, cache: bool = False, max_memory: float | None = None) -> Weights:
+        return cls(WqFile(path), cache=cache, max_memory=max_memory)
+
+    @property
+    def cache(self) -> bool:
+        """Every tensor is kept after first use (cache=True or a budget the whole model fits in)."""
+        return len(self.kept) == len(self.names())
+
+    def float_bytes(self, name: str) -> int:
+        """Bytes a kept tensor adds: its float32 size, 0 for float32 stored in the file (a memory-mapped view)."""
+        if self._file is not None and self._file.info(name).encoding == Encoding.F32:
+            return 0
+        return 4 * int(np.prod(self.shape(name)))
+
+    def plan(self, rank: ReuseRank) -> frozenset[str]:
+        """Choose the tensors kept within `max_memory` in `rank` order (see `keep_within`); returns them."""
+        self.kept = keep_within({n: self.float_bytes(n) for n in self.names()}, rank, self.max_memory)
+        self._cache = {n: a for n, a in self._cache.items() if n in self.kept}
+        return self.kept
+
+    def keeps(self, name: str) -> bool:
+        return name in self.kept
 
     @property
     def path(self) -> str | None:
@@ -65,7 +122,7 @@ class Weights:
             arr = self._file.array(name)
         else:
             arr = self._get_dict(name).astype(np.float32, copy=False)
-        if self.cache:
+        if name in self.kept:
             arr = np.ascontiguousarray(arr)
             self._cache[name] = arr
         return arr
@@ -86,7 +143,7 @@ class Weights:
         """float32 rows at `index` (embedding lookup) without dequantizing the whole table."""
         index = np.asarray(index)
         uniq, inv = np.unique(index.ravel(), return_inverse=True)
-        if self.cache or self._file is None:
+        if name in self.kept or self._file is None:
             return self[name][index]
         if not self._file.info(name).quantized:  # gather from the memory map, converting only those rows
             return self._file.raw(name)[0][index].astype(np.float32)
@@ -101,7 +158,17 @@ class Weights:
         """The rotation block a product may apply to its few input rows instead of undoing it on the whole weight
         (`stored` gives V = W R): the stored rotation when weights are not cached; 0 with cache=True, where the
         cache holds W itself, the rotation undone once on first use."""
-        return 0 if self.cache else self.rotation(name)
+        return 0 if name in self.kept else self.rotation(name)
+
+    def packed(self, name: str) -> kernel.PackedTensor | None:
+        """The packed codes of a quantized tensor that is not kept, for `kernel.matmul`, when the compiled kernel
+        is available (else None: dequantize instead). Zero-copy views of the memory map, built once."""
+        if self._file is None or name in self.kept or not kernel.available():
+            return None
+        hit = self._packed.get(name)
+        if hit is None and self._file.info(name).quantized:
+            hit = self._packed[name] = kernel.PackedTensor.from_file(self._file, name)
+        return hit
 
     def bits(self, name: str) -> int:
         """Stored code bits of a quantized tensor, else FLOAT_BITS (compute accounting)."""
@@ -126,5 +193,6 @@ class Weights:
 
     def close(self) -> None:
         self._cache.clear()
+        self._packed.clear()
         if self._file is not None:
             self._file.close()

@@ -20,7 +20,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from . import decoding, ops
+from . import decoding, kernel, ops
 from .config import WhisperDims, whisper_config
 from .mel import log_mel_spectrogram
 from .tokenizer import ByteLevelBPEDecoder
@@ -33,7 +33,38 @@ LOGIT_BLOCK_BYTES = 8 << 20  # uncached weights: output-embedding bytes dequanti
 KV_GROWTH = 64  # positions added to the self-attention cache when it fills up
 NEG_INF = np.float32(-np.inf)
 
-CrossKV = list[tuple[np.ndarray, np.ndarray]]  # per decoder layer: keys and values (H, n_audio_ctx, hd)
+# per decoder layer: keys and values (H, n_audio_ctx, hd) shared by every row, or (B, H, n_audio_ctx, hd): one
+# utterance per row of a batch (`stack_cross`)
+CrossKV = list[tuple[np.ndarray, np.ndarray]]
+_PER_WINDOW = ("encoder_attn.k_proj", "encoder_attn.v_proj")  # decoder weights read once per window (cross_kv)
+
+
+def reuse_rank(name: str) -> int | None:
+    """Order in which a memory budget keeps Whisper's tensors dequantized (`Weights.plan`; lower first): what
+    is re-read at every token before what is read once per window. The output embedding is the largest table
+    read per token: without the kernel it comes first (dequantizing it per token costs the most); with the
+    kernel it is never kept, the kernel's product on its packed codes measuring faster than a float32 one."""
+    per_token = name.startswith("model.decoder.") and not any(k in name for k in _PER_WINDOW)
+    if name in (OUTPUT_PROJECTION, TOKEN_EMBEDDING):
+        return None if kernel.available() else 0
+    return 1 if per_token else 2
+
+
+def stack_cross(crosses: Sequence[CrossKV]) -> CrossKV:
+    """One CrossKV with a batch dimension from single-utterance ones: row b of the batch attends to crosses[b]."""
+    return [_batched_kv(np.stack([c[li][0] for c in crosses]), np.stack([c[li][1] for c in crosses]))
+            for li in range(len(crosses[0]))]  # fmt: skip
+
+
+def select_cross(cross: CrossKV, index: np.ndarray) -> CrossKV:
+    """The batch rows `index` of a batched CrossKV (finished utterances leave the batch)."""
+    return [_batched_kv(k[index], v[index]) for k, v in cross]
+
+
+def _batched_kv(k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys as the transposed view of a contiguous (B, H, hd, T) array, the layout attention multiplies by."""
+    return np.ascontiguousarray(np.swapaxes(k, -1, -2)).swapaxes(-1, -2), np.ascontiguousarray(v)
+
 
 __all__ = ["WhisperDims", "WhisperModel", "DecoderState", "CrossScores", "TOKEN_EMBEDDING", "OUTPUT_PROJECTION"]
 
@@ -63,6 +94,10 @@ class DecoderState:
         n = self.length
         self.k[:, :, :, :n] = self.k[:, index, :, :n]
         self.v[:, :, :, :n] = self.v[:, index, :, :n]
+
+    def select(self, index: np.ndarray) -> None:
+        """Keep only hypotheses `index` (fewer rows: finished utterances leave a batch)."""
+        self.k, self.v = self.k[:, index], self.v[:, index]
 
     def expand(self, batch: int) -> None:
         """Copy hypothesis 0 to `batch` rows (after a shared prompt)."""
@@ -266,10 +301,17 @@ class WhisperModel:
     def _cross_attention(
         self, prefix: str, x: np.ndarray, kv: tuple[np.ndarray, np.ndarray], keep: HeadScores | None = None
     ) -> np.ndarray:
-        """Attention of x (B*n, D) over the audio: every hypothesis shares it, so all queries stack per head."""
+        """Attention of x (B*n, D) over the audio. Shared audio (kv (H, T, hd)): every hypothesis shares it, so
+        all queries stack per head; batched audio (kv (B, H, T, hd)): each row's queries attend to their own
+        utterance (word-timestamp scores are collected on shared audio only)."""
         w, heads = self.weights, self.dims.decoder_heads
         scale = np.float32((x.shape[-1] // heads) ** -0.5)
-        q = ops.split_heads(ops.linear(w, prefix + ".q_proj", x) * scale, heads)  # (H, B*n, hd)
+        q = ops.linear(w, prefix + ".q_proj", x) * scale
+        if kv[0].ndim == 4:
+            b = kv[0].shape[0]
+            a = ops.merge_heads(ops.attention(ops.split_heads(q.reshape(b, -1, q.shape[-1]), heads), *kv))
+            return ops.linear(w, prefix + ".out_proj", a.reshape(x.shape[0], -1))
+        q = ops.split_heads(q, heads)  # (H, B*n, hd)
         if keep is not None:
             keep(q, kv[0])
         return ops.linear(w, prefix + ".out_proj", ops.merge_heads(ops.attention(q, *kv)))
@@ -312,7 +354,7 @@ class WhisperModel:
         self, audio: str | os.PathLike | np.ndarray, *, sample_rate: int | None = None, **options: Any
     ) -> Transcription: ...
 
-    def transcribe(self, audio, *, sample_rate=None, **options):
+    def transcribe(self, audio, *, sample_rate=None, batch_size: int = 1, **options):
         """Text of `audio`: a path, an array, or a list of them (-> list of results).
 
         An array is taken to be at `sample_rate` Hz and resampled to the model's rate; with no `sample_rate` it
@@ -325,8 +367,13 @@ class WhisperModel:
         no-speech rule, segments with real times), as openai-whisper does; on the 60-s test-clean file tiny.en
         gives transformers' long-form text and segments. `without_timestamps=True` instead decodes equal windows
         of at most 30 s as transformers' short-form generate does (one window: equal to `generate`).
+        `batch_size` > 1 with a list and `without_timestamps=True` decodes its one-window utterances together
+        (`decoding.transcribe_batch`: one pass over the decoder's weights per step for all of them).
         """
-        return decoding.transcribe(self, audio, decoding.TranscriptionOptions(**options), sample_rate)
+        opts = decoding.TranscriptionOptions(**options)
+        if isinstance(audio, (list, tuple)) and batch_size > 1:
+            return decoding.transcribe_batch(self, audio, opts, batch_size, sample_rate)
+        return decoding.transcribe(self, audio, opts, sample_rate)
 
 
 def _conv(w: Weights, prefix: str, x: np.ndarray, stride: int) -> np.ndarray:

@@ -286,6 +286,15 @@ def test_unreadable_file_is_an_audio_error(tmp_path, monkeypatch):
         load_audio(tmp_path / ("x" * 5000))
 
 
+def test_unrecognised_audio_error_names_the_reason_not_a_buffer_object(tmp_path):
+    pytest.importorskip("soundfile")
+    path = tmp_path / "notes.wav"
+    path.write_text("not audio\n")
+    with pytest.raises(AudioError, match="not a readable audio file") as e:
+        load_audio(path)
+    assert "BytesIO" not in str(e.value) and " at 0x" not in str(e.value), str(e.value)
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_file_mode(tmp_path):
     path = tmp_path / "secret.wav"

@@ -372,7 +372,9 @@ def test_convert_corrupt_torch_checkpoint(tmp_path, tiny):
     os.unlink(ckpt / "model.safetensors")
     for junk in (b"PK\x03\x04 not a zip", b"", os.urandom(4096)):
         (ckpt / "pytorch_model.bin").write_bytes(junk)
-        _one_line_failure(_convert(ckpt, "-o", tmp_path / "out.wq", "-q"), output=tmp_path / "out.wq")
+        r = _convert(ckpt, "-o", tmp_path / "out.wq", "-q")
+        _one_line_failure(r, output=tmp_path / "out.wq")
+        assert "weights_only` set to `False`" not in r.output  # torch's advice to unpickle unsafely
 
 
 @pytest.mark.parametrize("err", [errno.EROFS, errno.EACCES, errno.ENOSPC])

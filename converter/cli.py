@@ -56,6 +56,10 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         where = e.filename or ""
         return f"{where}: {e.strerror}" if where else e.strerror
+    if isinstance(e, pickle.UnpicklingError) and "WeightsUnpickler error:" in str(e):
+        # torch's refusal opens with advice to turn weights_only off, wrong for a damaged file: give its reason
+        reason = str(e).split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0].strip()
+        return f"torch.load (weights only) cannot read the checkpoint: {reason or type(e).__name__}"
     lines = str(e).strip().splitlines()
     text = lines[0] if lines else type(e).__name__
     return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."

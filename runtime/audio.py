@@ -160,7 +160,8 @@ def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
     except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/TypeError for non-audio
-        raise wav_error or AudioError(f"{name}: not a readable audio file ({e})") from None
+        reason = getattr(e, "error_string", None) or e  # libsndfile's own words, without the BytesIO object's repr
+        raise wav_error or AudioError(f"{name}: not a readable audio file ({reason})") from None
     return np.asarray(samples, dtype=np.float32), int(rate)
 
 

@@ -136,6 +136,28 @@ def expect_shape(w: Weights, name: str, shape: tuple[int, ...]) -> None:
         raise MalformedHeaderError(w.path, f"tensor {name!r} has shape {got}, the dims imply {shape}")
 
 
+# Tensors that belong to the `.weight` beside them, and the weight dimension their one axis runs along.
+COMPANIONS = {"bias": 0, "running_mean": 0, "running_var": 0, "input_scale": 1}
+
+
+def check_companions(w: Weights) -> None:
+    """Every bias, batch-norm statistic and input scale has the one axis of the weight it belongs to.
+
+    The model-specific checks fix each weight's shape; this fixes what is added to, or divides, its rows or
+    columns, which the table could otherwise reshape to the same byte count (a (2, 8) bias for 16 rows)."""
+    for name in w.names():
+        prefix, _, kind = name.rpartition(".")
+        if kind not in COMPANIONS:
+            continue
+        weight = prefix + ".weight"
+        if weight not in w:
+            raise MalformedHeaderError(w.path, f"tensor {name!r} has no {weight!r} to belong to")
+        axis, weight_shape = COMPANIONS[kind], tuple(w.shape(weight))
+        if len(weight_shape) <= axis or kind == "input_scale" and len(weight_shape) != 2:
+            raise MalformedHeaderError(w.path, f"tensor {name!r} belongs to {weight!r} of shape {weight_shape}")
+        expect_shape(w, name, (weight_shape[axis],))
+
+
 def check_architecture(w: Weights, architecture: str) -> None:
     arch = w.meta.get("architecture")
     if arch != architecture:
@@ -274,6 +296,9 @@ def check_whisper_tensors(w: Weights, d: WhisperDims) -> None:
         _check_whisper_layer(w, f"model.encoder.layers.{i}.", ("self_attn",), dm)
     for i in range(d.decoder_layers):
         _check_whisper_layer(w, f"model.decoder.layers.{i}.", ("self_attn", "encoder_attn"), dm)
+    for stack in ("encoder", "decoder"):
+        expect_shape(w, f"model.{stack}.layer_norm.weight", (dm,))
+    check_companions(w)
 
 
 def _check_whisper_layer(w: Weights, p: str, attentions: tuple[str, ...], dm: int) -> None:
@@ -482,6 +507,8 @@ def ctc_vocabulary(f: Fields, vocab_size: int) -> dict[str, Any]:
 
 def wav2vec2_dims(f: Fields) -> Wav2Vec2Dims:
     n_conv = len(f._sequence("conv_dim", f._get("conv_dim", _MISSING), MAX_CONV_LAYERS))
+    if not n_conv:
+        f.fail("is empty: the feature encoder needs at least one convolution", "conv_dim")
     hidden = f.integer("hidden_size", 1, MAX_WIDTH)
     dims = Wav2Vec2Dims(
         prefix=f.string("prefix", WAV2VEC2_PREFIXES),
@@ -520,17 +547,28 @@ def check_wav2vec2_tensors(w: Weights, d: Wav2Vec2Dims) -> None:
     p, dm = d.prefix, d.hidden_size
     c_in = 1
     for i, (c, k) in enumerate(zip(d.conv_dim, d.conv_kernel)):
-        expect_shape(w, f"{p}.feature_extractor.conv_layers.{i}.conv.weight", (c, c_in, k))
+        conv = f"{p}.feature_extractor.conv_layers.{i}"
+        expect_shape(w, conv + ".conv.weight", (c, c_in, k))
+        if d.feat_extract_norm == "layer" or i == 0:  # "group": GroupNorm on layer 0 only
+            expect_shape(w, conv + ".layer_norm.weight", (c,))
         c_in = c
     expect_shape(w, f"{p}.feature_projection.projection.weight", (dm, d.conv_dim[-1]))
+    if d.feat_proj_layer_norm:
+        expect_shape(w, f"{p}.feature_projection.layer_norm.weight", (d.conv_dim[-1],))
     pos = f"{p}.encoder.pos_conv_embed"
     convs = [f"{pos}.layers.{i}.conv" for i in range(d.pos_conv_layers)] if d.pos_conv_stack else [f"{pos}.conv"]
     for conv in convs:
         expect_shape(w, conv + ".weight", (dm, dm // d.pos_conv_groups, d.pos_conv_kernel))
+    if d.pos_conv_batch_norm:
+        expect_shape(w, f"{pos}.batch_norm.weight", (dm,))
+    expect_shape(w, f"{p}.encoder.layer_norm.weight", (dm,))
     for i in range(d.num_hidden_layers):
         layer = f"{p}.encoder.layers.{i}"
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
             expect_shape(w, f"{layer}.attention.{proj}.weight", (dm, dm))
         expect_shape(w, f"{layer}.feed_forward.intermediate_dense.weight", (d.intermediate_size, dm))
         expect_shape(w, f"{layer}.feed_forward.output_dense.weight", (dm, d.intermediate_size))
+        for norm in ("layer_norm", "final_layer_norm"):
+            expect_shape(w, f"{layer}.{norm}.weight", (dm,))
     expect_shape(w, "lm_head.weight", (d.vocab_size, dm))
+    check_companions(w)

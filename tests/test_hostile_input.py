@@ -286,6 +286,15 @@ def test_unreadable_file_is_an_audio_error(tmp_path, monkeypatch):
         load_audio(tmp_path / ("x" * 5000))
 
 
+def test_unrecognised_audio_error_names_the_reason_not_a_buffer_object(tmp_path):
+    pytest.importorskip("soundfile")
+    path = tmp_path / "notes.wav"
+    path.write_text("not audio\n")
+    with pytest.raises(AudioError, match="not a readable audio file") as e:
+        load_audio(path)
+    assert "BytesIO" not in str(e.value) and " at 0x" not in str(e.value), str(e.value)
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_file_mode(tmp_path):
     path = tmp_path / "secret.wav"
@@ -363,7 +372,9 @@ def test_convert_corrupt_torch_checkpoint(tmp_path, tiny):
     os.unlink(ckpt / "model.safetensors")
     for junk in (b"PK\x03\x04 not a zip", b"", os.urandom(4096)):
         (ckpt / "pytorch_model.bin").write_bytes(junk)
-        _one_line_failure(_convert(ckpt, "-o", tmp_path / "out.wq", "-q"), output=tmp_path / "out.wq")
+        r = _convert(ckpt, "-o", tmp_path / "out.wq", "-q")
+        _one_line_failure(r, output=tmp_path / "out.wq")
+        assert "weights_only` set to `False`" not in r.output  # torch's advice to unpickle unsafely
 
 
 @pytest.mark.parametrize("err", [errno.EROFS, errno.EACCES, errno.ENOSPC])

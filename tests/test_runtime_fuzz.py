@@ -2,7 +2,8 @@
 
 tests/test_formats_fuzz.py mutates bytes; this mutates the *decoded* header of real converted models (a tiny random
 Wav2Vec2-CTC and, when its tokenizer is cached, a tiny random Whisper): any field of `meta` at any depth and any
-field of the tensor table, set to wrong types, extreme integers, NaN, control characters, empty and huge containers.
+field of the tensor table, set to wrong types, extreme integers, NaN, control characters, empty and huge containers;
+and tensor shapes changed to others of the same element count, which the reader's size checks cannot see.
 Each file is re-encoded with a correct header checksum, so every mutation reaches the code that interprets it.
 
 Cases run in child processes (a batch per child) under an address-space limit and a per-stage alarm; each child
@@ -148,6 +149,21 @@ def _mutate_container(rng: random.Random, node, known_keys=()) -> None:
         node.append(_pool(rng))
 
 
+def _reshaped(rng: random.Random, shape: list[int]) -> list[int]:
+    """`shape` permuted, flattened, given a unit axis or split at a divisor: the same element count."""
+    n = math.prod(shape)
+    divisors = [d for d in range(2, min(n, 64)) if n % d == 0]
+    choice = rng.randrange(4)
+    if choice == 0 and len(shape) > 1:
+        return rng.sample(shape, len(shape))
+    if choice == 1 and divisors:
+        d = rng.choice(divisors)
+        return rng.choice([[d, n // d], [n // d, d]])
+    if choice == 2:
+        return rng.choice([[n], [1, *shape], [*shape, 1]])
+    return [n] if len(shape) > 1 else [1, n]
+
+
 def mutate(rng: random.Random, buf: bytes) -> bytes:
     """1-3 structural edits of the decoded header (meta at any depth, or the tensor table), re-encoded with a
     correct header CRC."""
@@ -160,10 +176,10 @@ def mutate(rng: random.Random, buf: bytes) -> bytes:
             _mutate_container(rng, node, known_keys=meta if node is meta else ())
         elif r < 0.8 and entries:  # a tensor the model needs disappears under another name
             rng.choice(entries)["name"] = rng.choice(["x", "", "model.x", "\x1b[0m"]) + str(rng.randrange(9))
-        elif r < 0.9 and entries:  # shape permuted: same byte count, so the reader accepts it
+        elif r < 0.9 and entries:  # same byte count in another shape, so the reader accepts it
             e = rng.choice(entries)
-            if isinstance(e.get("shape"), list) and len(e["shape"]) > 1:
-                rng.shuffle(e["shape"])
+            if isinstance(e.get("shape"), list) and all(isinstance(n, int) and n > 0 for n in e["shape"]):
+                e["shape"] = _reshaped(rng, e["shape"])
         elif entries:
             e = rng.choice(entries)
             _mutate_container(rng, e, known_keys=ENTRY_KEYS)

@@ -82,6 +82,15 @@ def reshaping(name: str, shape: Callable[[list[int]], list[int]]) -> Mutate:
     return mutate
 
 
+def renaming(name: str, new_name: str) -> Mutate:
+    def mutate(header: dict) -> None:
+        for entry in header["tensors"]:
+            if entry["name"] == name:
+                entry["name"] = new_name
+
+    return mutate
+
+
 def both(*mutations: Mutate) -> Mutate:
     def mutate(header: dict) -> None:
         for m in mutations:
@@ -154,6 +163,24 @@ WHISPER_CASES = {
     ),
     "activation the runtime does not apply": (setting("dims", "activation", "relu"), "dims.activation"),
     "first_special_id beyond tokens": (setting("tokenizer", "first_special_id", 10**7), "tokenizer.first_special_id"),
+    # numpy broadcast errors before: a 1-D tensor given another shape of the same size
+    "bias as a matrix": (
+        reshaping("model.encoder.layers.0.fc1.bias", lambda s: [2, s[0] // 2]),
+        "model.encoder.layers.0.fc1.bias",
+    ),
+    "conv bias as a column": (reshaping("model.encoder.conv1.bias", lambda s: [s[0], 1]), "model.encoder.conv1.bias"),
+    "final layer norm as a matrix": (
+        reshaping("model.decoder.layer_norm.weight", lambda s: [2, s[0] // 2]),
+        "model.decoder.layer_norm.weight",
+    ),
+    "layer norm bias as a row": (
+        reshaping("model.decoder.layers.0.final_layer_norm.bias", lambda s: [1, s[0]]),
+        "model.decoder.layers.0.final_layer_norm.bias",
+    ),
+    "bias without its weight": (
+        renaming("model.encoder.layers.0.fc1.bias", "model.encoder.layers.0.fc3.bias"),
+        "model.encoder.layers.0.fc3.bias",
+    ),
 }
 
 
@@ -201,6 +228,24 @@ WAV2VEC2_CASES = {
     "layer_norm_eps NaN": (setting("dims", "layer_norm_eps", float("nan")), "dims.layer_norm_eps"),
     "padding_value inf": (setting("preprocess", "padding_value", float("inf")), "preprocess.padding_value"),
     "do_normalize='yes'": (setting("preprocess", "do_normalize", "yes"), "preprocess.do_normalize"),
+    "no convolutions": (
+        both(*(setting("dims", k, []) for k in ("conv_dim", "conv_kernel", "conv_stride"))),
+        "dims.conv_dim",
+    ),
+    # numpy broadcast errors before: a 1-D tensor given another shape of the same size
+    "conv layer norm as a matrix": (
+        reshaping("wav2vec2.feature_extractor.conv_layers.0.layer_norm.weight", lambda s: [2, s[0] // 2]),
+        "wav2vec2.feature_extractor.conv_layers.0.layer_norm.weight",
+    ),
+    "encoder layer norm as a column": (
+        reshaping("wav2vec2.encoder.layer_norm.weight", lambda s: [s[0], 1]),
+        "wav2vec2.encoder.layer_norm.weight",
+    ),
+    "attention bias as a matrix": (
+        reshaping("wav2vec2.encoder.layers.0.attention.q_proj.bias", lambda s: [2, s[0] // 2]),
+        "wav2vec2.encoder.layers.0.attention.q_proj.bias",
+    ),
+    "lm_head bias as a row": (reshaping("lm_head.bias", lambda s: [1, s[0]]), "lm_head.bias"),
 }
 
 

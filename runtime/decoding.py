@@ -646,7 +646,7 @@ class BatchedGreedyDecoder:
     matrix-matrix ones), and an utterance leaves the batch when it emits end of text. `cross` holds one row per
     utterance (`whisper.stack_cross`) and every prompt has the same length, so rows stay in step."""
 
-    def __init__(self, eot: int, filters: Sequence[LogitFilter]):
+    def __init__(self, eot: int, filters: Sequence[Filter]):
         self.eot, self.filters = eot, filters
 
     def run(self, model: WhisperModel, prompts: np.ndarray, cross: CrossKV, max_new: int) -> list[list[int]]:

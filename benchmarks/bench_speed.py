@@ -84,7 +84,7 @@ def _engine(system: dict, job: dict, threads: int):
 
         model = load(job["paths"][system["variant"]], **MEMORY[system["memory"]])
         batch = system["batch"]
-        return lambda audio: [r.text for r in model.transcribe(list(audio), batch_size=batch)]
+        return lambda audio: [r.text for r in model.transcribe(list(audio), batch_size=batch, without_timestamps=True)]
     from transformers import WhisperProcessor
 
     processor = WhisperProcessor.from_pretrained(job["model"])

@@ -92,7 +92,7 @@ def worker(args) -> None:
         model = load(job["path"], cache=cache)
 
         def transcribe(audio):
-            return model.transcribe(audio).text
+            return model.transcribe(audio, without_timestamps=True).text
 
     load_s = time.perf_counter() - started
 

@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 NEG_INF = np.float32(-np.inf)
 BEAM_FINISHED = np.float32(-1.0e9)  # transformers' "not a candidate" score offset in beam search
-SILENT_WINDOW_LOGPROB = -1e9  # the average log-probability given a window with no signal (below any threshold)
 PROMPT_ROOM = 64  # decoder cache positions reserved beyond the prompt before it grows
 
 
@@ -596,11 +595,6 @@ class LongForm:
 
     def decode_window(self, mel_segment: np.ndarray, prompt: list[int], temperature: float) -> WindowDecoding:
         model = self.model
-        if np.ptp(mel_segment) == 0:
-            # no signal at all (digital silence: every log-mel value at the floor): nothing to decode, and decoding
-            # it anyway makes Whisper write " you" with P(<|nospeech|>) ~0.94 but a log-probability above the
-            # silence rule's threshold; an empty, certain-silence window is skipped by the rule instead
-            return WindowDecoding([], SILENT_WINDOW_LOGPROB, 1.0, temperature)
         cross = self.cross(mel_segment)
         if model.is_multilingual and self.decoding.language is None:  # from the first window, then kept
             lang, probs = detect_language(model, cross)

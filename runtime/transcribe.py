@@ -129,7 +129,15 @@ def transcribe_windows(
     while seek < content_frames:
         time_offset = seek / FRAMES_PER_SECOND
         segment_size = min(N_FRAMES, content_frames - seek)
-        mel_segment = pad_or_trim(mel[:, seek : seek + segment_size], N_FRAMES)
+        content = mel[:, seek : seek + segment_size]
+        if np.ptp(content) == 0:
+            # no signal at all (digital silence: every log-mel value at the floor) is not decoded: Whisper writes
+            # " you" for it with P(<|nospeech|>) ~0.94 but a log-probability above the silence rule's threshold
+            seek += segment_size
+            if progress is not None:
+                progress(min(seek, content_frames), content_frames)
+            continue
+        mel_segment = pad_or_trim(content, N_FRAMES)
         result, ratio = decode_with_fallback(
             decode_window, mel_segment, all_tokens[prompt_reset_since:], decode_text, options
         )

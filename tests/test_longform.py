@@ -226,7 +226,8 @@ def test_white_noise_and_silence_give_no_text(tiny_en):
     # silence between speech: the speech is kept, nothing is written for the silent stretch
     speech = load_audio(SAMPLE, RATE)
     mixed = tiny_en.transcribe(np.concatenate([speech, np.zeros(35 * RATE, np.float32)]))
-    assert mixed.text == tiny_en.transcribe(speech).text
+    words = lambda text: re.findall(r"[a-z']+", text.lower())  # noqa: E731 (the windows differ in punctuation)
+    assert words(mixed.text) == words(tiny_en.transcribe(speech).text)
 
 
 @pytest.mark.real
@@ -237,15 +238,16 @@ def test_temperature_fallback_rescues_a_low_bit_loop(tmp_path, librispeech):
     from wavq.evaluation.datasets import find_utterances
     from wavq.runtime.transcribe import COMPRESSION_RATIO_THRESHOLD, compression_ratio
 
-    utt = next(u for u in find_utterances(librispeech("dev-clean"), "dev-clean") if u.id == "2412-153948-0000")
+    utt = next(u for u in find_utterances(librispeech("dev-clean")) if u.id == "2412-153948-0000")
     try:
         convert(TINY_EN, str(tmp_path / "q3.wq"), Recipe(method="rtn", bits=3, group_size=128))
     except OSError:
         pytest.skip(f"{TINY_EN} is not in the Hugging Face cache")
     model = load(str(tmp_path / "q3.wq"), cache=True)
     audio = load_audio(utt.path, RATE)
-    cold = model.transcribe(audio, temperature=0.0)
-    assert compression_ratio(cold.text) > COMPRESSION_RATIO_THRESHOLD
+    cold = model.transcribe(audio, temperature=0.0)  # no fallback: the loop stays (a window's ratio, per segment)
+    assert max(s.compression_ratio for s in cold.segments) > COMPRESSION_RATIO_THRESHOLD
     rescued = model.transcribe(audio)
     assert all(s.temperature > 0 for s in rescued.segments)
+    assert all(s.compression_ratio <= COMPRESSION_RATIO_THRESHOLD for s in rescued.segments)
     assert compression_ratio(rescued.text) <= COMPRESSION_RATIO_THRESHOLD

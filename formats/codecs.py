@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .constants import MAX_BITS, MIN_BITS, Encoding
+from .constants import MAX_BITS, MIN_BITS, VQ_DIMS, VQ_MAX_INDEX_BITS, VQ_MIN_INDEX_BITS, Encoding
 
 
 def view_2d_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -88,6 +88,70 @@ class QuantizedTensor:
     @property
     def encoding(self) -> Encoding:
         return Encoding.QSYM if self.symmetric else Encoding.QASYM
+
+
+@dataclasses.dataclass(frozen=True)
+class CodebookTensor:
+    """Vector-quantized weight (encoding VQ, SPEC.md 5.6): each row of the 2-D view is cut into vectors of `dim`
+    consecutive columns, and each vector is stored as an index into a codebook of 2**index_bits float16 vectors.
+    Rows share a codebook in bands of `rows_per_book` (the last band may be shorter); every `group_size` columns
+    of a row share one float16 scale, as the scalar encodings do:
+
+        w[r, v*dim : (v+1)*dim] = codebooks[r // rows_per_book, indices[r, v]] * scales[r, (v*dim) // group_size]
+
+    A rotated tensor (SPEC.md 5.4) stores the codes of W R, as for the scalar encodings.
+    """
+
+    shape: tuple[int, ...]
+    dim: int  # weights per vector: 2, 4 or 8; divides cols and group_size
+    index_bits: int  # bits per stored index, VQ_MIN_INDEX_BITS..VQ_MAX_INDEX_BITS
+    group_size: int  # columns per scale group (a multiple of dim); == cols for one scale per row
+    rows_per_book: int  # rows sharing one codebook; == rows for one codebook per tensor
+    indices: np.ndarray  # uint16 (rows, cols // dim), each < 2**index_bits
+    codebooks: np.ndarray  # float16 (n_books, 2**index_bits, dim), n_books = ceil(rows / rows_per_book)
+    scales: np.ndarray  # float16 (rows, n_groups(cols, group_size))
+    rotation: int = 0  # block size of the Hadamard rotation the codes are stored under; 0 = none
+
+    def __post_init__(self) -> None:
+        rows, cols = view_2d_shape(self.shape)
+        if self.dim not in VQ_DIMS:
+            raise ValueError(f"vector dimension must be one of {VQ_DIMS}, got {self.dim}")
+        if not (VQ_MIN_INDEX_BITS <= self.index_bits <= VQ_MAX_INDEX_BITS):
+            raise ValueError(f"index bits must be {VQ_MIN_INDEX_BITS}..{VQ_MAX_INDEX_BITS}, got {self.index_bits}")
+        if cols % self.dim or not (1 <= self.group_size <= cols) or self.group_size % self.dim:
+            raise ValueError(f"dim {self.dim} must divide the {cols} columns and the group size {self.group_size}")
+        if not (1 <= self.rows_per_book <= max(rows, 1)):
+            raise ValueError(f"rows per codebook {self.rows_per_book} outside 1..{rows}")
+        books = -(-rows // self.rows_per_book)
+        want = {
+            "indices": ((rows, cols // self.dim), np.uint16),
+            "codebooks": ((books, 1 << self.index_bits, self.dim), np.float16),
+            "scales": ((rows, n_groups(cols, self.group_size)), np.float16),
+        }
+        for what, (shape, dtype) in want.items():
+            arr = getattr(self, what)
+            if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != dtype:
+                got = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+                raise ValueError(f"{what} must be {np.dtype(dtype)} {shape}, got {got}")
+        if self.indices.size and int(self.indices.max()) >= 1 << self.index_bits:
+            raise ValueError(f"indices out of range for {self.index_bits} bits")
+        validate_rotation(cols, self.rotation)
+
+    @property
+    def encoding(self) -> Encoding:
+        return Encoding.VQ
+
+
+def dequantize_codebook(ct: CodebookTensor) -> np.ndarray:
+    """float32 array of the original shape: the reference decoder of the VQ encoding (SPEC.md 5.6)."""
+    rows, cols = view_2d_shape(ct.shape)
+    book_of_row = np.arange(rows) // ct.rows_per_book
+    vectors = ct.codebooks[book_of_row[:, None], ct.indices.astype(np.intp)]  # (rows, cols // dim, dim)
+    out = vectors.reshape(rows, cols).astype(np.float32)
+    out *= _expand(ct.scales.astype(np.float32), ct.group_size, cols)
+    if ct.rotation:
+        out = unrotate_columns(out, ct.rotation)
+    return out.reshape(ct.shape)
 
 
 def validate_decomposition(

@@ -38,6 +38,9 @@ MAX_ELEMENTS = 1 << 48
 
 MIN_BITS = 2
 MAX_BITS = 8
+VQ_DIMS = (2, 4, 8)  # weights per codebook vector
+VQ_MIN_INDEX_BITS = 2
+VQ_MAX_INDEX_BITS = 16  # a codebook of at most 65536 vectors
 CODES_PER_BLOCK = 8  # 8 codes of b bits fill exactly b bytes, so every width packs densely
 
 
@@ -49,7 +52,8 @@ class Encoding(enum.IntEnum):
     QSYM = 2  # b-bit unsigned codes, w = (q - 2**(b-1)) * scale, f16 scale per group
     QASYM = 3  # b-bit unsigned codes, w = (q - zero) * scale, f16 scale and b-bit zero point per group
     # 4..15: reserved for further uniform integer encodings.
-    # 16..31: reserved for non-uniform (codebook / lookup-table) encodings.
+    VQ = 16  # vectors of d weights as indices into a float16 codebook, f16 scale per group (SPEC.md 5.6)
+    # 17..31: reserved for further non-uniform (codebook / lookup-table) encodings.
     # 32 and up: unassigned; assigning one needs an amendment of SPEC.md.
 
 
@@ -61,6 +65,7 @@ SCALE_DTYPE = "<f2"  # one IEEE binary16 scale per group
 OFFSET_DTYPE = "<f4"  # decomposed tensors: one binary32 offset per column of the 2-D view
 OUTLIER_DTYPE = "<f2"  # decomposed tensors: binary16 values of the columns kept in float
 QUANT_ENCODINGS = (Encoding.QSYM, Encoding.QASYM)
+READABLE_ENCODINGS = (*FLOAT_ENCODINGS, *QUANT_ENCODINGS)  # what this reader implements; VQ is being added
 
 
 def align(n: int, alignment: int = ALIGNMENT) -> int:

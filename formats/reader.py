@@ -41,6 +41,7 @@ from .constants import (
     PREFIX_FLAGS,
     PREFIX_SIZE,
     QUANT_ENCODINGS,
+    READABLE_ENCODINGS,
     RESERVED_ENCODINGS_END,
     ROTATED_LAYOUT_REVISION,
     SCALE_DTYPE,
@@ -300,6 +301,8 @@ class WqFile:
             raise MalformedHeaderError(self.path, f"{where}: invalid shape {_short(shape)}")
         try:
             encoding = Encoding(e["encoding"])
+            if encoding not in READABLE_ENCODINGS:
+                raise ValueError(encoding)
         except ValueError:
             hint = (
                 " (a value reserved for future encodings: a newer wavq may read this file)"

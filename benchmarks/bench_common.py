@@ -26,3 +26,27 @@ def versions() -> str:
         except metadata.PackageNotFoundError:
             pass
     return ", ".join(parts)
+
+
+def load_wq_weights(model, path: str) -> None:
+    """Copy the dequantized weights of a .wq file into a transformers Whisper model (what the numpy runtime
+    computes with; an input_scale the runtime divides by is folded into its weight's columns)."""
+    import numpy as np
+    import torch
+
+    from wavq.formats import WqFile
+
+    params = dict(model.named_parameters())
+    wq = WqFile(path)
+    names = [n for n in wq.tensors if not n.endswith(".input_scale") and n in params]
+    missing = set(params) - set(names) - {"proj_out.weight"}  # proj_out is tied to embed_tokens
+    if missing:
+        raise RuntimeError(f"{path}: no tensor for {sorted(missing)[:3]}")
+    with torch.no_grad():
+        for name in names:
+            w = np.array(wq.array(name))
+            scale = name.removesuffix(".weight") + ".input_scale"
+            if name.endswith(".weight") and scale in wq.tensors:
+                w = w / wq.array(scale)[None, :]
+            params[name].copy_(torch.from_numpy(w).reshape(params[name].shape))
+    wq.close()

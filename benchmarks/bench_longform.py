@@ -37,16 +37,31 @@ def table() -> str:
         last[(r["recording"], r["model"], r["label"])] = r
     rows = [
         "| recording | model | label | WER vs LibriSpeech % | WER vs transformers long-form % | "
-        "transformers long-form WER % | segments | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "transformers long-form WER % | same, on this file's weights % | segments | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (rec, model, label), r in sorted(last.items(), key=lambda kv: (kv[1]["duration"], kv[0][1], kv[0][2])):
         rows.append(
             f"| {rec} ({r['duration']:.0f} s) | {model} | {label} | {r['wer_librispeech']} | "
-            f"{r['wer_vs_transformers']} | {r['reference_wer_librispeech']} | {len(r['segments'])} | {r['seconds']} |"
+            f"{r['wer_vs_transformers']} | {r['reference_wer_librispeech']} | {same_weights_wer(rec, model)} | "
+            f"{len(r['segments'])} | {r['seconds']} |"
         )
     legend = "\n".join(f"- {k}: {v}" for k, v in LABELS.items())
     return "\n".join(rows) + "\n\n" + legend + "\n"
+
+
+def same_weights_wer(recording: str, model_file: str) -> str:
+    """WER against LibriSpeech of transformers' long-form output on a .wq file's own weights (make_longform.py
+    --weights), or "" when that reference was not made; f32 files are the checkpoint itself."""
+    import jiwer
+
+    stem = pathlib.Path(model_file).stem
+    paths = list(RESULTS.glob(f"{recording}.*.{stem}.json"))
+    if not paths:
+        return ""
+    ref = json.loads(paths[0].read_text(encoding="utf-8"))
+    norm = normalizer_for("whisper")
+    return str(round(100 * jiwer.wer(norm(ref["reference"]), norm(ref["text"])), 2))
 
 
 def references(model_name: str) -> list[pathlib.Path]:

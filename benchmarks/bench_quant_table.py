@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import machine, versions  # noqa: E402
+from bench_common import load_wq_weights, machine, versions  # noqa: E402
 from quant_results import calibration_draws  # noqa: E402
 
 from wavq.converter.calibrate import list_audio_files, overlap_warning, select_calibration  # noqa: E402
@@ -200,24 +200,10 @@ class TorchWhisper:
 
         self.processor = WhisperProcessor.from_pretrained(model_id)
         self.model = WhisperForConditionalGeneration.from_pretrained(model_id).float().eval()
-        self.params = dict(self.model.named_parameters())
         self.multilingual = self.model.config.vocab_size >= 51865
 
     def load_wq(self, path: str) -> None:
-        wq = WqFile(path)
-        names = [n for n in wq.tensors if not n.endswith(".input_scale") and n in self.params]
-        missing = set(self.params) - set(names) - {"proj_out.weight"}  # proj_out is tied to embed_tokens
-        if missing:
-            raise RuntimeError(f"{path}: no tensor for {sorted(missing)[:3]}")
-        with torch.no_grad():
-            for name in names:
-                w = np.array(wq.array(name))
-                scale = name.removesuffix(".weight") + ".input_scale"
-                # the runtime divides the input by an input_scale: fold it into the weight's columns
-                if name.endswith(".weight") and scale in wq.tensors:
-                    w = w / wq.array(scale)[None, :]
-                self.params[name].copy_(torch.from_numpy(w).reshape(self.params[name].shape))
-        wq.close()
+        load_wq_weights(self.model, path)
 
     def transcribe(self, audios: list[np.ndarray]) -> list[str]:
         kwargs = dict(max_new_tokens=MAX_NEW_TOKENS)

@@ -14,6 +14,11 @@ can reproduce) is recognisable.
 
     python benchmarks/make_longform.py                 # 60 s (tiny.en, base), 3 min and 10 min (tiny.en)
     python benchmarks/make_longform.py --only 60s      # one length
+    python benchmarks/make_longform.py --weights tiny.en-rtn4.wq   # the same algorithm on a file's weights
+
+With --weights, transformers runs on the dequantized weights of a .wq file (the values the runtime computes with),
+and the reference is written as <name>.<checkpoint>.<file stem>.json: the long-form output a quantized model gives
+under transformers' algorithm, to tell the runtime's seek loop apart from the model's own errors.
 """
 
 from __future__ import annotations
@@ -87,12 +92,16 @@ def openai_compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def transcribe_reference(model_id: str, audio: np.ndarray) -> dict:
+def transcribe_reference(model_id: str, audio: np.ndarray, weights: str | None = None) -> dict:
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     processor = WhisperProcessor.from_pretrained(model_id)
     model = WhisperForConditionalGeneration.from_pretrained(model_id, dtype=torch.float32).eval()
+    if weights:
+        from bench_common import load_wq_weights
+
+        load_wq_weights(model, weights)
     features = processor(
         audio,
         sampling_rate=SAMPLE_RATE,
@@ -160,6 +169,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--librispeech", default=str(LIBRISPEECH))
     parser.add_argument("--only", help="one file name suffix, e.g. 60s, 3min, 10min")
+    parser.add_argument("--weights", help="a .wq file of --model: run transformers on its weights")
+    parser.add_argument("--model", default="openai/whisper-tiny.en", help="the checkpoint of --weights")
     args = parser.parse_args()
     from importlib import metadata
 
@@ -171,7 +182,7 @@ def main() -> None:
         ids = [u.id for u in chosen]
         audio = build_audio(args.librispeech, ids)
         spec.out_dir.mkdir(parents=True, exist_ok=True)
-        for model_id in spec.models:
+        for model_id in (args.model,) if args.weights else spec.models:
             record = {
                 "name": spec.name,
                 "subset": SUBSET,
@@ -179,9 +190,12 @@ def main() -> None:
                 "duration": round(len(audio) / SAMPLE_RATE, 4),
                 "reference": " ".join(u.text or "" for u in chosen),
                 "transformers": metadata.version("transformers"),
-                **transcribe_reference(model_id, audio),
+                **transcribe_reference(model_id, audio, args.weights),
             }
             path = spec.out_dir / f"{spec.name}.{model_id.split('/')[-1]}.json"
+            if args.weights:
+                record["weights"] = pathlib.Path(args.weights).name
+                path = RESULTS / f"{spec.name}.{model_id.split('/')[-1]}.{pathlib.Path(args.weights).stem}.json"
             tmp = path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
             tmp.replace(path)

@@ -477,8 +477,8 @@ def dequantize_codebook_packed(
     """float32 (rows, cols) of a codebook tensor's row range straight from its packed index rows (SPEC.md 5.6),
     before any rotation is undone; `book_of_row` holds the codebook number of each of those rows, `scales` their
     scales. Equal to dequantize_codebook bit for bit: per cache-sized block of rows the indices are unpacked, the
-    float16 vectors gathered by one fancy index into the stored codebooks and multiplied in float32 by their
-    group's scale (float16 -> float32 is exact, so the product is rounded once, as in the reference)."""
+    vectors gathered by one fancy index into the codebooks and multiplied in float32 by their group's scale
+    (float16 -> float32 is exact, so the product is rounded once, as in the reference)."""
     from . import packing  # codecs does not otherwise depend on the bit layout
 
     rows = packed.shape[0]
@@ -488,15 +488,20 @@ def dequantize_codebook_packed(
         return out
     book_len = 1 << index_bits
     vectors_per_group = group_size // dim
+    first = int(book_of_row.min())
+    # The codebooks these rows use, in float32 once per call (float16 -> float32 is exact): gathering float32
+    # vectors and scaling them in place is several times faster than converting float16 per element.
+    table = codebooks[first : int(book_of_row.max()) + 1].astype(np.float32).reshape(-1, dim)
     step = max(1, _DEQUANT_BLOCK_ELEMENTS // cols)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        books = book_of_row[r0:r1].astype(np.intp)
-        first = int(books.min())
         flat = packing.unpack_indices(packed[r0:r1], index_bits, n_vec).astype(np.intp)
-        flat += (books[:, None] - first) * book_len
-        table = codebooks[first : int(books.max()) + 1].reshape(-1, dim)
-        vectors = np.take(table, flat, axis=0)  # float16 (r, n_vec, dim)
-        s = np.repeat(scales[r0:r1].astype(np.float32), vectors_per_group, axis=1)[:, :n_vec]
-        np.multiply(vectors, s[:, :, None], out=out[r0:r1].reshape(r1 - r0, n_vec, dim))
+        flat += (book_of_row[r0:r1, None].astype(np.intp) - first) * book_len
+        o = out[r0:r1].reshape(r1 - r0, n_vec, dim)
+        np.take(table, flat, axis=0, out=o)
+        s = scales[r0:r1].astype(np.float32)
+        if n_vec % vectors_per_group == 0:  # whole groups: broadcast each scale over its group's vectors
+            o.reshape(r1 - r0, s.shape[1], vectors_per_group, dim)[...] *= s[:, :, None, None]
+        else:
+            o *= np.repeat(s, vectors_per_group, axis=1)[:, :n_vec, None]
     return out

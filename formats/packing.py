@@ -113,16 +113,23 @@ def pack_indices(indices: np.ndarray, bits: int) -> np.ndarray:
 def unpack_indices(packed: np.ndarray, bits: int, cols: int) -> np.ndarray:
     """Inverse of pack_indices: uint8 rows of packed bytes -> uint16 indices of shape (rows, cols).
 
-    Index i of a row starts at bit b*i; its bits lie in the three bytes from byte (b*i)//8 on (b <= 16, shift
-    <= 7), which are gathered for all indices at once, shifted and masked."""
+    Up to 8 bits this is unpack_codes. Wider runs of 8 indices (9..16 bytes) are read as two little-endian 64-bit
+    words: indices 0..3 lie in the run's first 8 bytes, indices 4..7 in its bytes from b//2 on (starting at bit 0
+    of that byte for even b, bit 4 for odd b), so each word yields four indices by shifts and a mask."""
     _check_bits(bits, MAX_PACKED_BITS)
+    if bits <= MAX_BITS:
+        return unpack_codes(packed, bits, cols).astype(np.uint16)
     packed = np.asarray(packed, dtype=np.uint8)
     if packed.ndim != 2 or packed.shape[1] != row_bytes(cols, bits):
         raise ValueError(f"packed rows of {row_bytes(cols, bits)} bytes expected, got shape {packed.shape}")
-    rows = packed.shape[0]
-    start = np.arange(cols, dtype=np.int64) * bits
-    first, shift = start // 8, (start % 8).astype(np.uint32)
-    wide = np.zeros((rows, packed.shape[1] + 2), dtype=np.uint32)  # two zero bytes: the gather stays in range
-    wide[:, : packed.shape[1]] = packed
-    word = wide[:, first] | (wide[:, first + 1] << np.uint32(8)) | (wide[:, first + 2] << np.uint32(16))
-    return ((word >> shift) & np.uint32((1 << bits) - 1)).astype(np.uint16)
+    rows, nblk = packed.shape[0], packed.shape[1] // bits
+    runs = packed.reshape(rows, nblk, bits)
+    half = bits // 2
+    wide = np.zeros((rows, nblk, 2, 8), dtype=np.uint8)
+    wide[:, :, 0, :] = runs[:, :, :8]
+    wide[:, :, 1, : bits - half] = runs[:, :, half:]
+    words = wide.view("<u8")  # (rows, nblk, 2, 1)
+    quarter = np.arange(4, dtype=np.uint64) * np.uint64(bits)
+    shifts = np.stack([quarter, quarter + np.uint64(4 * bits - 8 * half)])  # (2, 4)
+    codes = (words >> shifts) & np.uint64((1 << bits) - 1)  # (rows, nblk, 2, 4)
+    return codes.reshape(rows, nblk * CODES_PER_BLOCK)[:, :cols].astype(np.uint16)

@@ -91,6 +91,8 @@ CASES = [
     ((1, 8), 8, 16, 8, 1, 2),  # one row, one vector: a 65536-entry codebook of 8-vectors
     ((0, 8), 2, 3, 4, 1, 0),  # no rows: no codebooks
     ((130, 12), 4, 6, 12, 64, 0),  # more rows than one dequantization block of some widths
+    ((5, 40), 4, 9, 16, 2, 0),  # a short last scale group (16 does not divide 40)
+    ((3, 16), 2, 13, 6, 1, 0),  # groups of three 2-vectors, the last one short
 ]
 
 

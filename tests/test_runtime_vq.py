@@ -10,16 +10,21 @@ import os
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from formats_helpers import codebook_tensor
+from formats_helpers import codebook_bytes, codebook_tensor, codebook_tensors
 
 from wavq.formats import WqFile, write_wq
-from wavq.formats.codecs import dequantize_codebook, view_2d_shape
+from wavq.formats.codecs import CodebookTensor, dequantize_codebook, view_2d_shape
+from wavq.formats.stats import codebook_bits_per_weight
 from wavq.runtime import Wav2Vec2CTCModel, WhisperModel, load
 from wavq.runtime.cli import main as runtime_main
+from wavq.runtime.info import summarize
 from wavq.runtime.weights import Weights
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
+
+def _needs_torch() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+
 
 # name suffix -> (dim, index bits, group size, rows per codebook, rotation); the sizes fit the tiny models' widths
 WHISPER_VQ = {
@@ -64,6 +69,7 @@ def _pair(path: str, swapped: tuple[dict, dict, dict], cache: bool, model_class)
 @pytest.fixture(scope="module")
 def whisper_source(tmp_path_factory) -> str:
     """A tiny random Whisper converted to 4 bits."""
+    _needs_torch()
     from tiny_models import convert_tiny, tiny_whisper
 
     root = tmp_path_factory.mktemp("vq_whisper")
@@ -82,6 +88,7 @@ def whisper_pair(whisper_source, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def wav2vec2_pair(tmp_path_factory):
+    _needs_torch()
     from tiny_models import convert_tiny, tiny_wav2vec2
 
     root = tmp_path_factory.mktemp("vq_w2v")
@@ -185,3 +192,23 @@ def test_info_shows_the_codebook_encoding(wav2vec2_pair):
     assert "VQ d4 5-bit idx (32-entry codebook) g16 " in r.output  # intermediate_dense
     assert "VQ d2 7-bit idx (128-entry codebook) g16 4 books" in r.output  # k_proj: 16 rows, 5 a book
     assert "VQ d4 6-bit idx (64-entry codebook) g8 rotated/8" in r.output
+
+
+def test_summary_counts_codebook_tensors_as_quantized(tmp_path):
+    """`wavq info`'s bits per weight: VQ tensors count with their indices, scales and codebooks."""
+    path = tmp_path / "cb.wq"
+    path.write_bytes(codebook_bytes())
+    tensors = codebook_tensors()
+    vq = {n: t for n, t in tensors.items() if isinstance(t, CodebookTensor)}
+    q = tensors["q.plain"]
+    numel = {n: int(np.prod(t.shape)) for n, t in vq.items()}
+    vq_bits = sum(
+        codebook_bits_per_weight(t.dim, t.index_bits, t.group_size, t.rows_per_book, t.shape) * numel[n]
+        for n, t in vq.items()
+    )
+    q_bits = 4 * 36 + 16 * 4 * 3  # 4-bit codes, groups of 4 over 9 columns: 3 scales per row
+    with WqFile(path) as f:
+        s = summarize(f)
+    assert s.n_quantized == sum(numel.values()) + 36
+    assert s.quantized_bpw == pytest.approx((vq_bits + q_bits) / s.n_quantized, rel=1e-12)
+    assert q.bits == 4 and q.group_size == 4

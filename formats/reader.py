@@ -594,7 +594,8 @@ class WqFile:
 
     def raw(self, name: str) -> list[np.ndarray]:
         """Zero-copy views of a tensor's stored parts, in storage order (TensorInfo.part_names): float data; or
-        packed codes, scales, [zero points], and for a decomposed tensor the offset and, if k > 0, the outliers."""
+        packed codes, scales, [zero points], and for a decomposed tensor the offset and, if k > 0, the outliers; or
+        packed indices, codebooks and scales (VQ)."""
         return list(self._part_views(name).values())
 
     def _part_views(self, name: str) -> dict[str, np.ndarray]:

@@ -78,6 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", default=os.path.join(HERE, "results", "vq_dequant.md"))
     args = ap.parse_args()
+    load = os.getloadavg()[0]  # the table is only as quiet as the machine was
     table = tensors(np.random.default_rng(0))
     lines = []
     with tempfile.TemporaryDirectory() as d:
@@ -94,7 +95,7 @@ def main() -> None:
     header = [
         "# Dequantization speed: codebook (VQ) tensors vs scalar codes",
         "",
-        f"- machine: {machine()}; {versions()}",
+        f"- machine: {machine()}; {versions()}; 1-minute load average at the start: {load:.1f}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "- command: `nice -n 10 python benchmarks/bench_vq_dequant.py`",
         f"- MB/s of float32 produced (best of repeated calls); whole tensor, and in blocks of {BLOCK_ROWS} rows; "

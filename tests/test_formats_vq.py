@@ -20,6 +20,8 @@ from formats_helpers import (
     split,
     tensor_span,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from wavq.formats import (
     InvalidValueError,
@@ -31,7 +33,7 @@ from wavq.formats import (
     write_wq,
 )
 from wavq.formats.activation import ActivationSpec
-from wavq.formats.codecs import CodebookTensor, dequantize_codebook
+from wavq.formats.codecs import CodebookTensor, dequantize_codebook, dequantize_codebook_packed
 from wavq.formats.constants import VQ_LAYOUT_REVISION, Encoding
 from wavq.formats.stats import codebook_bits_per_weight, payload_bits
 
@@ -78,6 +80,41 @@ def test_pack_indices_rejects_widths(bits):
 def test_pack_indices_rejects_out_of_range():
     with pytest.raises(ValueError, match="out of range"):
         packing.pack_indices(np.array([[4]]), 2)
+
+
+# derandomize: CI runs the same examples every time (a new failure is found by running with a --hypothesis-seed)
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(
+    rows=st.integers(0, 9),
+    vectors=st.integers(1, 40),
+    dim=st.sampled_from([2, 4, 8]),
+    bits=st.integers(2, 16),
+    group_vectors=st.integers(1, 12),
+    rows_per_book=st.integers(1, 9),
+    start=st.integers(0, 9),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_packed_decoder_equals_reference_on_any_row_range(
+    rows, vectors, dim, bits, group_vectors, rows_per_book, start, seed
+):
+    """The reader's decoder (packed indices, a row range, its codebook numbers) against the reference decoder."""
+    cols = vectors * dim
+    t = codebook_tensor(
+        np.random.default_rng(seed),
+        (rows, cols),
+        dim,
+        bits,
+        min(group_vectors, vectors) * dim,
+        min(rows_per_book, max(rows, 1)),
+    )
+    packed = packing.pack_indices(t.indices, bits)
+    rng = slice(min(start, rows), rows)
+    books = np.arange(rows)[rng] // t.rows_per_book
+    got = dequantize_codebook_packed(packed[rng], books, t.codebooks, t.scales[rng], dim, bits, cols, t.group_size)
+    assert got.tobytes() == dequantize_codebook(t)[rng].tobytes()
 
 
 # ---- round trips ----------------------------------------------------------------------------------------------

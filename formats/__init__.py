@@ -1,6 +1,15 @@
 """The .wq container: constants, codecs, bit packing, and the one reader and writer (numpy + msgpack only)."""
 
-from .codecs import QuantizedTensor, apply_decomposition, dequantize, quantize, quantize_with_scales, rtn_scales
+from .codecs import (
+    CodebookTensor,
+    QuantizedTensor,
+    apply_decomposition,
+    dequantize,
+    dequantize_codebook,
+    quantize,
+    quantize_with_scales,
+    rtn_scales,
+)
 from .constants import CONTAINER_VERSION, LAYOUT_REVISION, Encoding
 from .errors import (
     AlignmentError,
@@ -25,7 +34,9 @@ from .reader import TensorInfo, WqFile, open_wq
 from .writer import WqWriter, write_wq
 
 __all__ = [
+    "CodebookTensor",
     "QuantizedTensor",
+    "dequantize_codebook",
     "apply_decomposition",
     "dequantize",
     "quantize",

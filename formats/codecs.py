@@ -113,6 +113,11 @@ class CodebookTensor:
     rotation: int = 0  # block size of the Hadamard rotation the codes are stored under; 0 = none
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """ValueError unless every field fits the others. Runs when built; the writer runs it again, because the
+        arrays stay mutable."""
         rows, cols = view_2d_shape(self.shape)
         if self.dim not in VQ_DIMS:
             raise ValueError(f"vector dimension must be one of {VQ_DIMS}, got {self.dim}")
@@ -456,4 +461,47 @@ def dequantize_packed(
             o *= _expand(s, group_size, cols)
         if decomposition is not None:
             apply_decomposition(o, decomposition[0], decomposition[1], decomposition[2][r0:r1])
+    return out
+
+
+def dequantize_codebook_packed(
+    packed: np.ndarray,
+    book_of_row: np.ndarray,
+    codebooks: np.ndarray,
+    scales: np.ndarray,
+    dim: int,
+    index_bits: int,
+    cols: int,
+    group_size: int,
+) -> np.ndarray:
+    """float32 (rows, cols) of a codebook tensor's row range straight from its packed index rows (SPEC.md 5.6),
+    before any rotation is undone; `book_of_row` holds the codebook number of each of those rows, `scales` their
+    scales. Equal to dequantize_codebook bit for bit: per cache-sized block of rows the indices are unpacked, the
+    vectors gathered by one fancy index into the codebooks and multiplied in float32 by their group's scale
+    (float16 -> float32 is exact, so the product is rounded once, as in the reference)."""
+    from . import packing  # codecs does not otherwise depend on the bit layout
+
+    rows = packed.shape[0]
+    n_vec = cols // dim
+    out = np.empty((rows, cols), dtype=np.float32)
+    if rows == 0 or cols == 0:
+        return out
+    book_len = 1 << index_bits
+    vectors_per_group = group_size // dim
+    first = int(book_of_row.min())
+    # The codebooks these rows use, in float32 once per call (float16 -> float32 is exact): gathering float32
+    # vectors and scaling them in place is several times faster than converting float16 per element.
+    table = codebooks[first : int(book_of_row.max()) + 1].astype(np.float32).reshape(-1, dim)
+    step = max(1, _DEQUANT_BLOCK_ELEMENTS // cols)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        flat = packing.unpack_indices(packed[r0:r1], index_bits, n_vec).astype(np.intp)
+        flat += (book_of_row[r0:r1, None].astype(np.intp) - first) * book_len
+        o = out[r0:r1].reshape(r1 - r0, n_vec, dim)
+        np.take(table, flat, axis=0, out=o)
+        s = scales[r0:r1].astype(np.float32)
+        if n_vec % vectors_per_group == 0:  # whole groups: broadcast each scale over its group's vectors
+            o.reshape(r1 - r0, s.shape[1], vectors_per_group, dim)[...] *= s[:, :, None, None]
+        else:
+            o *= np.repeat(s, vectors_per_group, axis=1)[:, :n_vec, None]
     return out

@@ -15,12 +15,13 @@ SUPPORTED_CONTAINER_VERSIONS = (1,)
 # encoding changes while the container stays the same (e.g. a new code order inside a packed block).
 # LAYOUT_REVISION is the newest this code knows. Writers write the lowest revision that can express a file
 # (SPEC.md section 9), so a file without decomposed tensors stays readable by revision-1 readers.
-LAYOUT_REVISION = 4
-SUPPORTED_LAYOUT_REVISIONS = (1, 2, 3, 4)
+LAYOUT_REVISION = 5
+SUPPORTED_LAYOUT_REVISIONS = (1, 2, 3, 4, 5)
 BASE_LAYOUT_REVISION = 1  # what a file holding no decomposed or rotated tensor is written as
 DECOMPOSED_LAYOUT_REVISION = 2  # first revision with the "outlier_columns" entry key (decomposed tensors)
 ROTATED_LAYOUT_REVISION = 3  # first revision with the "rotation" entry key (rotated tensors)
 ACTIVATION_LAYOUT_REVISION = 4  # first revision with the "activation" entry key (quantized inputs, SPEC.md 5.5)
+VQ_LAYOUT_REVISION = 5  # first revision with encoding VQ (codebook tensors, SPEC.md 5.6)
 
 # <4s magic><u32 container_version><u64 header_len><u32 header_crc32><u32 flags>, little-endian, 24 bytes.
 PREFIX = struct.Struct("<4sIQII")
@@ -42,6 +43,7 @@ VQ_DIMS = (2, 4, 8)  # weights per codebook vector
 VQ_MIN_INDEX_BITS = 2
 VQ_MAX_INDEX_BITS = 16  # a codebook of at most 65536 vectors
 CODES_PER_BLOCK = 8  # 8 codes of b bits fill exactly b bytes, so every width packs densely
+MAX_PACKED_BITS = VQ_MAX_INDEX_BITS  # widest code the dense packing stores (VQ indices; scalar codes stop at 8)
 
 
 class Encoding(enum.IntEnum):
@@ -64,8 +66,9 @@ FLOAT_ENCODINGS = {Encoding.F32: "<f4", Encoding.F16: "<f2"}
 SCALE_DTYPE = "<f2"  # one IEEE binary16 scale per group
 OFFSET_DTYPE = "<f4"  # decomposed tensors: one binary32 offset per column of the 2-D view
 OUTLIER_DTYPE = "<f2"  # decomposed tensors: binary16 values of the columns kept in float
-QUANT_ENCODINGS = (Encoding.QSYM, Encoding.QASYM)
-READABLE_ENCODINGS = (*FLOAT_ENCODINGS, *QUANT_ENCODINGS)  # what this reader implements; VQ is being added
+CODEBOOK_DTYPE = "<f2"  # VQ tensors: binary16 codebook vectors
+QUANT_ENCODINGS = (Encoding.QSYM, Encoding.QASYM)  # scalar integer codes (packed kernel, integer path)
+READABLE_ENCODINGS = (*FLOAT_ENCODINGS, *QUANT_ENCODINGS, Encoding.VQ)  # what this reader implements
 
 
 def align(n: int, alignment: int = ALIGNMENT) -> int:

@@ -2,7 +2,7 @@
 
 Opening a file reads the prefix and the header only; tensor data stays in an np.memmap and is read when a tensor
 is first used, after its CRC32 and the finiteness of its values (float tensors) or scales (and offset and float
-columns) are checked, once.
+columns; codebooks of VQ tensors) are checked, once.
 SPEC.md section 7 lists every rejection; any input bytes produce a FormatError subclass or a valid file, never
 another exception (tests/test_formats_fuzz.py).
 """
@@ -25,6 +25,7 @@ from .activation import ACTIVATION_KEY, ActivationSpec, parse_activation_entry
 from .constants import (
     ACTIVATION_LAYOUT_REVISION,
     ALIGNMENT,
+    CODEBOOK_DTYPE,
     DECOMPOSED_LAYOUT_REVISION,
     FLOAT_ENCODINGS,
     MAGIC,
@@ -47,6 +48,10 @@ from .constants import (
     SCALE_DTYPE,
     SUPPORTED_CONTAINER_VERSIONS,
     SUPPORTED_LAYOUT_REVISIONS,
+    VQ_DIMS,
+    VQ_LAYOUT_REVISION,
+    VQ_MAX_INDEX_BITS,
+    VQ_MIN_INDEX_BITS,
     Encoding,
     align,
 )
@@ -68,13 +73,14 @@ from .errors import (
     UnknownEncodingError,
     UnsupportedVersionError,
 )
-from .layout import part_names, quant_params, tensor_nbytes, tensor_parts
+from .layout import VqParams, part_names, quant_params, tensor_nbytes, tensor_parts
 
 _HEADER_KEYS = frozenset({"layout_revision", "meta", "tensors", "data_size"})
 _ENTRY_KEYS = frozenset({"name", "encoding", "shape", "offset", "nbytes", "crc32"})
 _QUANT_KEYS = frozenset({"bits", "group_size"})
 _DECOMPOSED_KEY = "outlier_columns"  # layout revision 2: present iff the quantized tensor is decomposed
 _ROTATION_KEY = "rotation"  # layout revision 3: present iff the quantized tensor is rotated (its block size)
+_VQ_KEYS = ("dim", "index_bits", "rows_per_book")  # layout revision 5: codebook tensors (SPEC.md 5.6)
 _EXOTIC = (msgpack.ExtType, msgpack.Timestamp)  # msgpack values that are not plain data
 
 
@@ -91,6 +97,7 @@ class TensorInfo:
     outlier_columns: tuple[int, ...] | None = None  # decomposed tensors only: the float columns (may be empty)
     rotation: int = 0  # rotated tensors: the Hadamard block size (SPEC.md 5.4); 0 = not rotated
     activation: ActivationSpec | None = None  # how the input of its product is quantized (SPEC.md 5.5); None: float
+    vq: VqParams | None = None  # codebook (VQ) tensors only: dim, index bits, rows per codebook (SPEC.md 5.6)
 
     @property
     def numel(self) -> int:
@@ -98,7 +105,13 @@ class TensorInfo:
 
     @property
     def quantized(self) -> bool:
+        """Stored as scalar integer codes (QSYM, QASYM); a codebook tensor is not (see `codebook`)."""
         return self.encoding in QUANT_ENCODINGS
+
+    @property
+    def codebook(self) -> bool:
+        """Stored as indices into codebooks (VQ, SPEC.md 5.6)."""
+        return self.encoding == Encoding.VQ
 
     @property
     def decomposed(self) -> bool:
@@ -121,7 +134,7 @@ class TensorInfo:
 
     @property
     def parts(self) -> list[tuple[int, int]]:
-        return tensor_parts(self.encoding, self.shape, self.bits, self.group_size, self.n_outlier_columns)
+        return tensor_parts(self.encoding, self.shape, self.bits, self.group_size, self.n_outlier_columns, self.vq)
 
 
 def _is_int(v: Any) -> TypeGuard[int]:
@@ -310,6 +323,17 @@ class WqFile:
                 else ""
             )
             raise UnknownEncodingError(self.path, f"{where}: unknown encoding {e['encoding']}{hint}") from None
+        if encoding == Encoding.VQ and self.layout_revision < VQ_LAYOUT_REVISION:
+            raise UnknownEncodingError(
+                self.path,
+                f"{where}: unknown encoding {e['encoding']} in a layout revision {self.layout_revision} file "
+                f"(VQ exists from revision {VQ_LAYOUT_REVISION})",
+            )
+        if encoding == Encoding.VQ:
+            return self._parse_vq_entry(where, e, shape)
+        for key in _VQ_KEYS:
+            if key in e:
+                raise MalformedHeaderError(self.path, f"{where}: {key!r} is defined for VQ only, not {encoding.name}")
         allowed = _ENTRY_KEYS
         bits: int | None = None
         group_size: int | None = None
@@ -329,11 +353,7 @@ class WqFile:
                     self.path, f"{where}: bits {_short(raw_bits)} outside {MIN_BITS}..{MAX_BITS}"
                 )
             bits = raw_bits
-            if len(shape) < 2:
-                raise ShapeMismatchError(self.path, f"{where}: quantized tensors need 2 or more dimensions")
-            cols = math.prod(shape[1:])
-            if cols == 0:
-                raise ShapeMismatchError(self.path, f"{where}: quantized tensor of shape {tuple(shape)} has no columns")
+            cols = self._coded_view(where, shape)[1]
             if not _is_int(raw_group) or not 1 <= raw_group <= cols:
                 raise MalformedHeaderError(self.path, f"{where}: group size {_short(raw_group)} outside 1..{cols}")
             group_size = raw_group
@@ -343,6 +363,74 @@ class WqFile:
                 rotation = self._parse_rotation(where, e[_ROTATION_KEY], cols, outlier_columns is not None)
             if ACTIVATION_KEY in e:
                 activation = self._parse_activation(where, e[ACTIVATION_KEY])
+        return self._entry_info(
+            where,
+            e,
+            allowed,
+            shape,
+            bits,
+            group_size,
+            outlier_columns=outlier_columns,
+            rotation=rotation,
+            activation=activation,
+        )
+
+    def _parse_vq_entry(self, where: str, e: dict, shape: list[int]) -> TensorInfo:
+        """A codebook tensor's entry (SPEC.md 5.6): dim, index_bits, group_size, rows_per_book[, rotation]."""
+        for key in (_DECOMPOSED_KEY, ACTIVATION_KEY):
+            if key in e:
+                raise MalformedHeaderError(self.path, f"{where}: {key!r} is not defined for VQ tensors")
+        rows, cols = self._coded_view(where, shape)
+        dim, index_bits, group_size, rows_per_book = (
+            e.get(k) for k in ("dim", "index_bits", "group_size", "rows_per_book")
+        )
+        if not _is_int(dim) or dim not in VQ_DIMS:
+            raise MalformedHeaderError(self.path, f"{where}: dim {_short(dim)} is not one of {VQ_DIMS}")
+        if not _is_int(index_bits) or not VQ_MIN_INDEX_BITS <= index_bits <= VQ_MAX_INDEX_BITS:
+            raise MalformedHeaderError(
+                self.path, f"{where}: index bits {_short(index_bits)} outside {VQ_MIN_INDEX_BITS}..{VQ_MAX_INDEX_BITS}"
+            )
+        if cols % dim:
+            raise ShapeMismatchError(self.path, f"{where}: dim {dim} does not divide the {cols} columns")
+        if not _is_int(group_size) or not 1 <= group_size <= cols or group_size % dim:
+            raise MalformedHeaderError(
+                self.path, f"{where}: group size {_short(group_size)} is not a multiple of {dim} in 1..{cols}"
+            )
+        if not _is_int(rows_per_book) or not 1 <= rows_per_book <= max(rows, 1):
+            raise MalformedHeaderError(
+                self.path, f"{where}: rows per codebook {_short(rows_per_book)} outside 1..{max(rows, 1)}"
+            )
+        rotation = self._parse_rotation(where, e[_ROTATION_KEY], cols, False) if _ROTATION_KEY in e else 0
+        allowed = _ENTRY_KEYS | {"group_size", _ROTATION_KEY, *_VQ_KEYS}
+        vq = VqParams(dim, index_bits, rows_per_book)
+        return self._entry_info(where, e, allowed, shape, None, group_size, rotation=rotation, vq=vq)
+
+    def _coded_view(self, where: str, shape: list[int]) -> tuple[int, int]:
+        """(rows, cols) of a coded tensor's 2-D view, which needs 2 or more dimensions and some columns."""
+        if len(shape) < 2:
+            raise ShapeMismatchError(self.path, f"{where}: quantized tensors need 2 or more dimensions")
+        cols = math.prod(shape[1:])
+        if cols == 0:
+            raise ShapeMismatchError(self.path, f"{where}: quantized tensor of shape {tuple(shape)} has no columns")
+        return shape[0], cols
+
+    def _entry_info(
+        self,
+        where: str,
+        e: dict,
+        allowed: frozenset[str] | set[str],
+        shape: list[int],
+        bits: int | None,
+        group_size: int | None,
+        *,
+        outlier_columns: tuple[int, ...] | None = None,
+        rotation: int = 0,
+        activation: ActivationSpec | None = None,
+        vq: VqParams | None = None,
+    ) -> TensorInfo:
+        """The checks every entry shares once its encoding's keys are parsed: no unknown keys, bounds, alignment,
+        crc32 range, and a byte length equal to what shape and keys imply."""
+        name, encoding = e["name"], Encoding(e["encoding"])
         unknown = set(e) - allowed
         if unknown:
             raise MalformedHeaderError(self.path, f"{where}: unknown keys {sorted(unknown)} for {encoding.name}")
@@ -357,12 +445,25 @@ class WqFile:
         if not 0 <= crc < (1 << 32):
             raise MalformedHeaderError(self.path, f"{where}: crc32 out of range")
         info = TensorInfo(
-            name, encoding, tuple(shape), offset, nbytes, crc, bits, group_size, outlier_columns, rotation, activation
+            name,
+            encoding,
+            tuple(shape),
+            offset,
+            nbytes,
+            crc,
+            bits,
+            group_size,
+            outlier_columns,
+            rotation,
+            activation,
+            vq,
         )
         expected = tensor_nbytes(info.parts)
         if nbytes != expected:
             k = info.n_outlier_columns
             extra = "" if k is None else f" with an offset row and {k} float column{'' if k == 1 else 's'}"
+            if vq is not None:
+                extra = f" dim {vq.dim}, {vq.index_bits}-bit indices, {vq.n_books(shape[0])} codebooks"
             raise ShapeMismatchError(
                 self.path,
                 f"{where}: {nbytes} bytes stored, shape {tuple(shape)} as {encoding.name}"
@@ -457,7 +558,8 @@ class WqFile:
 
     def check(self, name: str) -> None:
         """Verify one tensor (once per open file): its CRC32, then that its values (float tensors), or its scales
-        and, when decomposed, its offset and outlier values (quantized tensors) are finite."""
+        and, when decomposed, its offset and outlier values (quantized tensors), or its codebooks and scales
+        (codebook tensors) are finite."""
         if name in self._verified:
             return
         info = self.info(name)
@@ -465,9 +567,10 @@ class WqFile:
         crc = zlib.crc32(self._bytes(info, 0, info.nbytes).data)
         if crc != info.crc32:
             raise ChecksumError(self.path, f"tensor {name!r} is corrupt (checksum mismatch)", tensor=name)
-        if info.quantized:
+        if info.quantized or info.codebook:
             spans = dict(zip(info.part_names, info.parts))
             for part, dtype, what in (
+                ("codebooks", CODEBOOK_DTYPE, "a non-finite codebook value"),
                 ("scales", SCALE_DTYPE, "a non-finite scale"),
                 ("offset", OFFSET_DTYPE, "a non-finite offset"),
                 ("outliers", OUTLIER_DTYPE, "a non-finite outlier value"),
@@ -491,7 +594,8 @@ class WqFile:
 
     def raw(self, name: str) -> list[np.ndarray]:
         """Zero-copy views of a tensor's stored parts, in storage order (TensorInfo.part_names): float data; or
-        packed codes, scales, [zero points], and for a decomposed tensor the offset and, if k > 0, the outliers."""
+        packed codes, scales, [zero points], and for a decomposed tensor the offset and, if k > 0, the outliers; or
+        packed indices, codebooks and scales (VQ)."""
         return list(self._part_views(name).values())
 
     def _part_views(self, name: str) -> dict[str, np.ndarray]:
@@ -502,8 +606,15 @@ class WqFile:
         views = {part: self._bytes(info, rel, n) for part, (rel, n) in zip(info.part_names, info.parts)}
         if info.encoding in FLOAT_ENCODINGS:
             return {"values": views["values"].view(FLOAT_ENCODINGS[info.encoding]).reshape(info.shape)}
-        bits, group_size = info.quant
         rows, cols = codecs.view_2d_shape(info.shape)
+        if info.vq is not None and info.group_size is not None:
+            vq, ng = info.vq, codecs.n_groups(cols, info.group_size)
+            return {
+                "indices": views["indices"].reshape(rows, packing.row_bytes(cols // vq.dim, vq.index_bits)),
+                "codebooks": views["codebooks"].view(CODEBOOK_DTYPE).reshape(vq.book_shape(rows)),
+                "scales": views["scales"].view(SCALE_DTYPE).reshape(rows, ng),
+            }
+        bits, group_size = info.quant
         ng = codecs.n_groups(cols, group_size)
         shaped = {
             "codes": lambda v: v.reshape(rows, packing.row_bytes(cols, bits)),
@@ -549,6 +660,25 @@ class WqFile:
             rotation=info.rotation,
         )
 
+    def codebook(self, name: str) -> codecs.CodebookTensor:
+        """The unpacked indices, codebooks and scales of a codebook (VQ) tensor."""
+        info = self.info(name)
+        if info.vq is None or info.group_size is None:
+            raise TypeError(f"{name!r} is stored as {info.encoding.name}, not as a codebook tensor")
+        views = self._part_views(name)
+        vq, cols = info.vq, codecs.view_2d_shape(info.shape)[1]
+        return codecs.CodebookTensor(
+            info.shape,
+            vq.dim,
+            vq.index_bits,
+            info.group_size,
+            vq.rows_per_book,
+            packing.unpack_indices(views["indices"], vq.index_bits, cols // vq.dim),
+            np.asarray(views["codebooks"], dtype=np.float16),
+            np.asarray(views["scales"], dtype=np.float16),
+            info.rotation,
+        )
+
     def array(self, name: str, rows: slice | None = None, dtype=np.float32, *, unrotate: bool = True) -> np.ndarray:
         """A tensor as a float array of its stored shape (dequantized if needed); `rows` selects along dim 0.
 
@@ -561,16 +691,26 @@ class WqFile:
         info = self.info(name)
         views = self._part_views(name)
         sel = slice(None) if rows is None else rows
-        if not info.quantized:
+        if info.encoding in FLOAT_ENCODINGS:
             data = views["values"][sel] if info.shape else views["values"]
             return data if data.dtype == np.dtype(dtype) else data.astype(dtype)
-        r_cols = codecs.view_2d_shape(info.shape)[1]
-        zeros = views["zeros"][sel] if "zeros" in views else None
-        dec = self._decomposition(info, views)
-        if dec:
-            dec["outliers"] = dec["outliers"][sel]  # the rows of the codes: the fused loop applies them per block
-        bits, group_size = info.quant
-        w = codecs.dequantize_packed(views["codes"][sel], views["scales"][sel], zeros, bits, r_cols, group_size, **dec)
+        r_rows, r_cols = codecs.view_2d_shape(info.shape)
+        if info.vq is not None and info.group_size is not None:
+            vq = info.vq
+            book_of_row = np.arange(r_rows)[sel] // vq.rows_per_book
+            w = codecs.dequantize_codebook_packed(
+                views["indices"][sel], book_of_row, views["codebooks"], views["scales"][sel],
+                vq.dim, vq.index_bits, r_cols, info.group_size,
+            )  # fmt: skip
+        else:
+            zeros = views["zeros"][sel] if "zeros" in views else None
+            dec = self._decomposition(info, views)
+            if dec:
+                dec["outliers"] = dec["outliers"][sel]  # the rows of the codes: the fused loop applies them per block
+            bits, group_size = info.quant
+            w = codecs.dequantize_packed(
+                views["codes"][sel], views["scales"][sel], zeros, bits, r_cols, group_size, **dec
+            )
         if info.rotation and unrotate:
             w = codecs.unrotate_columns(w, info.rotation)
         return w.reshape((w.shape[0],) + info.shape[1:]).astype(dtype, copy=False)

@@ -18,6 +18,7 @@ from .constants import (
     ACTIVATION_LAYOUT_REVISION,
     ALIGNMENT,
     BASE_LAYOUT_REVISION,
+    CODEBOOK_DTYPE,
     CONTAINER_VERSION,
     DECOMPOSED_LAYOUT_REVISION,
     FLOAT_ENCODINGS,
@@ -34,11 +35,12 @@ from .constants import (
     PREFIX_SIZE,
     ROTATED_LAYOUT_REVISION,
     SCALE_DTYPE,
+    VQ_LAYOUT_REVISION,
     Encoding,
     align,
 )
 from .errors import OutputExistsError
-from .layout import part_names, tensor_parts
+from .layout import VqParams, part_names, tensor_parts
 
 # The temporary file close() renames into place: ".NAME.PID.RANDOM.partial" beside NAME, so a run killed before
 # it could clean up (SIGKILL, power loss) leaves a file that names both its output and its writer's process.
@@ -74,8 +76,10 @@ def canonical(obj: Any) -> Any:
     raise TypeError(f"metadata value of type {type(obj).__name__} cannot be stored")
 
 
-def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encoding | None):
+def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor | codecs.CodebookTensor, encoding: Encoding | None):
     """(entry fields, list of part byte arrays in storage order) for one tensor."""
+    if isinstance(tensor, codecs.CodebookTensor):
+        return _encode_codebook(tensor, encoding)
     if isinstance(tensor, codecs.QuantizedTensor):
         if encoding is not None and encoding != tensor.encoding:
             raise ValueError(
@@ -129,6 +133,34 @@ def _encode_parts(tensor: np.ndarray | codecs.QuantizedTensor, encoding: Encodin
     return {"encoding": int(encoding), "shape": [int(d) for d in arr.shape]}, [data]
 
 
+def _encode_codebook(tensor: codecs.CodebookTensor, encoding: Encoding | None):
+    """Entry fields and parts of a codebook tensor (SPEC.md 5.6): packed indices, codebooks, scales."""
+    if encoding is not None and encoding != Encoding.VQ:
+        raise ValueError(f"a CodebookTensor is stored as VQ, not {Encoding(encoding).name}")
+    tensor.validate()  # again: its arrays are mutable, and the writer never produces a file its reader rejects
+    _check_shape(tensor.shape)
+    if not np.isfinite(tensor.codebooks).all():
+        raise ValueError("codebook tensor has non-finite codebook values")
+    if not np.isfinite(tensor.scales).all():
+        raise ValueError("codebook tensor has non-finite scales")
+    fields: dict[str, Any] = {
+        "encoding": int(Encoding.VQ),
+        "shape": [int(d) for d in tensor.shape],
+        "dim": int(tensor.dim),
+        "index_bits": int(tensor.index_bits),
+        "group_size": int(tensor.group_size),
+        "rows_per_book": int(tensor.rows_per_book),
+    }
+    if tensor.rotation:
+        fields["rotation"] = int(tensor.rotation)
+    arrays = {
+        "indices": packing.pack_indices(tensor.indices, tensor.index_bits),
+        "codebooks": np.ascontiguousarray(tensor.codebooks, dtype=CODEBOOK_DTYPE),
+        "scales": np.ascontiguousarray(tensor.scales, dtype=SCALE_DTYPE),
+    }
+    return fields, [arrays[n] for n in part_names(Encoding.VQ)]
+
+
 def _check_shape(shape: tuple[int, ...]) -> None:
     """The limits a reader enforces (SPEC.md section 3), so the writer never produces a file it would reject."""
     if len(shape) > MAX_NDIM:
@@ -160,7 +192,7 @@ class WqWriter:
     def add(
         self,
         name: str,
-        tensor: np.ndarray | codecs.QuantizedTensor,
+        tensor: np.ndarray | codecs.QuantizedTensor | codecs.CodebookTensor,
         encoding: Encoding | None = None,
         *,
         activation: ActivationSpec | None = None,
@@ -168,7 +200,8 @@ class WqWriter:
         """Append one tensor (stored in call order). Plain arrays become F32, or F16 when they are float16 or
         `encoding` says so; a QuantizedTensor is stored as QSYM or QASYM (decomposed ones with their offset and
         float columns, which makes the file layout revision 2; rotated ones with their block size: revision 3).
-        `activation` (quantized tensors only) records how the input of its product is quantized: revision 4."""
+        `activation` (quantized tensors only) records how the input of its product is quantized: revision 4.
+        A CodebookTensor is stored as VQ (revision 5)."""
         if self._state != "open":
             raise RuntimeError(f"cannot add tensor {name!r}: writer is {self._state}")
         if not isinstance(name, str) or not name or len(name.encode("utf-8", "replace")) > MAX_NAME_LEN:
@@ -183,8 +216,9 @@ class WqWriter:
         if activation is not None:
             fields[ACTIVATION_KEY] = _activation_entry(name, tensor, activation)
         k = len(fields["outlier_columns"]) if "outlier_columns" in fields else None
+        vq = VqParams(fields["dim"], fields["index_bits"], fields["rows_per_book"]) if "dim" in fields else None
         expected = tensor_parts(
-            Encoding(fields["encoding"]), tuple(fields["shape"]), fields.get("bits"), fields.get("group_size"), k
+            Encoding(fields["encoding"]), tuple(fields["shape"]), fields.get("bits"), fields.get("group_size"), k, vq
         )
         crc = 0
         start = self._size
@@ -212,6 +246,8 @@ class WqWriter:
     def layout_revision(self) -> int:
         """The lowest revision that expresses the tensors added so far (SPEC.md section 9): a file without
         decomposed or rotated tensors stays revision 1, so readers that predate revision 2 still read it."""
+        if any(e["encoding"] == Encoding.VQ for e in self._entries):
+            return VQ_LAYOUT_REVISION
         if any(ACTIVATION_KEY in e for e in self._entries):
             return ACTIVATION_LAYOUT_REVISION
         if any("rotation" in e for e in self._entries):
@@ -333,8 +369,8 @@ def write_wq(
     force: bool = False,
     activations: Mapping[str, ActivationSpec] | None = None,
 ) -> str:
-    """Write `tensors` (name -> ndarray or QuantizedTensor, in the mapping's order) with `meta` to `path`;
-    `activations` maps quantized weights' names to how their inputs are quantized (SPEC.md 5.5)."""
+    """Write `tensors` (name -> ndarray, QuantizedTensor or CodebookTensor, in the mapping's order) with `meta`
+    to `path`; `activations` maps quantized weights' names to how their inputs are quantized (SPEC.md 5.5)."""
     activations = dict(activations or {})
     unknown = sorted(set(activations) - set(tensors))
     if unknown:

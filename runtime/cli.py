@@ -161,8 +161,8 @@ def _info_text(file: str, s, meta: dict, rows: list, n_rotated: int, tensors: bo
     click.echo(f"parameters:    {s.n_params:,} ({s.n_quantized:,} quantized)")
     if s.n_quantized:
         click.echo(
-            f"bits/weight:   {s.quantized_bpw:.3f} over quantized tensors (codes, scales, zero points, "
-            "offset rows and float columns)"
+            f"bits/weight:   {s.quantized_bpw:.3f} over quantized tensors (codes or codebook indices, scales, zero "
+            "points, codebooks, offset rows and float columns)"
         )
     if s.n_params:
         click.echo(f"bits/param:    {s.overall_bpw:.3f} over the whole file")

@@ -75,6 +75,12 @@ def tensor_role(shape: tuple[int, ...]) -> str:
 def encoding_label(info) -> str:
     if info.encoding in (Encoding.F32, Encoding.F16):
         return info.encoding.name
+    if info.vq is not None:  # indices into codebooks of 2**index_bits vectors of `dim` weights (SPEC.md 5.6)
+        vq = info.vq
+        label = f"VQ d{vq.dim} {vq.index_bits}-bit idx ({1 << vq.index_bits}-entry codebook) g{info.group_size}"
+        if vq.rows_per_book < info.shape[0]:
+            label += f" {vq.n_books(info.shape[0])} books"
+        return label + (f" rotated/{info.rotation}" if info.rotation else "")
     kind = "sym" if info.encoding == Encoding.QSYM else "asym"
     cols = 1
     for d in info.shape[1:]:
@@ -114,9 +120,11 @@ def summarize(f: WqFile) -> Summary:
             row[1] += info.numel
             row[2] += info.nbytes
         n_params += info.numel
-        if info.quantized:
+        if info.quantized or info.codebook:
             n_quant += info.numel
-            qbits += payload_bits(info.encoding, info.shape, info.bits, info.group_size, info.n_outlier_columns)
+            qbits += payload_bits(
+                info.encoding, info.shape, info.bits, info.group_size, info.n_outlier_columns, info.vq
+            )
     arch = f.meta.get("architecture", "?")
     return Summary(
         architecture=arch if isinstance(arch, str) else f"(not a string: {printable(arch)})",

@@ -6,6 +6,8 @@ its encoder weights once per window), the rest dequantized per use from the memo
 default keeps nothing (resident memory: the packed file pages plus one layer's float weights at a time);
 `cache=True` is an unlimited budget. When the compiled kernel is available (`kernel.available()`), a quantized
 tensor that is not kept is multiplied straight from its packed codes (`packed`) instead of being dequantized.
+A codebook (VQ) tensor always takes the float path: the reader dequantizes it by table lookup, whole or by
+row block, like any other stored tensor (no compiled kernel, no integer path).
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ class Weights:
         uniq, inv = np.unique(index.ravel(), return_inverse=True)
         if name in self.kept or self._file is None:
             return self[name][index]
-        if not self._file.info(name).quantized:  # gather from the memory map, converting only those rows
+        if self._file.info(name).encoding in (Encoding.F32, Encoding.F16):  # gather those rows from the memory map
             return self._file.raw(name)[0][index].astype(np.float32)
         rows = np.stack([self.rows(name, int(i), int(i) + 1)[0] for i in uniq])
         return rows[inv].reshape(index.shape + rows.shape[1:])

@@ -18,6 +18,7 @@ import msgpack
 import numpy as np
 
 from wavq.formats import QuantizedTensor, WqFile, quantize, write_wq
+from wavq.formats.codecs import CodebookTensor, n_groups, view_2d_shape
 from wavq.formats.constants import CONTAINER_VERSION, MAGIC, PREFIX, PREFIX_FLAGS, PREFIX_SIZE, align
 
 SAMPLE_META = {"architecture": "test", "dims": {"n_state": 6, "eps": 1e-5}, "note": "sample"}
@@ -63,6 +64,53 @@ def decomposed_tensors() -> dict[str, Any]:
     }
 
 
+def codebook_tensor(
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    dim: int,
+    index_bits: int,
+    group_size: int,
+    rows_per_book: int,
+    rotation: int = 0,
+) -> CodebookTensor:
+    """A random codebook (VQ) tensor: uniform indices, normal codebook vectors and scales."""
+    rows, cols = view_2d_shape(shape)
+    books = -(-rows // rows_per_book)
+    return CodebookTensor(
+        shape,
+        dim,
+        index_bits,
+        group_size,
+        rows_per_book,
+        rng.integers(0, 1 << index_bits, (rows, cols // dim)).astype(np.uint16),
+        rng.standard_normal((books, 1 << index_bits, dim)).astype(np.float16),
+        rng.standard_normal((rows, n_groups(cols, group_size))).astype(np.float16),
+        rotation,
+    )
+
+
+def codebook_tensors() -> dict[str, Any]:
+    """Codebook tensors (two codebooks with a short last band; 3-D, rotated, 9-bit indices; one codebook per row)
+    beside a quantized and a float tensor: the revision-5 sample."""
+    rng = np.random.default_rng(555)
+    plain, _ = quantize(rng.standard_normal((4, 9)).astype(np.float32), 4, group_size=4, symmetric=True)
+    return {
+        "v.books": codebook_tensor(rng, (7, 24), 4, 5, 8, 4),
+        "v.rot": codebook_tensor(rng, (3, 2, 8), 2, 9, 6, 3, rotation=4),
+        "v.row": codebook_tensor(rng, (3, 16), 8, 3, 16, 1),
+        "q.plain": plain,
+        "f.f32": rng.standard_normal((2, 3)).astype(np.float32),
+    }
+
+
+def codebook_equal(a: CodebookTensor, b: CodebookTensor) -> bool:
+    """Same keys and the same bits in indices, codebooks and scales."""
+    keys = ("shape", "dim", "index_bits", "group_size", "rows_per_book", "rotation")
+    return all(getattr(a, k) == getattr(b, k) for k in keys) and all(
+        _same_bits(getattr(a, f), getattr(b, f)) for f in ("indices", "codebooks", "scales")
+    )
+
+
 def _file_bytes(meta: dict, tensors: dict[str, Any]) -> bytes:
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "sample.wq")
@@ -81,6 +129,12 @@ def sample_bytes() -> bytes:
 def decomposed_bytes() -> bytes:
     """Bytes of a valid (layout revision 2) file holding decomposed_tensors()."""
     return _file_bytes(SAMPLE_META, decomposed_tensors())
+
+
+@functools.cache
+def codebook_bytes() -> bytes:
+    """Bytes of a valid (layout revision 5) file holding codebook_tensors()."""
+    return _file_bytes(SAMPLE_META, codebook_tensors())
 
 
 def split(buf: bytes) -> tuple[dict, dict, bytes]:
@@ -141,6 +195,8 @@ def read_everything(path: str) -> None:
                 f.array(name, rows=slice(0, 1))
             if info.quantized:
                 f.quantized(name)
+            if info.codebook:
+                f.codebook(name)
         f.verify()
 
 

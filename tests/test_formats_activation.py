@@ -108,7 +108,7 @@ def test_spec_in_an_older_revision_is_rejected(tmp_path, revision):
     _rejects(tmp_path, header, data, match="only from layout revision 4")
 
 
-def test_revision_4_without_specs_is_valid_and_5_is_not(tmp_path):
+def test_revision_4_without_specs_is_valid_and_6_is_not(tmp_path):
     header, data = _parts(tmp_path)
     for e in header["tensors"]:
         e.pop("activation", None)
@@ -116,8 +116,8 @@ def test_revision_4_without_specs_is_valid_and_5_is_not(tmp_path):
     path.write_bytes(rebuild(header, data))
     with WqFile(path) as f:
         assert f.layout_revision == 4
-    header["layout_revision"] = 5
-    _rejects(tmp_path, header, data, UnsupportedVersionError, "layout revision 5")
+    header["layout_revision"] = 6  # 5 (codebook tensors, SPEC.md 5.6) is the newest revision
+    _rejects(tmp_path, header, data, UnsupportedVersionError, "layout revision 6")
 
 
 def test_writer_rejections(tmp_path):

@@ -16,7 +16,7 @@ import warnings
 import zlib
 
 import pytest
-from formats_helpers import decomposed_bytes, read_everything, rebuild, sample_bytes, split, tensor_span
+from formats_helpers import codebook_bytes, decomposed_bytes, read_everything, rebuild, sample_bytes, split, tensor_span
 
 from wavq.formats import ChecksumError, FormatError, WqFile
 
@@ -25,8 +25,8 @@ SEED = int(os.environ.get("WAVQ_FUZZ_SEED", "20240601"))
 TIME_LIMIT_S = 150  # the whole campaign; a hang fails the test instead of stalling CI
 CASE_LIMIT_S = 2.0  # any single file taking this long to reject is a bug (quadratic check, huge allocation)
 DATA = pathlib.Path(__file__).parent / "data"
-# layout revisions 1, 2 (decomposed tensors) and 3 (rotated tensors)
-GOLDENS = [DATA / "golden_v1.wq", DATA / "golden_v2.wq", DATA / "golden_v3.wq"]
+# layout revisions 1, 2 (decomposed tensors), 3 (rotated tensors) and 5 (codebook tensors)
+GOLDENS = [DATA / "golden_v1.wq", DATA / "golden_v2.wq", DATA / "golden_v3.wq", DATA / "golden_v5.wq"]
 
 VALUES = [
     None,
@@ -92,7 +92,10 @@ def mutate_header(rng: random.Random, buf: bytes) -> bytes:
     if action < 0.1 and target:
         del target[rng.choice(list(target))]
     elif action < 0.2:
-        key = rng.choice(["extra", "bits", "group_size", "shape", "x", "outlier_columns", "rotation"])
+        key = rng.choice(
+            ["extra", "bits", "group_size", "shape", "x", "outlier_columns", "rotation", "dim", "index_bits"]
+            + ["rows_per_book", "encoding"]
+        )
         target[key] = _random_value(rng)
     elif target:
         key = rng.choice(list(target))
@@ -107,8 +110,8 @@ def mutate_header(rng: random.Random, buf: bytes) -> bytes:
     if rng.random() < 0.1 and isinstance(tensors, list):
         rng.shuffle(tensors)
     if rng.random() < 0.1 and isinstance(header.get("layout_revision"), int):
-        # revision 1 with decomposed tensors, 2 with rotated ones, 3 without either
-        header["layout_revision"] = rng.choice([1, 2, 3])
+        # revision 1 with decomposed tensors, 2 with rotated ones, 3 without either, 4 with codebook tensors
+        header["layout_revision"] = rng.choice([1, 2, 3, 4])
     return rebuild(header, data)
 
 
@@ -217,7 +220,7 @@ def alarm():
 @pytest.mark.slow
 def test_fuzz_only_format_errors(tmp_path, alarm):
     rng = random.Random(SEED)
-    bases = [sample_bytes(), decomposed_bytes()] + [p.read_bytes() for p in GOLDENS]
+    bases = [sample_bytes(), decomposed_bytes(), codebook_bytes()] + [p.read_bytes() for p in GOLDENS]
     outcomes: collections.Counter = collections.Counter()
     failures = []
     slowest = 0.0
@@ -258,13 +261,16 @@ def test_fuzz_only_format_errors(tmp_path, alarm):
 
 
 def _source(name: str) -> bytes:
-    return {"sample": sample_bytes, "decomposed": decomposed_bytes, "rotated": (DATA / "golden_v3.wq").read_bytes}[
-        name
-    ]()
+    return {
+        "sample": sample_bytes,
+        "decomposed": decomposed_bytes,
+        "rotated": (DATA / "golden_v3.wq").read_bytes,
+        "codebook": codebook_bytes,
+    }[name]()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["sample", "decomposed", "rotated"])
+@pytest.mark.parametrize("source", ["sample", "decomposed", "rotated", "codebook"])
 def test_every_truncation_of_the_sample(tmp_path, source):
     """Not sampled: every prefix of the file is rejected as a FormatError (and never read successfully)."""
     buf = _source(source)
@@ -275,7 +281,7 @@ def test_every_truncation_of_the_sample(tmp_path, source):
             read_everything(str(path))
 
 
-@pytest.mark.parametrize("source", ["sample", "decomposed", "rotated"])
+@pytest.mark.parametrize("source", ["sample", "decomposed", "rotated", "codebook"])
 def test_corrupt_tensor_surfaces_as_checksum_error_naming_it(tmp_path, source):
     rng = random.Random(SEED)
     buf = _source(source)

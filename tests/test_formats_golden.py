@@ -2,7 +2,8 @@
 
 golden_v1.wq holds no decomposed or rotated tensor, so the writer must still produce it as layout revision 1, byte
 for byte; golden_v2.wq holds decomposed tensors (revision 2) and no rotated one, so it must stay revision 2;
-golden_v3.wq holds rotated tensors (revision 3). An accidental layout change fails here loudly. To change the
+golden_v3.wq holds rotated tensors (revision 3), golden_v4.wq activation specs (revision 4) and golden_v5.wq codebook
+(VQ) tensors (revision 5). An accidental layout change fails here loudly. To change the
 layout on purpose:
     WAVQ_REGEN_GOLDEN=1 python -m pytest tests/test_formats_golden.py
 rewrites the golden files and prints their SHA-256; put those in GOLDENS, bump the container version or layout
@@ -25,10 +26,11 @@ import zlib
 import msgpack
 import numpy as np
 import pytest
-from formats_helpers import quantized_codes_equal, spec_lowbias32
+from formats_helpers import codebook_equal, quantized_codes_equal, spec_lowbias32
 
 from wavq.formats import Encoding, QuantizedTensor, WqFile, dequantize, write_wq
 from wavq.formats.activation import ActivationSpec
+from wavq.formats.codecs import CodebookTensor, dequantize_codebook
 
 DATA = pathlib.Path(__file__).parent / "data"
 REGEN = os.environ.get("WAVQ_REGEN_GOLDEN") == "1"
@@ -143,6 +145,52 @@ def golden_v4_tensors() -> dict:
     }
 
 
+META_V5 = {
+    "architecture": "golden",
+    "dims": {"n_state": 16, "eps": 1e-5},
+    "quantization": {"method": "vq", "index_bits": [2, 3, 9]},
+    "provenance": {"source": "synthetic", "revision": 5},
+}
+
+
+def _ct(
+    shape: tuple[int, ...], dim: int, index_bits: int, group_size: int, rows_per_book: int, k: int, rotation: int = 0
+) -> CodebookTensor:
+    rows, cols = shape[0], math.prod(shape[1:])
+    books = -(-rows // rows_per_book)
+    # Codebook entries: multiples of 1/8 in -4 .. 4, exact in float16, with zeros and negative values among them.
+    n = books * (1 << index_bits) * dim
+    codebooks = (((np.arange(n, dtype=np.int64) * k) % 65 - 32) / 8).astype(np.float16)
+    indices = ((np.arange(rows * (cols // dim), dtype=np.int64) * (2 * k + 1) + 5) % (1 << index_bits)).astype(
+        np.uint16
+    )
+    return CodebookTensor(
+        shape,
+        dim,
+        index_bits,
+        group_size,
+        rows_per_book,
+        indices.reshape(rows, cols // dim),
+        codebooks.reshape(books, 1 << index_bits, dim),
+        _scales(rows, -(-cols // group_size), k),
+        rotation,
+    )
+
+
+def golden_v5_tensors() -> dict:
+    return {
+        # dim 4, 3-bit indices (runs of 8 indices straddle bytes), two codebooks, the second for the last row only
+        "encoder.layers.0.fc1.weight": _ct((4, 16), 4, 3, 8, 3, 5),
+        # rank 3, dim 2, 9-bit indices (wider than a byte), one scale per row, rotated in blocks of 4
+        "encoder.layers.0.fc2.weight": _ct((3, 2, 8), 2, 9, 16, 3, 3, rotation=4),
+        # dim 8, 2-bit indices, one codebook per row, groups of 8 in 24 columns
+        "decoder.embed_tokens.weight": _ct((5, 24), 8, 2, 8, 1, 7),
+        # revision 5 keeps the earlier encodings beside them
+        "encoder.conv1.weight": _qt((3, 2, 5), 5, 4, True, 2),
+        "encoder.layer_norm.weight": ((np.arange(6) - 2) / 4).astype(np.float16),
+    }
+
+
 # name -> how its input is quantized (SPEC.md 5.5); the scales are binary32 values (3/128, 2**-20 * 5)
 GOLDEN_ACTIVATIONS = {
     4: {
@@ -177,6 +225,12 @@ GOLDENS = {
         "5187c0b4c91fd732ee018cc3734087936aee23715b2663cfe8944369cb502ec3",
         META_V4,
         golden_v4_tensors,
+    ),
+    5: (
+        DATA / "golden_v5.wq",
+        "bfb68cddae327c6ff5cc1c01ac56718394b7fbbfc084a2438d3e4701ca7ebbb0",
+        META_V5,
+        golden_v5_tensors,
     ),
 }
 REVISIONS = pytest.mark.parametrize("revision", sorted(GOLDENS))
@@ -257,13 +311,13 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
     header = msgpack.unpackb(header_bytes, raw=False)
     assert list(header) == sorted(header), "map keys are sorted"
     revision = header["layout_revision"]
-    assert revision in (1, 2, 3, 4)
+    assert revision in (1, 2, 3, 4, 5)
+    vq_any = any(e["encoding"] == 16 for e in header["tensors"])
     decomposed_any = any("outlier_columns" in e for e in header["tensors"])
     rotated_any = any("rotation" in e for e in header["tensors"])
     activation_any = any("activation" in e for e in header["tensors"])
-    assert revision == (4 if activation_any else 3 if rotated_any else 2 if decomposed_any else 1), (
-        "section 9: the lowest revision that expresses the file"
-    )
+    expected_revision = 5 if vq_any else 4 if activation_any else 3 if rotated_any else 2 if decomposed_any else 1
+    assert revision == expected_revision, "section 9: the lowest revision that expresses the file"
     data_start = _align64(24 + header_len)
     assert set(buf[24 + header_len : data_start]) <= {0}
     assert len(buf) == data_start + header["data_size"]
@@ -278,6 +332,10 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
             fmt = f"<{numel}f" if e["encoding"] == 0 else f"<{numel}e"
             assert struct.calcsize(fmt) == e["nbytes"]
             out[e["name"]] = np.array(struct.unpack(fmt, t), np.float32).reshape(shape)
+            continue
+        if e["encoding"] == 16:
+            assert revision >= 5
+            out[e["name"]] = _spec_decode_vq(e, t)
             continue
         b, g = e["bits"], e["group_size"]
         rows, cols = shape[0], math.prod(shape[1:])
@@ -339,6 +397,34 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
     return header["meta"], out, revision
 
 
+def _spec_decode_vq(e: dict, t: bytes) -> np.ndarray:
+    """SPEC.md 5.6: packed indices[rows] (runs of 8 indices in index_bits bytes), then at the next 64-byte boundary
+    codebooks[books][2**index_bits][dim] (f16), then scales[rows][groups] (f16); w = codebook entry * scale,
+    rounded once to float32; then the rotation of 5.4 is undone row by row."""
+    assert set(e) <= {"name", "encoding", "shape", "offset", "nbytes", "crc32"} | {
+        "dim", "index_bits", "group_size", "rows_per_book", "rotation"
+    }  # fmt: skip
+    shape, d, b, g, rpb = tuple(e["shape"]), e["dim"], e["index_bits"], e["group_size"], e["rows_per_book"]
+    rows, cols = shape[0], math.prod(shape[1:])
+    assert d in (2, 4, 8) and 2 <= b <= 16 and cols % d == 0 and g % d == 0 and 1 <= rpb <= rows
+    n, books, ng = cols // d, -(-rows // rpb), -(-cols // g)
+    rb = -(-n // 8) * b
+    book_at = _align64(rows * rb)
+    scale_at = _align64(book_at + books * (1 << b) * d * 2)
+    assert scale_at + rows * ng * 2 == e["nbytes"]
+    w = np.zeros((rows, cols), np.float32)
+    for r in range(rows):
+        idx = _spec_unpack(t[r * rb : (r + 1) * rb], b, n)
+        s = struct.unpack_from(f"<{ng}e", t, scale_at + r * ng * 2)
+        for v, i in enumerate(idx):
+            vec = struct.unpack_from(f"<{d}e", t, book_at + (((r // rpb) << b) + i) * d * 2)
+            for j in range(d):
+                w[r, v * d + j] = np.float32(vec[j] * s[(v * d + j) // g])  # exact in float64, rounded once
+        if "rotation" in e:
+            w[r] = _spec_unrotate_row(w[r].tolist(), e["rotation"])
+    return w.reshape(shape)
+
+
 @REVISIONS
 def test_golden_decodes_per_spec(revision):
     path, _, meta_expected, tensors = GOLDENS[revision]
@@ -347,7 +433,10 @@ def test_golden_decodes_per_spec(revision):
     expected = tensors()
     assert list(arrays) == list(expected), "tensors keep insertion order"
     for name, t in expected.items():
-        want = dequantize(t) if isinstance(t, QuantizedTensor) else np.asarray(t, np.float32)
+        if isinstance(t, CodebookTensor):
+            want = dequantize_codebook(t)
+        else:
+            want = dequantize(t) if isinstance(t, QuantizedTensor) else np.asarray(t, np.float32)
         np.testing.assert_array_equal(arrays[name], want, err_msg=name)
 
 
@@ -401,6 +490,14 @@ def test_golden_reads_back(revision):
                 assert quantized_codes_equal(q, t) and q.rotation == t.rotation
                 full = f.array(name)
                 np.testing.assert_array_equal(full, dequantize(t))
+                np.testing.assert_array_equal(f.array(name, rows=slice(1, 3)), full[1:3])
+            elif isinstance(t, CodebookTensor):
+                assert info.encoding == Encoding.VQ and info.codebook and not info.quantized
+                assert info.vq == (t.dim, t.index_bits, t.rows_per_book) and info.group_size == t.group_size
+                assert info.rotation == t.rotation and info.activation is None
+                assert codebook_equal(f.codebook(name), t)
+                full = f.array(name)
+                np.testing.assert_array_equal(full, dequantize_codebook(t))
                 np.testing.assert_array_equal(f.array(name, rows=slice(1, 3)), full[1:3])
             else:
                 assert info.encoding == (Encoding.F16 if t.dtype == np.float16 else Encoding.F32)

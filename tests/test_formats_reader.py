@@ -275,7 +275,7 @@ def test_meta_not_plain(put, meta):
     rejects(put, rebuild(raw, data), MalformedHeaderError, "plain msgpack")
 
 
-@pytest.mark.parametrize("revision", [0, 5, 99])
+@pytest.mark.parametrize("revision", [0, 6, 99])
 def test_unsupported_layout_revision(put, revision):
     header, data = parts()
     header["layout_revision"] = revision

@@ -143,7 +143,7 @@ def utterances(n: int, n_long: int) -> list:
     seconds = {u.id: soundfile.info(u.path).duration for u in utts}
     long = [u for u in utts if LONG_SECONDS[0] <= seconds[u.id] <= LONG_SECONDS[1]]
     short = [u for u in utts if seconds[u.id] < LONG_SECONDS[0]]
-    return spread(short, n) + spread(long, n_long)
+    return spread(short, n) + (spread(long, n_long) if n_long else [])  # spread(x, 0) would be all of x
 
 
 def prepare(model: str, workdir: str) -> dict:

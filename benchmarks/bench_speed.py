@@ -1,8 +1,9 @@
 """Speed of wavq against transformers f32 and CTranslate2 int8 on the same utterances, greedy decoding.
 
 Every system runs in its own subprocess, one at a time (so peak RSS is that system's alone), with the same number
-of threads; the reference (transformers f32 generate) is timed in the same run. wavq runs float32 and 4-bit RTN
-(group 128) in each memory setting (every weight kept = `cache=True`; a budget, default 150 MB; nothing kept =
+of threads; the reference (transformers f32 generate) is timed in the same run. wavq runs float32, 4-bit RTN
+(group 128) and ~3.3-bit RTN (3 bits, group 64: 3 + 19 / 64 bits per weight with the float16 scale and 3-bit zero
+point) in each memory setting (every weight kept = `cache=True`; a budget, default 150 MB; nothing kept =
 low-memory), with and without the compiled kernel, one utterance at a time and in batches of 8.
 
     python benchmarks/bench_speed.py --model openai/whisper-base --n 100 --long 4
@@ -33,21 +34,25 @@ LONG_SECONDS = (20.0, 30.0)  # the "long" utterances: near a whole window, still
 BUDGET_MB = 150
 LOADED = 3.0  # load average above which the table says the machine was busy
 MEMORY = {"cache": {"cache": True}, f"{BUDGET_MB}MB": {"max_memory": BUDGET_MB * 10**6}, "lowmem": {}}
+# .wq variants: RTN converts in seconds without calibration; (bits, group size)
+QUANTIZED = {"rtn4": (4, 128), "rtn3": (3, 64)}
 
 
 def systems(quick: bool) -> list[dict]:
     """Every configuration measured: kind, .wq variant, memory setting, kernel on, batch size."""
     out = [{"name": "transformers-f32", "kind": "transformers"}, {"name": "ct2-int8", "kind": "ct2"}]
     out.append({"name": "wavq-f32", "kind": "wavq", "variant": "f32", "memory": "lowmem", "kernel": False, "batch": 1})
-    for memory in MEMORY:
-        for kern in (False, True):
-            for batch in (1, 8):
-                if quick and batch == 8 and memory == "cache":
-                    continue
-                name = f"wavq-rtn4-{memory}-{'kernel' if kern else 'numpy'}-b{batch}"
-                out.append(
-                    {"name": name, "kind": "wavq", "variant": "rtn4", "memory": memory, "kernel": kern, "batch": batch}
-                )
+    for variant in QUANTIZED:
+        for memory in MEMORY:
+            for kern in (False, True):
+                for batch in (1, 8):
+                    if quick and batch == 8 and memory == "cache":
+                        continue
+                    name = f"wavq-{variant}-{memory}-{'kernel' if kern else 'numpy'}-b{batch}"
+                    out.append(
+                        {"name": name, "kind": "wavq", "variant": variant, "memory": memory, "kernel": kern,
+                         "batch": batch}
+                    )  # fmt: skip
     return out
 
 
@@ -138,7 +143,7 @@ def utterances(n: int, n_long: int) -> list:
     seconds = {u.id: soundfile.info(u.path).duration for u in utts}
     long = [u for u in utts if LONG_SECONDS[0] <= seconds[u.id] <= LONG_SECONDS[1]]
     short = [u for u in utts if seconds[u.id] < LONG_SECONDS[0]]
-    return spread(short, n) + spread(long, n_long)
+    return spread(short, n) + (spread(long, n_long) if n_long else [])  # spread(x, 0) would be all of x
 
 
 def prepare(model: str, workdir: str) -> dict:
@@ -146,10 +151,11 @@ def prepare(model: str, workdir: str) -> dict:
     from wavq.converter.quant.recipe import Recipe
 
     stem = os.path.join(workdir, model.replace("/", "--"))
-    paths = {"f32": stem + ".f32.wq", "rtn4": stem + ".rtn4.wq"}
+    paths = {variant: f"{stem}.{variant}.wq" for variant in ("f32", *QUANTIZED)}
     for variant, path in paths.items():
         if not os.path.exists(path):
-            convert(model, path, None if variant == "f32" else Recipe(method="rtn", bits=4, group_size=128))
+            bits, group = QUANTIZED.get(variant, (0, 0))
+            convert(model, path, Recipe(method="rtn", bits=bits, group_size=group) if bits else None)
     ct2_dir = stem + ".ct2-int8"
     if not os.path.exists(ct2_dir):
         try:

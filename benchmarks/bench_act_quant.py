@@ -1,14 +1,15 @@
-"""Activation quantization on tiny.en: weight-only rows next to W8A8, W4A8, W4A6, W4A4 (dynamic per-token
-activations, integer products in the runtime), with WER measured by the numpy runtime itself (`evaluate`, the
-code behind `wavq eval`) so the integer path is what is measured, and the runtime's counted MACs and
-bit-operations per second of audio. Writes benchmarks/results/act_quant.md and .json.
+"""Activation quantization on tiny.en: weight-only rows next to W8A8, W4A8, W4A6, W4A4 (dynamic per-token or
+static activation scales, with and without SmoothQuant migration and rotation; integer products in the runtime),
+with WER measured by the numpy runtime itself (`evaluate`, the code behind `wavq eval`) so the integer path is
+what is measured, and the runtime's counted MACs and bit-operations per second of audio. Writes
+benchmarks/results/<name>.md and .json, one table per subset.
 
-    nice -n 10 python benchmarks/bench_act_quant.py --data ../shared/librispeech --subset train-clean-100 \\
-        --limit 20 --workdir /tmp/wavq-act
+    nice -n 10 python benchmarks/bench_act_quant.py --data ../shared/librispeech --subsets test-clean test-other \\
+        --limit 20 --workdir /tmp/wavq-act --calib /tmp/calib-without-8226
 
-Every row is stored in <workdir>/results.json as soon as it is measured (an interrupted run resumes); --rows
-selects rows by label. Rounding is RTN (group 128): no calibration audio is used, so any LibriSpeech subset is
-held out.
+Every (subset, row) is stored in <workdir>/results.json as soon as it is measured (an interrupted run resumes;
+the converted models in <workdir> are shared by all subsets); --rows selects rows by label. Rounding is RTN
+(group 128). Static scales and smoothing observe --calib audio, which must not hold the evaluated utterances.
 """
 
 from __future__ import annotations
@@ -37,23 +38,39 @@ MODEL = "openai/whisper-tiny.en"
 MAX_NEW_TOKENS = 128
 FLOAT_BITOPS_PER_MAC = compute.FLOAT_BITS * compute.FLOAT_BITS
 # label -> wavq-convert options (f32: no options)
+STATIC, ROTATE = ["--act-static"], ["--rotate"]
+SMOOTH_05, SMOOTH_08 = ["--smooth", "0.5"], ["--smooth", "0.8"]
 ROWS: dict[str, list[str]] = {
     "f32": [],
     "W8": ["--bits", "8"],
     "W8A8": ["--bits", "8", "--act-bits", "8"],
+    "W8A8 static": ["--bits", "8", "--act-bits", "8", *STATIC],
+    "W8A8 smooth 0.5": ["--bits", "8", "--act-bits", "8", *SMOOTH_05],
     "W4": ["--bits", "4"],
     "W4A8": ["--bits", "4", "--act-bits", "8"],
+    "W4A8 static": ["--bits", "4", "--act-bits", "8", *STATIC],
+    "W4A8 smooth 0.5": ["--bits", "4", "--act-bits", "8", *SMOOTH_05],
     "W4A6": ["--bits", "4", "--act-bits", "6"],
+    "W4A6 static": ["--bits", "4", "--act-bits", "6", *STATIC],
+    "W4A6 smooth 0.5": ["--bits", "4", "--act-bits", "6", *SMOOTH_05],
+    "W4A6 rotate": ["--bits", "4", "--act-bits", "6", *ROTATE],
     "W4A4": ["--bits", "4", "--act-bits", "4"],
-    "W4A4 rotate": ["--bits", "4", "--act-bits", "4", "--rotate"],
+    "W4A4 rotate": ["--bits", "4", "--act-bits", "4", *ROTATE],
+    "W4A4 smooth 0.5": ["--bits", "4", "--act-bits", "4", *SMOOTH_05],
+    "W4A4 smooth 0.8": ["--bits", "4", "--act-bits", "4", *SMOOTH_08],
+    "W4A4 rotate smooth 0.5": ["--bits", "4", "--act-bits", "4", *ROTATE, *SMOOTH_05],
+    "W4A4 rotate smooth 0.8": ["--bits", "4", "--act-bits", "4", *ROTATE, *SMOOTH_08],
+    "W4A4 rotate static": ["--bits", "4", "--act-bits", "4", *ROTATE, *STATIC],
 }
+CALIBRATED = ("--act-static", "--smooth")  # options that observe the --calib audio
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def convert(label: str, workdir: str) -> str:
+def convert(label: str, workdir: str, calib: list[str]) -> str:
     path = os.path.join(workdir, label.replace(" ", "_") + ".wq")
+    options = ROWS[label] + (calib if any(o in ROWS[label] for o in CALIBRATED) else [])
     if not os.path.exists(path):
-        r = CliRunner().invoke(convert_main, [MODEL, "-o", path, "-q", *ROWS[label]])
+        r = CliRunner().invoke(convert_main, [MODEL, "-o", path, "-q", *options])
         if r.exit_code != 0:
             raise SystemExit(f"{label}: conversion failed: {r.output}")
     return path
@@ -71,6 +88,7 @@ def measure(label: str, path: str, utts) -> dict:
         "act_bits": act or 32,
         "wer": r.wer,
         "n_words": r.n_words,
+        "n_utterances": len(utts),
         "audio_seconds": r.audio_seconds,
         "rtf": r.rtf,
         "macs_per_audio_second": r.macs_per_audio_second,
@@ -81,16 +99,25 @@ def measure(label: str, path: str, utts) -> dict:
     }
 
 
-def table(rows: list[dict], header: dict) -> str:
+def table(by_subset: dict[str, list[dict]], header: dict) -> str:
     lines = [
         "# Activation quantization, tiny.en (runtime WER, counted bit-operations)",
         "",
         f"Machine: {header['machine']}; {header['versions']}; {header['date']}.",
-        f"Data: {header['data']} ({header['n_utterances']} utterances); greedy, max {MAX_NEW_TOKENS} new tokens.",
+        f"Data: {header['data']}; greedy, max {MAX_NEW_TOKENS} new tokens.",
         f"Command: `{header['command']}`",
         "",
         "Bit-operations = counted MACs x weight bits x activation bits (attention scores float x float, 32 x 32).",
-        "",
+    ]
+    for subset, rows in by_subset.items():
+        n = rows[0]["n_utterances"] if rows else 0
+        lines += ["", f"## {subset} ({n} utterances)", "", *subset_table(rows)]
+        lines += targets({r["label"]: r for r in rows})
+    return "\n".join(lines) + "\n"
+
+
+def subset_table(rows: list[dict]) -> list[str]:
+    lines = [
         "| recipe | bits/weight | act bits | WER % | G MACs/s audio | T bit-ops/s audio | vs f32 x f32 | scores |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -102,7 +129,7 @@ def table(rows: list[dict], header: dict) -> str:
             f"{r['macs_per_audio_second'] / 1e9:.3f} | {r['bitops_per_audio_second'] / 1e12:.3f} | 1/{1 / ratio:.1f} | "
             f"{100 * scores:.0f} % |"
         )
-    return "\n".join(lines + targets({r["label"]: r for r in rows})) + "\n"
+    return lines
 
 
 # (quantized row, its weight-only row, largest WER increase in percentage points)
@@ -130,39 +157,52 @@ def targets(rows: dict[str, dict]) -> list[str]:
     return out
 
 
+def save(store: str, key: str, row: dict) -> None:
+    """Add one row to the store, keeping rows other runs sharing the workdir stored meanwhile."""
+    done = json.load(open(store)) if os.path.exists(store) else {}
+    done[key] = row
+    with open(store + ".tmp", "w") as f:
+        json.dump(done, f, indent=1)
+    os.replace(store + ".tmp", store)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="LibriSpeech-layout directory")
-    ap.add_argument("--subset", default=None, help="subset folder under --data, e.g. train-clean-100")
-    ap.add_argument("--limit", type=int, default=None, help="first N utterances by id")
+    ap.add_argument("--subsets", nargs="+", default=[""], help="subset folders under --data, e.g. test-clean")
+    ap.add_argument("--limit", type=int, default=None, help="first N utterances by id of each subset")
     ap.add_argument("--workdir", required=True, help="converted models and results.json")
+    ap.add_argument("--calib", default=None, help="calibration audio for static scales and smoothing")
+    ap.add_argument("--calib-samples", type=int, default=32, help="calibration utterances")
     ap.add_argument("--rows", nargs="*", default=list(ROWS), help="row labels to measure")
     ap.add_argument("--name", default="act_quant", help="output name under benchmarks/results")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
-    utts = [u for u in find_utterances(args.data, args.subset) if u.text is not None]
-    utts = utts[: args.limit] if args.limit else utts
+    calib = ["--calib", args.calib, "--calib-samples", str(args.calib_samples)] if args.calib else []
     store = os.path.join(args.workdir, "results.json")
     done = json.load(open(store)) if os.path.exists(store) else {}
-    for label in args.rows:
-        if label not in done:
-            done[label] = measure(label, convert(label, args.workdir), utts)
-            with open(store, "w") as f:
-                json.dump(done, f, indent=1)
-            print(f"{label}: WER {100 * done[label]['wer']:.2f} %", file=sys.stderr, flush=True)
+    for subset in args.subsets:
+        utts = [u for u in find_utterances(args.data, subset or None) if u.text is not None]
+        utts = utts[: args.limit] if args.limit else utts
+        for label in args.rows:
+            key = f"{subset}/{label}"
+            if key not in done:
+                done[key] = measure(label, convert(label, args.workdir, calib), utts)
+                save(store, key, done[key])
+                print(f"{key}: WER {100 * done[key]['wer']:.2f} %", file=sys.stderr, flush=True)
     header = {
         "machine": machine(),
         "versions": versions(),
         "date": datetime.date.today().isoformat(),
-        "data": os.path.join(os.path.basename(os.path.normpath(args.data)), args.subset or ""),
-        "n_utterances": len(utts),
+        "data": ", ".join(os.path.join(os.path.basename(os.path.normpath(args.data)), s) for s in args.subsets),
         "command": "python benchmarks/bench_act_quant.py " + " ".join(sys.argv[1:]),
     }
-    rows = [done[label] for label in ROWS if label in done]
+    done = json.load(open(store)) if os.path.exists(store) else {}
+    by_subset = {s: [done[f"{s}/{label}"] for label in args.rows if f"{s}/{label}" in done] for s in args.subsets}
     with open(os.path.join(RESULTS, args.name + ".json"), "w") as f:
-        json.dump({"header": header, "rows": rows}, f, indent=1)
+        json.dump({"header": header, "subsets": by_subset}, f, indent=1)
     with open(os.path.join(RESULTS, args.name + ".md"), "w") as f:
-        f.write(table(rows, header))
+        f.write(table(by_subset, header))
 
 
 if __name__ == "__main__":

@@ -233,6 +233,13 @@ def _parse_groups(ctx, param, value) -> tuple[int, ...]:
     help="With --act-bits: one activation scale per tensor, MSE-clipped on the inputs seen on the --calib audio "
     "(weights the calibration does not reach stay dynamic).",
 )
+@click.option(
+    "--smooth",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="SmoothQuant: move activation outliers into the weights with strength ALPHA (measured on the --calib "
+    "audio, folded into the preceding layer norm or linear; other sites are skipped).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
 @click.option(
     "--dtype",
@@ -263,6 +270,7 @@ def main(
     rotate,
     act_bits,
     act_static,
+    smooth,
     seed,
     dtype,
     revision,
@@ -311,7 +319,10 @@ def main(
                 rotate=rotate,
                 act_bits=act_bits,
                 act_static=act_static,
+                smooth=smooth,
             )
+            if smooth is not None and calib is None:
+                raise click.UsageError("--smooth measures activation ranges on calibration audio: pass --calib DIR")
             if act_static and calib is None:
                 raise click.UsageError("--act-static observes activation ranges on calibration audio: pass --calib DIR")
             if recipe.needs_calibration and calib is None:

@@ -3,7 +3,7 @@ tiny.en on LibriSpeech dev-clean, through the runtime's integer path.
 
 Tolerance: W8A8_WER_MARGIN = 0.02 absolute over the 7 dev-clean utterances (~140 words, so about 3 words). 8-bit
 per-token activations add a rounding error of ~0.4 % of each row's largest value to every linear input; on
-tiny.en that flips a word now and then, not more (the validation rows in benchmarks/results/act_quant.md). A
+tiny.en that flips a word now and then, not more (the validation rows in benchmarks/results/act_quant_validation.md). A
 broken integer path (wrong scale, sign or zero point) gives garbage text, far beyond the margin, while a margin
 of one word would fail on a single flipped word of a small set.
 """

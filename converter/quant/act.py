@@ -21,7 +21,7 @@ inputs during conversion.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -130,18 +130,25 @@ def observe_inputs(
     for a name in `rotations` (its Hadamard block size)."""
     rotations = rotations or {}
     ranges = {name: ActRange() for name in modules}
-    handles = []
-    for name, module in modules.items():
 
-        def hook(mod, args, name=name):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32).cpu().numpy()
-            if rotations.get(name):
-                x = rotate_columns(x, rotations[name])
-            ranges[name].add_batch(x)
+    def add(name: str, x: torch.Tensor) -> None:
+        rows = x.detach().reshape(-1, x.shape[-1]).to(torch.float32).cpu().numpy()
+        ranges[name].add_batch(rotate_columns(rows, rotations[name]) if rotations.get(name) else rows)
 
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
+    with input_hooks(modules, add):
         yield ranges
+
+
+@contextlib.contextmanager
+def input_hooks(
+    modules: Mapping[str, torch.nn.Module], on_input: Callable[[str, torch.Tensor], None]
+) -> Iterator[None]:
+    """Within the block, every call of a module (by weight name) passes (name, its input) to `on_input`."""
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, name=name: on_input(name, args[0])) for name, m in modules.items()
+    ]
+    try:
+        yield
     finally:
         for h in handles:
             h.remove()

@@ -1,6 +1,8 @@
 """quantize_tensors: the exporter's tensors + a Recipe (+ calibration audio) -> what the .wq stores.
 
 Stages, each a function from typed inputs to a typed result, composed by quantize_tensors:
+  smooth      with Recipe.smooth, SmoothQuant migration on the calibration's working model (smooth.py), folded
+              where the graph allows; the changed tensors replace the exporter's before anything is quantized;
   select      which quantizable tensors --keep pins to bits, keeps float, or leaves free;
   calibrate   the architecture's calibration set-up (Exporter.calibration): a working copy of the torch model
               with the exported arrays loaded (so exactly those values are quantized), cut into blocks;
@@ -52,6 +54,7 @@ from .recipe import FLOAT_KEEP_BITS, Plan, Recipe
 from .rotate import block_size
 from .rtn import QuantSpec, as_2d
 from .sequential import Calibration, SequentialQuantizer
+from .smooth import smooth_model
 from .stats import IdentityStats
 from .weight import quantize_weight
 
@@ -131,11 +134,23 @@ def calibrate(
         raise ConversionError(f"method {plan.name!r} needs calibration audio (--calib DIR)")
     if not items or not recipe.uses_calibration:
         return None
-    # AWQ folds out_proj's scale into v_proj before v_proj is quantized: attention must stay one block
-    cal = exporter.calibration(list(items), tensors, split_attention=not plan.awq)
+    # AWQ and smoothing fold out_proj's scale into v_proj before v_proj is quantized: attention stays one block
+    cal = exporter.calibration(list(items), tensors, split_attention=not (plan.awq or recipe.smooth is not None))
     if cal is None and recipe.needs_calibration:
         raise ConversionError(f"calibrated quantization ({plan.name}) is not available for {exporter.architecture}")
     return cal
+
+
+def smooth(cal: Calibration | None, tensors: list[ExportTensor], recipe: Recipe) -> tuple[list[ExportTensor], dict]:
+    """The tensors after SmoothQuant migration of the working model (unchanged without Recipe.smooth), and the
+    report for meta["quantization"]["smooth"]."""
+    if recipe.smooth is None:
+        return tensors, {}
+    if cal is None:
+        raise ConversionError("--smooth measures activation ranges: it needs calibration audio (--calib DIR)")
+    migration = smooth_model(cal, recipe.smooth)
+    smoothed = [dataclasses.replace(t, array=cal.array(t.name)) if t.name in migration.changed else t for t in tensors]
+    return smoothed, migration.report(recipe.smooth)
 
 
 def allocate(sel: Selection, recipe: Recipe, cal: Calibration | None, progress: bool) -> dict[str, QuantSpec]:
@@ -339,14 +354,17 @@ def quantize_tensors(
     plan = recipe.plan
     if plan is None:
         return QuantResult({t.name: t.array for t in tensors}, {"method": "none"})
-    sel = select(tensors, recipe)
     cal = calibrate(exporter, tensors, recipe, plan, calib_audio)
+    tensors, smoothing = smooth(cal, tensors, recipe)
+    sel = select(tensors, recipe)
     specs = allocate(sel, recipe, cal, progress)
     quantized = quantize(sel, specs, recipe, plan, cal, progress)
     tuned = tune_floats(exporter, tensors, quantized, recipe, cal, progress) if plan.tune and cal else NOT_TUNED
     results = {**quantized.results, **tuned.tensors}
     out = assemble(tensors, results, tuned, quantized, cal)
     info = describe(sel, specs, results, quantized, tuned, recipe, plan, cal, calib_audio)
+    if smoothing:
+        info["smooth"] = smoothing
     if recipe.act_bits is not None:
         ranges = observe_activations(cal, results) if recipe.act_static and cal is not None else {}
         info["activation_specs"] = activations(results, recipe, ranges)

@@ -106,6 +106,8 @@ class Recipe:
     act_bits: int | None = None
     # static per-tensor activation scales (MSE clip on the calibration audio's inputs) instead of dynamic ones
     act_static: bool = False
+    # SmoothQuant migration strength alpha (smooth.py): activation outliers moved into the weights, where foldable
+    smooth: float | None = None
 
     def __post_init__(self) -> None:
         plan = parse_method(self.method, self.clip)
@@ -167,6 +169,8 @@ class Recipe:
             raise ValueError("static activation scales are observed without AWQ's input scales: not with AWQ")
         if self.act_bits is not None and plan is None:
             raise ValueError("activation quantization needs quantized weights (integer codes to multiply)")
+        if self.smooth is not None and (plan is None or not 0.0 <= self.smooth <= 1.0):
+            raise ValueError(f"smoothing needs quantized weights and an alpha in [0, 1], got {self.smooth}")
 
     @classmethod
     def from_options(cls, *, method: str = "rtn", bits: int | None = None, keep: Iterable = (), **kwargs) -> Recipe:
@@ -191,7 +195,8 @@ class Recipe:
         which fall back to weight-error objectives without it)."""
         plan = self.plan
         return self.needs_calibration or (
-            plan is not None and (plan.clip or self.target_bpw is not None or self.act_static)
+            plan is not None
+            and (plan.clip or self.target_bpw is not None or self.act_static or self.smooth is not None)
         )
 
     def keep_bits(self, name: str) -> int | None:
@@ -226,4 +231,5 @@ class Recipe:
                 if self.act_bits is not None
                 else {}
             ),
+            **({"smooth": self.smooth} if self.smooth is not None else {}),
         }

@@ -32,7 +32,7 @@ DEFAULT_CALIB_SAMPLES = 128
 DEFAULT_OUTLIER_COLUMNS = 4  # float16 columns of a decomposed embedding table (decompose.py)
 DEFAULT_TUNE_EPOCHS = 2  # passes of the tune stage over the calibration audio (tune.py)
 MAX_OUTLIER_COLUMNS = 64
-DEFAULT_VQ_DIM = 2  # weights per codebook vector (vq.py docstring: chosen on held-out audio)
+DEFAULT_VQ_DIM = 2  # weights per codebook vector (vq.py docstring: why 2)
 
 
 @dataclasses.dataclass(frozen=True)

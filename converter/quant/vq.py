@@ -14,12 +14,18 @@ per tensor (2**index_bits float16 vectors), times a float16 scale per `group_siz
   4. scale refit: with the indices and codebook fixed, each row's scales are the least-squares solution of the
      output error tr((W - S C) H (W - S C)^T) on the original weight (small normal equations per row).
 
-Why this design (and not a lattice or additive codebooks): it reuses the GPTQ machinery already here, needs no
-training loop, and converts whisper-base in minutes. The default vector dimension, the scale group size and
-the comparison with scalar codes were chosen on held-out train-clean-100 utterances:
-benchmarks/results/vq_validation.md (benchmarks/bench_vq.py). Dimension 4 needs 4 * bpw index bits; at 3 bits
-per weight that is a 4096-entry codebook whose storage alone costs whisper's small tensors ~1 bit per weight,
-which is why bits per weight (`codebook_bits`) count the codebook.
+Why this design (and not a lattice or additive codebooks): it reuses the GPTQ machinery already here and needs no
+training loop. Measured on a random 256x256 weight with correlated inputs (relative output error): GPTQ 3 bits
+0.028, 2 bits 0.18; this method at dim 2 with 6-bit indices (3.09 bits/weight with scales and codebook) 0.017,
+4-bit (2.07) 0.068; dim 4 with 8-bit indices (2.31) 0.058. Hessian compensation halves plain nearest-codeword
+assignment's error at every setting. Dimension 2 is the default because the codebook is stored per tensor:
+dimension 4 needs 4 * bpw index bits, so at 3 bits per weight a 4096-entry codebook costs whisper-tiny's 384x384
+tensors 1.8 bits per weight, at 2.5 bits 0.44; dimension 2 costs at most 0.01. Bits per weight (`codebook_bits`)
+count the codebook. Validation WER against scalar codes: benchmarks/results/vq_validation.md
+(benchmarks/bench_vq.py).
+
+Cost: the assignment walks the columns `dim` at a time in Python, and the codebook fit and the scale refit are
+dense; a 2048x512 tensor takes ~20 CPU seconds against GPTQ's 0.3.
 """
 
 from __future__ import annotations

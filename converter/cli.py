@@ -12,10 +12,16 @@ import threading
 
 import click
 
-from ..formats.constants import MAX_BITS, MIN_BITS
+from ..formats.constants import MAX_BITS, MIN_BITS, VQ_DIMS
 from ..formats.errors import OutputExistsError
 from ..formats.writer import stale_partials
-from .quant.recipe import DEFAULT_CALIB_SAMPLES, DEFAULT_OUTLIER_COLUMNS, DEFAULT_TUNE_EPOCHS, MAX_OUTLIER_COLUMNS
+from .quant.recipe import (
+    DEFAULT_CALIB_SAMPLES,
+    DEFAULT_OUTLIER_COLUMNS,
+    DEFAULT_TUNE_EPOCHS,
+    DEFAULT_VQ_DIM,
+    MAX_OUTLIER_COLUMNS,
+)
 from .registry import ConversionError
 
 # Signals that end a conversion like Ctrl-C does: the writer's cleanup runs and removes its partial file.
@@ -127,16 +133,25 @@ def _parse_groups(ctx, param, value) -> tuple[int, ...]:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .wq file to write.")
 @click.option(
     "--bits",
-    type=click.IntRange(2, 8),
+    type=click.FloatRange(2, 8),
     default=None,
-    help="Quantize weights to this many bits (2-8). Without --bits or --target-bpw: no quantization.",
+    help="Quantize weights to this many bits (2-8; fractional only with --method vq, where bits * --vq-dim "
+    "index bits address a codebook, e.g. 2.5). Without --bits or --target-bpw: no quantization.",
 )
 @click.option(
     "--method",
     default=None,
     show_default="rtn when quantizing",
     help="rtn, gptq, awq, or a '+' combination such as awq+clip+gptq; 'clip' adds range clipping search, "
-    "'tune' (e.g. gptq+tune) then distils the float model into the scales and norms.",
+    "'tune' (e.g. gptq+tune) then distils the float model into the scales and norms. 'vq': codebook vectors "
+    "with GPTQ-style compensation (with --rotate only).",
+)
+@click.option(
+    "--vq-dim",
+    type=click.Choice([str(d) for d in VQ_DIMS]),
+    default=str(DEFAULT_VQ_DIM),
+    show_default=True,
+    help="With --method vq: weights per codebook vector.",
 )
 @click.option(
     "--group-size",
@@ -256,6 +271,7 @@ def main(
     output,
     bits,
     method,
+    vq_dim,
     group_size,
     asym,
     target_bpw,
@@ -320,6 +336,7 @@ def main(
                 act_bits=act_bits,
                 act_static=act_static,
                 smooth=smooth,
+                vq_dim=int(vq_dim),
             )
             if smooth is not None and calib is None:
                 raise click.UsageError("--smooth measures activation ranges on calibration audio: pass --calib DIR")

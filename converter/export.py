@@ -13,6 +13,7 @@ import numpy as np
 
 from ..formats import QuantizedTensor, WqWriter
 from ..formats.activation import ActivationSpec
+from ..formats.codecs import CodebookTensor
 from ..formats.errors import OutputExistsError
 from .quant.recipe import Recipe
 from .registry import ConversionError, Exporter, ExportTensor, loader_for
@@ -131,7 +132,7 @@ def convert(
         for t in exporter.extra_tensors():
             w.add(t.name, np.asarray(t.array, dtype=np.float32))
         for name, value in stored.items():
-            if isinstance(value, QuantizedTensor):
+            if isinstance(value, (QuantizedTensor, CodebookTensor)):
                 n_quant += int(np.prod(value.shape))
                 n_params += int(np.prod(value.shape))
                 w.add(name, value, activation=act_specs.get(name))

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from wavq.formats import QuantizedTensor, dequantize
+from wavq.formats.codecs import CodebookTensor, dequantize_codebook
 
 
 def correlated_inputs(n: int, cols: int, seed: int = 0, outliers: int = 4) -> np.ndarray:
@@ -39,7 +40,10 @@ def apply_to_model(model: torch.nn.Module, tensors: dict) -> None:
                     lambda m, args, s=s: (args[0] / s,) + tuple(args[1:])
                 )
                 continue
-            arr = dequantize(value) if isinstance(value, QuantizedTensor) else np.asarray(value, dtype=np.float32)
+            if isinstance(value, CodebookTensor):
+                arr = dequantize_codebook(value)
+            else:
+                arr = dequantize(value) if isinstance(value, QuantizedTensor) else np.asarray(value, dtype=np.float32)
             params[name].copy_(torch.from_numpy(np.ascontiguousarray(arr)))
 
 

@@ -33,11 +33,12 @@ import numpy as np
 import torch
 
 from ...formats import QuantizedTensor
-from ...formats.codecs import resolve_group_size, view_2d_shape
+from ...formats.codecs import CodebookTensor, resolve_group_size, view_2d_shape
 from ...formats.constants import MAX_BITS, MIN_BITS, Encoding
 from ...formats.stats import payload_bits
 from .rtn import QuantSpec
 from .stats import Stats
+from .vq import codebook_bits
 from .weight import rounded_fake
 
 EXCHANGE_ROUNDS = 1000  # bound on the local-search moves after the hull walk (each strictly lowers the error)
@@ -68,10 +69,14 @@ def storage_bits(shape: tuple[int, ...], bits: int, group_size: int, symmetric: 
     )
 
 
-def bits_per_weight(tensors: Iterable[QuantizedTensor]) -> float:
-    """Effective bits per weight over quantized tensors (0.0 when there are none)."""
+def bits_per_weight(tensors: Iterable[QuantizedTensor | CodebookTensor]) -> float:
+    """Effective bits per weight over quantized tensors (0.0 when there are none); codebooks counted."""
     total = numel = 0
     for qt in tensors:
+        if isinstance(qt, CodebookTensor):
+            total += codebook_bits(qt)
+            numel += int(np.prod(qt.shape))
+            continue
         total += payload_bits(
             qt.encoding,
             tuple(qt.shape),

@@ -13,7 +13,8 @@ Stages, each a function from typed inputs to a typed result, composed by quantiz
               did not reach is quantized on its weight error (clip-searched when the method clips, rotated with
               --rotate where that errs less);
   tune        with "+tune", distil the float model into the scales and float tensors (tune.py);
-  assemble    every input tensor in input order: QuantizedTensor for quantized weights, float arrays otherwise
+  assemble    every input tensor in input order: QuantizedTensor for quantized weights (CodebookTensor for those
+              the vq method quantized), float arrays otherwise
               (modified where AWQ folded a scale into them), plus `<prefix>.input_scale` float32 arrays right
               after their weight where an AWQ scale could not be folded;
   activations the activation spec of every quantized weight whose input the runtime multiplies as integer codes
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,6 +36,7 @@ import torch
 
 from ...formats import QuantizedTensor
 from ...formats.activation import ActivationSpec
+from ...formats.codecs import CodebookTensor
 from ..calibrate import CalibItem
 from ..registry import ConversionError, Exporter, ExportTensor
 from .act import ActRange, observe_inputs, static_spec
@@ -56,14 +59,14 @@ from .rtn import QuantSpec, as_2d
 from .sequential import Calibration, SequentialQuantizer
 from .smooth import smooth_model
 from .stats import IdentityStats
-from .weight import quantize_weight
+from .weight import StoredTensor, quantize_weight
 
 ERROR_DIGITS = 6  # significant digits of the per-tensor errors reported in the metadata
 TUNED_KINDS = ("norm", "bias")  # float tensors the tune stage fits along with the scales
 
 
 class QuantResult(NamedTuple):
-    tensors: dict[str, Any]  # name -> QuantizedTensor | np.ndarray, input order, input_scale after its weight
+    tensors: dict[str, Any]  # name -> StoredTensor | np.ndarray, input order, input_scale after its weight
     info: dict  # for meta["quantization"]: bits per tensor, effective bits per weight, calibration, ...
 
 
@@ -85,7 +88,7 @@ class Selection:
 
 @dataclasses.dataclass
 class Quantized:
-    results: dict[str, QuantizedTensor]  # every quantized weight
+    results: dict[str, StoredTensor]  # every quantized weight
     uncalibrated: list[str]  # quantized on their weight error: the calibration did not reach them
     sequential: SequentialQuantizer | None  # the calibrated run (its errors, folds and input scales)
 
@@ -155,13 +158,28 @@ def smooth(cal: Calibration | None, tensors: list[ExportTensor], recipe: Recipe)
 
 def allocate(sel: Selection, recipe: Recipe, cal: Calibration | None, progress: bool) -> dict[str, QuantSpec]:
     """A QuantSpec per quantized tensor: free tensors first (in allocation order), then the --keep pins."""
-    if recipe.target_bpw is None:
+    if recipe.plan is not None and recipe.plan.rounder == "vq":
+        specs = {t.name: _vq_spec(t, recipe) for t in sel.free}
+    elif recipe.target_bpw is None:
         assert recipe.bits is not None  # Recipe: bits may be None only with target_bpw
-        chosen = {t.name: (recipe.bits, recipe.group_size) for t in sel.free}
+        bits = int(recipe.bits)
+        specs = {t.name: QuantSpec(bits, recipe.group_size, recipe.symmetric, sel.outliers[t.name]) for t in sel.free}
     else:
         chosen = _mixed_precision(sel, recipe, cal, progress)
-    chosen.update({name: (b, recipe.group_size) for name, b in sel.pinned.items()})
-    return {name: QuantSpec(b, g, recipe.symmetric, sel.outliers[name]) for name, (b, g) in chosen.items()}
+        specs = {name: QuantSpec(b, g, recipe.symmetric, sel.outliers[name]) for name, (b, g) in chosen.items()}
+    specs.update(
+        {name: QuantSpec(b, recipe.group_size, recipe.symmetric, sel.outliers[name]) for name, b in sel.pinned.items()}
+    )
+    return specs
+
+
+def _vq_spec(t: ExportTensor, recipe: Recipe) -> QuantSpec:
+    """Codebook vectors for a free tensor; scalar codes of the next whole width (GPTQ) where the vector dimension
+    does not divide its columns (e.g. wav2vec2's first convolution, 10 columns). Pinned tensors stay scalar."""
+    assert recipe.bits is not None
+    if as_2d(t.array).shape[1] % recipe.vq_dim:
+        return QuantSpec(math.ceil(recipe.bits), recipe.group_size, recipe.symmetric)
+    return QuantSpec(recipe.vq_index_bits, recipe.group_size, recipe.symmetric, vq_dim=recipe.vq_dim)
 
 
 def _mixed_precision(
@@ -219,7 +237,7 @@ def quantize(
     cal: Calibration | None,
     progress: bool,
 ) -> Quantized:
-    results: dict[str, QuantizedTensor] = {}
+    results: dict[str, StoredTensor] = {}
     run = None
     if cal is not None:
         targets = cal.targets
@@ -247,6 +265,7 @@ def quantize(
                 damp=recipe.damp,
                 act_order=recipe.act_order,
                 rotate=recipe.rotate,
+                seed=recipe.seed,
             ).qt
             uncalibrated.append(t.name)
     return Quantized(results, uncalibrated, run)
@@ -273,7 +292,7 @@ def tune_floats(
 
 
 def assemble(
-    tensors: list[ExportTensor], results: dict[str, QuantizedTensor], tuned: Tuned, quantized: Quantized, cal
+    tensors: list[ExportTensor], results: dict[str, StoredTensor], tuned: Tuned, quantized: Quantized, cal
 ) -> dict[str, Any]:
     run = quantized.sequential
     out: dict[str, Any] = {}
@@ -295,7 +314,7 @@ def assemble(
 def describe(
     sel: Selection,
     specs: dict[str, QuantSpec],
-    results: dict[str, QuantizedTensor],
+    results: dict[str, StoredTensor],
     quantized: Quantized,
     tuned: Tuned,
     recipe: Recipe,
@@ -307,7 +326,7 @@ def describe(
     info: dict[str, Any] = {
         "method": plan.name,
         "bits_per_weight": _significant(bits_per_weight(results.values())),
-        "tensor_bits": {name: results[name].bits for name in quantizable},
+        "tensor_bits": {name: _code_bits(results[name]) for name in quantizable},
     }
     if recipe.rotate:  # the tensors stored rotated (SPEC.md 5.4): each kept the smaller error of the two ways
         info["rotated"] = [name for name in quantizable if results[name].rotation]
@@ -325,6 +344,11 @@ def describe(
     if quantized.uncalibrated and (cal is not None or recipe.needs_calibration):
         info["uncalibrated"] = quantized.uncalibrated
     return info
+
+
+def _code_bits(t: StoredTensor) -> float:
+    """Bits per weight of a tensor's codes (a vector index's bits spread over its weights), scales excluded."""
+    return t.index_bits / t.dim if isinstance(t, CodebookTensor) else t.bits
 
 
 def _calibrated_errors(run: SequentialQuantizer) -> dict[str, Any]:
@@ -394,7 +418,7 @@ def activations(
     }
 
 
-def observe_activations(cal: Calibration, results: dict[str, QuantizedTensor]) -> dict[str, ActRange]:
+def observe_activations(cal: Calibration, results: dict[str, StoredTensor]) -> dict[str, ActRange]:
     """|x| histograms of the inputs of every quantized linear weight the calibration reaches, over a forward
     pass of the working model (its weights as quantized) on every calibration utterance; rotated weights see x R."""
     targets = cal.targets

@@ -6,7 +6,10 @@ Method syntax: stages joined by '+', e.g. "rtn", "gptq", "awq", "awq+gptq", "awq
         preceding operation where the graph allows);
   clip  per-group range clipping search (minimises the group's output error on calibration activations, or the
         weight error when there is no calibration audio);
-  rtn | gptq   the rounding stage: round-to-nearest, or GPTQ's Hessian-based error compensation;
+  rtn | gptq | vq   the rounding stage: round-to-nearest, GPTQ's Hessian-based error compensation, or vector
+        (codebook) quantization with the same compensation (vq.py; `bits` may then be fractional: the index
+        bits per vector are bits * vq_dim). vq combines only with --rotate: AWQ and clip search scalar ranges,
+        tune tunes scalar scales, and mixed precision allocates scalar widths;
   tune  after rounding, distil the float model into the quantized one's scales and float tensors (tune.py).
 A method without a rounding stage rounds to nearest ("awq" = "awq+rtn"). "none" exports float weights.
 `Recipe.clip=True` is the same as adding "+clip".
@@ -18,9 +21,9 @@ import dataclasses
 import fnmatch
 from collections.abc import Iterable
 
-from ...formats.constants import MAX_BITS, MIN_BITS
+from ...formats.constants import MAX_BITS, MIN_BITS, VQ_DIMS, VQ_MAX_INDEX_BITS, VQ_MIN_INDEX_BITS
 
-ROUNDERS = ("rtn", "gptq")
+ROUNDERS = ("rtn", "gptq", "vq")
 SCALERS = ("awq", "clip")
 TUNERS = ("tune",)
 FLOAT_KEEP_BITS = (16, 32)  # --keep PATTERN=16|32: leave matching tensors unquantized (stored in the file dtype)
@@ -29,6 +32,7 @@ DEFAULT_CALIB_SAMPLES = 128
 DEFAULT_OUTLIER_COLUMNS = 4  # float16 columns of a decomposed embedding table (decompose.py)
 DEFAULT_TUNE_EPOCHS = 2  # passes of the tune stage over the calibration audio (tune.py)
 MAX_OUTLIER_COLUMNS = 64
+DEFAULT_VQ_DIM = 2  # weights per codebook vector (vq.py docstring: why 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +41,7 @@ class Plan:
 
     awq: bool
     clip: bool
-    rounder: str  # "rtn" | "gptq"
+    rounder: str  # "rtn" | "gptq" | "vq"
     tune: bool = False
 
     @property
@@ -69,6 +73,11 @@ def parse_method(method: str, clip: bool = False) -> Plan | None:
     rounders = [p for p in parts if p in ROUNDERS]
     if len(rounders) > 1:
         raise ValueError(f"method {method!r} has two rounding stages ({' and '.join(rounders)}); pick one")
+    if "vq" in parts and len(parts) > 1:
+        raise ValueError(
+            f"method {method!r}: vq combines with no other stage (AWQ, clip and tune work on scalar codes); "
+            "use 'vq' with --rotate"
+        )
     return Plan(
         awq="awq" in parts,
         clip=clip or "clip" in parts,
@@ -82,7 +91,7 @@ class Recipe:
     """Quantization settings. Validated on construction; every field has the CLI's default."""
 
     method: str = "rtn"  # see the module docstring; normalised to the canonical order, e.g. "awq+clip+gptq"
-    bits: int | None = 4  # bits per weight code (2..8); None only with target_bpw
+    bits: float | None = 4  # bits per weight code (2..8; vq: index bits / vq_dim, may be fractional); None: target_bpw
     group_size: int = 128  # input columns per scale; 0 = one scale per output channel
     symmetric: bool = False  # asymmetric by default: Whisper's weight groups are skewed (half the error)
     clip: bool = False  # same as adding "+clip" to the method
@@ -108,6 +117,7 @@ class Recipe:
     act_static: bool = False
     # SmoothQuant migration strength alpha (smooth.py): activation outliers moved into the weights, where foldable
     smooth: float | None = None
+    vq_dim: int = DEFAULT_VQ_DIM  # vq: weights per codebook vector (2, 4 or 8)
 
     def __post_init__(self) -> None:
         plan = parse_method(self.method, self.clip)
@@ -120,6 +130,14 @@ class Recipe:
             raise ValueError("give the number of bits, or a target bits-per-weight for mixed precision")
         if self.bits is not None and not MIN_BITS <= self.bits <= MAX_BITS:
             raise ValueError(f"bits must be {MIN_BITS}..{MAX_BITS}, got {self.bits}")
+        if plan is not None and plan.rounder == "vq":
+            self._check_vq()
+        elif self.vq_dim != DEFAULT_VQ_DIM:
+            raise ValueError("a vector dimension is a setting of the vq method (--method vq)")
+        elif self.bits is not None and self.bits != int(self.bits):
+            raise ValueError(f"fractional bits ({self.bits}) need the vq method; scalar codes have whole bits")
+        if self.bits is not None:
+            object.__setattr__(self, "bits", self.bits if plan is not None and plan.rounder == "vq" else int(self.bits))
         if self.group_size < 0:
             raise ValueError(f"group size must be >= 0 (0 = per output channel), got {self.group_size}")
         if self.target_bpw is not None and not self.target_bpw > 0:
@@ -172,8 +190,31 @@ class Recipe:
         if self.smooth is not None and (plan is None or not 0.0 <= self.smooth <= 1.0):
             raise ValueError(f"smoothing needs quantized weights and an alpha in [0, 1], got {self.smooth}")
 
+    def _check_vq(self) -> None:
+        if self.vq_dim not in VQ_DIMS:
+            raise ValueError(f"vector dimension must be one of {', '.join(map(str, VQ_DIMS))}, got {self.vq_dim}")
+        if self.bits is None or self.target_bpw is not None:
+            raise ValueError("vq needs --bits: mixed precision (--target-bpw) allocates scalar widths only")
+        index_bits = self.bits * self.vq_dim
+        if index_bits != int(index_bits) or not VQ_MIN_INDEX_BITS <= index_bits <= VQ_MAX_INDEX_BITS:
+            raise ValueError(
+                f"vq at {self.bits} bits per weight in vectors of {self.vq_dim} needs {index_bits:g} index bits: "
+                f"choose bits so that bits * {self.vq_dim} is a whole number from {VQ_MIN_INDEX_BITS} to "
+                f"{VQ_MAX_INDEX_BITS}"
+            )
+        if self.group_size % self.vq_dim:
+            raise ValueError(f"vq scale groups of {self.group_size} columns do not hold whole vectors of {self.vq_dim}")
+        if self.act_bits is not None:
+            raise ValueError("activation quantization multiplies integer weight codes: not with vq codebooks")
+
+    @property
+    def vq_index_bits(self) -> int:
+        """Bits per vector index of the vq method (bits * vq_dim)."""
+        assert self.bits is not None
+        return int(self.bits * self.vq_dim)
+
     @classmethod
-    def from_options(cls, *, method: str = "rtn", bits: int | None = None, keep: Iterable = (), **kwargs) -> Recipe:
+    def from_options(cls, *, method: str = "rtn", bits: float | None = None, keep: Iterable = (), **kwargs) -> Recipe:
         """Build from CLI options: `bits` may be None with a target_bpw; `keep` is any iterable of pairs."""
         if bits is None and kwargs.get("target_bpw") is None:
             bits = 4
@@ -187,7 +228,7 @@ class Recipe:
     def needs_calibration(self) -> bool:
         """True when the method cannot run without calibration audio (GPTQ, AWQ, tuning)."""
         plan = self.plan
-        return plan is not None and (plan.awq or plan.rounder == "gptq" or plan.tune)
+        return plan is not None and (plan.awq or plan.rounder in ("gptq", "vq") or plan.tune)
 
     @property
     def uses_calibration(self) -> bool:
@@ -226,6 +267,7 @@ class Recipe:
             "outlier_columns": self.outlier_columns,
             **({"tune_epochs": self.tune_epochs} if self.plan is not None and self.plan.tune else {}),
             **({"rotate": True} if self.rotate else {}),
+            **({"vq_dim": self.vq_dim} if self.plan is not None and self.plan.rounder == "vq" else {}),
             **(
                 {"act_bits": self.act_bits, "act_scale": "static" if self.act_static else "dynamic"}
                 if self.act_bits is not None

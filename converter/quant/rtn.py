@@ -24,10 +24,13 @@ class QuantSpec:
     symmetric: bool = True
     outliers: int = 0  # > 0: decomposed (decompose.py): offset row + this many float16 columns + codes
     rotation: int = 0  # > 0: the codes are of W R, R a Hadamard rotation in blocks of this many columns (rotate.py)
+    vq_dim: int = 0  # > 0: codebook vectors of this many weights (vq.py); `bits` are then the index bits
 
     def __post_init__(self) -> None:
         if self.rotation and self.outliers:
             raise ValueError("a tensor is either decomposed or rotated, not both")
+        if self.vq_dim and self.outliers:
+            raise ValueError("a vector-quantized tensor is not decomposed")
 
     def resolve(self, cols: int) -> int:
         return resolve_group_size(cols, self.group_size)

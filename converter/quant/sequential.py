@@ -26,12 +26,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ...formats import QuantizedTensor, dequantize
 from .awq import add_input_scale, scale_columns, search_scales
 from .recipe import Plan
 from .rtn import QuantSpec, as_2d
 from .stats import DiagStats, FullStats, IdentityStats, Stats
-from .weight import quantize_weight
+from .weight import StoredTensor, quantize_weight, stored_values
 
 if TYPE_CHECKING:
     from ..registry import ExportTensor
@@ -205,7 +204,7 @@ class SequentialQuantizer:
         self.seed = seed
         self.rotate = rotate  # also try each weight rotated (rotate.py) and keep the smaller output error
         self.progress = progress
-        self.results: dict[str, QuantizedTensor] = {}
+        self.results: dict[str, StoredTensor] = {}
         self.input_scales: dict[str, np.ndarray] = {}  # "<prefix>.input_scale" -> float32 (cols,)
         self.modified: set[str] = set()  # float tensors changed by folding
         self.errors: dict[str, float] = {}  # relative output error of each quantized target on its inputs
@@ -350,10 +349,17 @@ class SequentialQuantizer:
         elif t.lookup and isinstance(st, FullStats):
             st = st.with_identity(LOOKUP_WEIGHT)
         r = quantize_weight(
-            w, self.specs[t.name], st, self.plan, damp=self.damp, act_order=self.act_order, rotate=self.rotate
+            w,
+            self.specs[t.name],
+            st,
+            self.plan,
+            damp=self.damp,
+            act_order=self.act_order,
+            rotate=self.rotate,
+            seed=self.seed,
         )
         with torch.no_grad():
-            t.module.weight.copy_(torch.from_numpy(dequantize(r.qt)))
+            t.module.weight.copy_(torch.from_numpy(stored_values(r.qt)))
         self.errors[t.name] = r.error
         if r.rotation_errors is not None:
             self.rotation_errors[t.name] = r.rotation_errors

@@ -16,6 +16,16 @@ if TYPE_CHECKING:
 QUANTIZABLE_KINDS = ("linear", "conv", "embedding")
 
 
+# What torch.load's weights-only unpickler raises on a damaged pytorch_model.bin besides its UnpicklingError: its
+# stack and memo handling fail on random bytes with these. Caught only around loading a checkpoint's weights.
+DAMAGED_PICKLE_ERRORS: tuple[type[Exception], ...] = (IndexError, KeyError)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 class ConversionError(Exception):
     """A conversion cannot proceed; the message says why in the user's terms."""
 

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..runtime.wav2vec2 import ACTIVATIONS, ARCHITECTURE, TORCH_NORM_EPS, Wav2Vec2Dims
-from .registry import ConversionError, Exporter, ExportTensor, UnsupportedModelError, register
+from .registry import (
+    DAMAGED_PICKLE_ERRORS,
+    ConversionError,
+    Exporter,
+    ExportTensor,
+    UnsupportedModelError,
+    first_line,
+    register,
+)
 
 if TYPE_CHECKING:
     from .calibrate import CalibItem
@@ -269,10 +277,8 @@ def load(source: str, config=None, revision: str | None = None, **kwargs) -> Wav
         model, info = model_cls.from_pretrained(
             source, config=config, revision=revision, dtype=torch.float32, output_loading_info=True
         )
-    except OSError as e:
-        raise ConversionError(
-            f"cannot load {model_cls.__name__} weights from {source!r}: {str(e).splitlines()[0]}"
-        ) from None
+    except (OSError, *DAMAGED_PICKLE_ERRORS) as e:
+        raise ConversionError(f"cannot load {model_cls.__name__} weights from {source!r}: {first_line(e)}") from None
     missing = [k for k in info.get("missing_keys", []) if not k.endswith(_IGNORED_SUFFIXES)]
     if any(k.startswith("lm_head.") for k in missing):
         raise UnsupportedModelError(

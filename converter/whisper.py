@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..runtime.whisper import OUTPUT_PROJECTION, TOKEN_EMBEDDING, WhisperDims
-from .registry import ConversionError, Exporter, ExportTensor, UnsupportedModelError, register
+from .registry import (
+    DAMAGED_PICKLE_ERRORS,
+    ConversionError,
+    Exporter,
+    ExportTensor,
+    UnsupportedModelError,
+    first_line,
+    register,
+)
 
 if TYPE_CHECKING:
     from .calibrate import CalibItem
@@ -323,8 +331,8 @@ def _load_whisper(source: str, config=None, revision: str | None = None, **_) ->
         )
     try:
         model = WhisperForConditionalGeneration.from_pretrained(source, revision=revision, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"cannot load Whisper weights from {source!r}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, *DAMAGED_PICKLE_ERRORS) as e:
+        raise ConversionError(f"cannot load Whisper weights from {source!r}: {first_line(e)}") from None
     model.eval()
     try:
         feature_extractor = WhisperFeatureExtractor.from_pretrained(source, revision=revision)

@@ -4,7 +4,8 @@ cross-attention DTW over the checkpoint's alignment heads) on the first utteranc
     python benchmarks/compare_word_times.py model.wq --model openai/whisper-tiny.en --n 20
 
 transformers gives one time per token: the DTW time at which the token ends. A word's end is the time of its last
-token; the runtime's words are compared with transformers' in order, where both tokenisations give the same word.
+token that is not punctuation (openai-whisper times a word without the punctuation it merges into it); the
+runtime's words are compared with transformers' in order, where both tokenisations give the same word.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import difflib
 import glob
 import os
+import string
 
 import numpy as np
 
@@ -41,6 +43,8 @@ def transformers_words(proc, model, audio: np.ndarray) -> list[tuple[str, float]
         text = proc.tokenizer.decode([tok])
         if text.startswith(" ") or not words:
             words.append((text.strip(), t))
+        elif text.strip() in string.punctuation:  # openai-whisper merges it into the word but keeps the word's end
+            words[-1] = (words[-1][0] + text, words[-1][1])
         else:
             words[-1] = (words[-1][0] + text, t)
     return words

@@ -232,3 +232,14 @@ def spec_lowbias32(x: int) -> int:
     x = (x * 0x846CA68B) & 0xFFFFFFFF
     x ^= x >> 16
     return x
+
+
+def spec_unpack(row: bytes, bits: int, n: int) -> list[int]:
+    """SPEC.md 5.1 on Python ints: each run of 8 codes is `bits` bytes; code i sits at bits [b*i, b*i+b) (LE).
+    The independent decoder the golden and VQ tests check the packed bytes against."""
+    out = []
+    for blk in range(len(row) // bits):
+        run = int.from_bytes(row[blk * bits : (blk + 1) * bits], "little")
+        out += [(run >> (bits * i)) & ((1 << bits) - 1) for i in range(8)]
+    assert all(c == 0 for c in out[n:]), "padding codes are zero"
+    return out[:n]

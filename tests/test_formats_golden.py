@@ -26,7 +26,7 @@ import zlib
 import msgpack
 import numpy as np
 import pytest
-from formats_helpers import codebook_equal, quantized_codes_equal, spec_lowbias32
+from formats_helpers import codebook_equal, quantized_codes_equal, spec_lowbias32, spec_unpack
 
 from wavq.formats import Encoding, QuantizedTensor, WqFile, dequantize, write_wq
 from wavq.formats.activation import ActivationSpec
@@ -266,16 +266,6 @@ def _align64(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
-def _spec_unpack(row: bytes, bits: int, n: int) -> list[int]:
-    """SPEC.md 5.1: each run of 8 codes is `bits` bytes; code i sits at bits [b*i, b*i+b) of the run (LE)."""
-    out = []
-    for blk in range(len(row) // bits):
-        run = int.from_bytes(row[blk * bits : (blk + 1) * bits], "little")
-        out += [(run >> (bits * i)) & ((1 << bits) - 1) for i in range(8)]
-    assert all(c == 0 for c in out[n:]), "padding codes are zero"
-    return out[:n]
-
-
 def _spec_inv_sqrt_f32(block: int) -> np.float32:
     """The binary32 value nearest to 1/sqrt(B), B = 2**m, from integers (no float square root): 2**(-m/2) for even
     m; for odd m, 2**-0.5 = sqrt(2**47) * 2**-24 with its 24-bit significand round(sqrt(2**47)) (never a tie)."""
@@ -373,12 +363,12 @@ def _spec_decode(buf: bytes) -> tuple[dict, dict, int]:
                 assert struct.unpack("<f", struct.pack("<f", scale))[0] == scale, "a binary32 value"
         w = np.zeros((rows, cols), np.float32)
         for r in range(rows):
-            q = _spec_unpack(t[r * rb : (r + 1) * rb], b, cols)
+            q = spec_unpack(t[r * rb : (r + 1) * rb], b, cols)
             s = struct.unpack_from(f"<{ng}e", t, scale_at + r * ng * 2)
             if e["encoding"] == 2:
                 z = [1 << (b - 1)] * ng
             else:
-                z = _spec_unpack(t[zero_at + r * zrb : zero_at + (r + 1) * zrb], b, ng)
+                z = spec_unpack(t[zero_at + r * zrb : zero_at + (r + 1) * zrb], b, ng)
             for c in range(cols):
                 v = np.float32((q[c] - z[c // g]) * s[c // g])  # exact in float64, rounded once
                 if columns is not None:
@@ -414,7 +404,7 @@ def _spec_decode_vq(e: dict, t: bytes) -> np.ndarray:
     assert scale_at + rows * ng * 2 == e["nbytes"]
     w = np.zeros((rows, cols), np.float32)
     for r in range(rows):
-        idx = _spec_unpack(t[r * rb : (r + 1) * rb], b, n)
+        idx = spec_unpack(t[r * rb : (r + 1) * rb], b, n)
         s = struct.unpack_from(f"<{ng}e", t, scale_at + r * ng * 2)
         for v, i in enumerate(idx):
             vec = struct.unpack_from(f"<{d}e", t, book_at + (((r // rpb) << b) + i) * d * 2)

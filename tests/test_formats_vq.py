@@ -17,6 +17,7 @@ from formats_helpers import (
     fix_tensor_crc,
     rebuild,
     sample_bytes,
+    spec_unpack,
     split,
     tensor_span,
 )
@@ -40,16 +41,6 @@ from wavq.formats.stats import codebook_bits_per_weight, payload_bits
 META = {"architecture": "test"}
 
 
-def _spec_unpack(row: bytes, bits: int, n: int) -> list[int]:
-    """SPEC.md 5.1 on Python ints: each run of 8 codes is `bits` bytes; code i sits at bits [b*i, b*i+b) (LE)."""
-    out = []
-    for blk in range(len(row) // bits):
-        run = int.from_bytes(row[blk * bits : (blk + 1) * bits], "little")
-        out += [(run >> (bits * i)) & ((1 << bits) - 1) for i in range(8)]
-    assert all(c == 0 for c in out[n:]), "padding codes are zero"
-    return out[:n]
-
-
 # ---- packing ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bits", range(2, 17))
 @pytest.mark.parametrize("cols", [1, 7, 8, 9, 23, 64])
@@ -60,7 +51,7 @@ def test_pack_indices_round_trip_and_layout(bits, cols):
     packed = packing.pack_indices(idx, bits)
     assert packed.dtype == np.uint8 and packed.shape == (4, packing.row_bytes(cols, bits))
     for r in range(4):
-        assert _spec_unpack(packed[r].tobytes(), bits, cols) == idx[r].tolist()
+        assert spec_unpack(packed[r].tobytes(), bits, cols) == idx[r].tolist()
     got = packing.unpack_indices(packed, bits, cols)
     assert got.dtype == np.uint16
     np.testing.assert_array_equal(got, idx)

@@ -1,6 +1,6 @@
-"""Activation quantization on tiny.en: weight-only rows next to W8A8, W4A8, W4A6, W4A4 (dynamic per-token or
-static activation scales, with and without SmoothQuant migration and rotation; integer products in the runtime),
-with WER measured by the numpy runtime itself (`evaluate`, the code behind `wavq eval`) so the integer path is
+"""Activation quantization (tiny.en unless --model): weight-only rows next to W8A8, W4A8, W4A6, W4A4 (dynamic
+per-token or static activation scales, with and without SmoothQuant migration and rotation; integer products in the
+runtime), with WER measured by the numpy runtime itself (`evaluate`, the code behind `wavq eval`) so the integer path is
 what is measured, and the runtime's counted MACs and bit-operations per second of audio. Writes
 benchmarks/results/<name>.md and .json, one table per subset.
 
@@ -8,7 +8,10 @@ benchmarks/results/<name>.md and .json, one table per subset.
         --limit 20 --workdir /tmp/wavq-act --calib /tmp/calib-without-8226
 
 Every (subset, row) is stored in <workdir>/results.json as soon as it is measured (an interrupted run resumes;
-the converted models in <workdir> are shared by all subsets); --rows selects rows by label. Rounding is RTN
+the converted models in <workdir> are shared by all subsets); --rows selects rows by label. With --simulate N the
+WER comes from transformers' Whisper running the file's weights with its activation rounding as input hooks
+(batched, fast enough for whole test sets), and the runtime's integer path runs only the first N utterances: the
+measured MACs, and on how many of them it gives the simulation's text. Rounding is RTN
 (group 128). Static scales and smoothing observe --calib audio, which must not hold the evaluated utterances.
 """
 
@@ -34,7 +37,7 @@ from wavq.formats import WqFile  # noqa: E402
 from wavq.runtime import compute, load  # noqa: E402
 from wavq.runtime.info import summarize  # noqa: E402
 
-MODEL = "openai/whisper-tiny.en"
+DEFAULT_MODEL = "openai/whisper-tiny.en"
 MAX_NEW_TOKENS = 128
 FLOAT_BITOPS_PER_MAC = compute.FLOAT_BITS * compute.FLOAT_BITS
 # label -> wavq-convert options (f32: no options)
@@ -66,11 +69,11 @@ CALIBRATED = ("--act-static", "--smooth")  # options that observe the --calib au
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def convert(label: str, workdir: str, calib: list[str]) -> str:
+def convert(model: str, label: str, workdir: str, calib: list[str]) -> str:
     path = os.path.join(workdir, label.replace(" ", "_") + ".wq")
     options = ROWS[label] + (calib if any(o in ROWS[label] for o in CALIBRATED) else [])
     if not os.path.exists(path):
-        r = CliRunner().invoke(convert_main, [MODEL, "-o", path, "-q", *options])
+        r = CliRunner().invoke(convert_main, [model, "-o", path, "-q", *options])
         if r.exit_code != 0:
             raise SystemExit(f"{label}: conversion failed: {r.output}")
     return path
@@ -99,9 +102,49 @@ def measure(label: str, path: str, utts) -> dict:
     }
 
 
+def measure_simulated(label: str, path: str, utts, tw, check: int) -> dict:
+    """WER from transformers' Whisper with the file's weights and its activation rounding as hooks (the float
+    simulation of the integer path: the same codes; only the float order of the products differs, which can
+    flip a near-tie), MACs and bit-operations from the runtime on the first `check` utterances, and on how many of
+    those the runtime's integer path gives the simulation's normalized text."""
+    from bench_common import file_input_specs, load_wq_weights, quantized_inputs
+    from bench_quant_table import MAX_NEW_TOKENS as SIM_MAX_NEW_TOKENS
+    from bench_quant_table import wer
+
+    from wavq.evaluation import normalizer_for
+    from wavq.runtime.audio import SAMPLE_RATE, load_audio
+
+    load_wq_weights(tw.model, path)
+    with quantized_inputs(tw.model, file_input_specs(path)):
+        hyps = tw.transcribe([load_audio(u.path, SAMPLE_RATE) for u in utts])
+    w, words = wer([u.text for u in utts], hyps)
+    r = evaluate(load(path), utts[:check], {"max_new_tokens": SIM_MAX_NEW_TOKENS})
+    norm = normalizer_for("whisper")
+    same = sum(norm(h["hypothesis"]) == norm(t) for h, t in zip(r.hypotheses, hyps))
+    with WqFile(path) as f:
+        s = summarize(f)
+        act = f.meta.get("quantization", {}).get("act_bits")
+    return {
+        "label": label,
+        "options": ROWS[label],
+        "engine": "transformers + activation hooks",
+        "bits_per_weight": s.quantized_bpw if s.n_quantized else 32.0,
+        "act_bits": act or 32,
+        "wer": w / 100,
+        "n_words": words,
+        "n_utterances": len(utts),
+        "runtime_same_text": f"{same}/{len(r.hypotheses)}",
+        "macs_per_audio_second": r.macs_per_audio_second,
+        "bitops_per_audio_second": r.bitops_per_audio_second,
+        "float_bitops_per_audio_second": r.macs_per_audio_second * FLOAT_BITOPS_PER_MAC,
+        "bitops_by_part": r.counts.bitops,
+        "macs_by_part": r.counts.macs,
+    }
+
+
 def table(by_subset: dict[str, list[dict]], header: dict) -> str:
     lines = [
-        "# Activation quantization, tiny.en (runtime WER, counted bit-operations)",
+        f"# Activation quantization, {header.get('model', DEFAULT_MODEL)} (WER, counted bit-operations)",
         "",
         f"Machine: {header['machine']}; {header['versions']}; {header['date']}.",
         f"Data: {header['data']}; greedy, max {MAX_NEW_TOKENS} new tokens.",
@@ -109,6 +152,13 @@ def table(by_subset: dict[str, list[dict]], header: dict) -> str:
         "",
         "Bit-operations = counted MACs x weight bits x activation bits (attention scores float x float, 32 x 32).",
     ]
+    first = next((r for rows in by_subset.values() for r in rows), {})
+    if "engine" in first:
+        lines.append(
+            f"WER: {first['engine']} (the float simulation of the integer path, same codes); MACs and bit-operations "
+            "counted by the runtime on the first utterances of each set, where 'runtime = sim' says on how many its "
+            "integer path gives the same normalized text."
+        )
     for subset, rows in by_subset.items():
         n = rows[0]["n_utterances"] if rows else 0
         lines += ["", f"## {subset} ({n} utterances)", "", *subset_table(rows)]
@@ -118,8 +168,9 @@ def table(by_subset: dict[str, list[dict]], header: dict) -> str:
 
 def subset_table(rows: list[dict]) -> list[str]:
     lines = [
-        "| recipe | bits/weight | act bits | WER % | G MACs/s audio | T bit-ops/s audio | vs f32 x f32 | scores |",
-        "|---|---|---|---|---|---|---|---|",
+        "| recipe | bits/weight | act bits | WER % | G MACs/s audio | T bit-ops/s audio | vs f32 x f32 | scores "
+        "| runtime = sim |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = r["bitops_per_audio_second"] / r["float_bitops_per_audio_second"]
@@ -127,7 +178,7 @@ def subset_table(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {r['label']} | {r['bits_per_weight']:.2f} | {r['act_bits']} | {100 * r['wer']:.2f} | "
             f"{r['macs_per_audio_second'] / 1e9:.3f} | {r['bitops_per_audio_second'] / 1e12:.3f} | 1/{1 / ratio:.1f} | "
-            f"{100 * scores:.0f} % |"
+            f"{100 * scores:.0f} % | {r.get('runtime_same_text', '')} |"
         )
     return lines
 
@@ -168,6 +219,7 @@ def save(store: str, key: str, row: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--data", required=True, help="LibriSpeech-layout directory")
     ap.add_argument("--subsets", nargs="+", default=[""], help="subset folders under --data, e.g. test-clean")
     ap.add_argument("--limit", type=int, default=None, help="first N utterances by id of each subset")
@@ -176,21 +228,39 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=32, help="calibration utterances")
     ap.add_argument("--rows", nargs="*", default=list(ROWS), help="row labels to measure")
     ap.add_argument("--name", default="act_quant", help="output name under benchmarks/results")
+    ap.add_argument(
+        "--simulate",
+        type=int,
+        default=None,
+        metavar="N",
+        help="WER from transformers with the file's activation rounding as hooks (batched: fast enough for whole "
+        "test sets); the runtime runs only the first N utterances, for MACs and its agreement with the simulation",
+    )
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     calib = ["--calib", args.calib, "--calib-samples", str(args.calib_samples)] if args.calib else []
     store = os.path.join(args.workdir, "results.json")
     done = json.load(open(store)) if os.path.exists(store) else {}
+    tw = None
+    if args.simulate is not None:
+        from bench_quant_table import TorchWhisper
+
+        tw = TorchWhisper(args.model)
     for subset in args.subsets:
         utts = [u for u in find_utterances(args.data, subset or None) if u.text is not None]
         utts = utts[: args.limit] if args.limit else utts
         for label in args.rows:
             key = f"{subset}/{label}"
             if key not in done:
-                done[key] = measure(label, convert(label, args.workdir, calib), utts)
+                path = convert(args.model, label, args.workdir, calib)
+                if tw is None:
+                    done[key] = measure(label, path, utts)
+                else:
+                    done[key] = measure_simulated(label, path, utts, tw, args.simulate)
                 save(store, key, done[key])
                 print(f"{key}: WER {100 * done[key]['wer']:.2f} %", file=sys.stderr, flush=True)
     header = {
+        "model": args.model,
         "machine": machine(),
         "versions": versions(),
         "date": datetime.date.today().isoformat(),

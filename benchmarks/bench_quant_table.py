@@ -205,10 +205,15 @@ class TorchWhisper:
     def load_wq(self, path: str) -> None:
         load_wq_weights(self.model, path)
 
-    def transcribe(self, audios: list[np.ndarray]) -> list[str]:
-        kwargs = dict(max_new_tokens=MAX_NEW_TOKENS)
+    def generate_kwargs(self) -> dict:
+        """Greedy, English transcription, at most MAX_NEW_TOKENS."""
+        kwargs: dict = dict(max_new_tokens=MAX_NEW_TOKENS)
         if self.multilingual:
             kwargs.update(language="en", task="transcribe")
+        return kwargs
+
+    def transcribe(self, audios: list[np.ndarray]) -> list[str]:
+        kwargs = self.generate_kwargs()
         texts = []
         with torch.inference_mode():
             for i in range(0, len(audios), BATCH):

@@ -21,6 +21,10 @@ the correction are added in float64 (exact: far below 2**53). Then each group's 
 |I| <= 2**24, else rounded once), is rescaled once per output by s_w, the groups are summed in float32 in group
 order, and the sum is multiplied by s_x.
 `accumulate="int32"` computes P with numpy's int32 matmul instead (the plain reference; checked against 2**31).
+`packed_int_linear` takes the weight's packed codes (kernel.PackedTensor) and, with the compiled kernel, computes
+the rescaled group sums in C (kernel.code_products: I summed exactly in integers, converted to float32 once, then
+the same float32 steps in the same order); everything around them is this module's, so it equals int_linear bit
+for bit too.
 
 Rotated weights (SPEC.md 5.4) store V = W R: the input is rotated first, x W^T = (x R) V^T, and x R is what is
 quantized (QuaRot-style rotated activations). Decomposed weights (5.3) add two float terms on the activation

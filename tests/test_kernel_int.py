@@ -118,6 +118,14 @@ def test_groups_beyond_the_int32_span_are_exact(cols, group):
     assert bits_equal(kernel.code_products(qx, t), kernel.code_products(qx, t, portable=True))
 
 
+def test_empty_inputs_and_empty_row_ranges():
+    qt = random_qt(np.random.default_rng(9), 5, 30, 4, 7, False, "plain")
+    t = kernel.PackedTensor.from_quantized(qt)
+    x = np.zeros((0, 30), np.float32)
+    assert bits_equal(packed_int_linear(x, t, ActivationSpec(8)), int_linear(x, qt, ActivationSpec(8)))
+    assert kernel.code_products(np.zeros((3, 30), np.int8), t.row_slice(2, 2)).shape == (3, 0)
+
+
 def test_code_products_checks_its_inputs():
     qt = random_qt(np.random.default_rng(5), 4, 10, 4, 4, True, "plain")
     t = kernel.PackedTensor.from_quantized(qt)

@@ -482,7 +482,8 @@ static int cpu_has_avx2(void) {
 static int codes_rows(const job *jb, Py_ssize_t n0, Py_ssize_t n1) {
     const tensor *t = &jb->t;
     Py_ssize_t span = (n1 - n0 + NR - 1) / NR * NR, fit = TILE_BYTES / (2 * (Py_ssize_t)jb->kp) / NR * NR;
-    int tr = (int)(fit < NR ? NR : fit > span ? span : fit);
+    int tr = (int)(fit < span ? fit : span);
+    if (tr < NR) tr = NR; /* also for an empty range: the buffers are never empty */
     scratch s;
     int rc = scratch_init(&s, t);
     int16_t *d = malloc(sizeof(int16_t) * (size_t)tr * (size_t)jb->kp);

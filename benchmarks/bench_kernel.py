@@ -53,18 +53,18 @@ def best_ms(fn: Callable[[], object]) -> float:
     return min(times) * 1e3
 
 
-def best_ms_interleaved(fns: list[Callable[[], object]]) -> list[float]:
-    """best_ms for several calls, timed one after another in every round, so load that comes and goes on a shared
-    machine reaches them alike."""
+def best_ms_interleaved(fns: list[Callable[[], object]], clock: Callable[[], float]) -> list[float]:
+    """best_ms for several calls on `clock`, timed one after another in every round, so load that comes and goes on
+    a shared machine reaches them alike."""
     for fn in fns:
         fn()
     times: list[list[float]] = [[] for _ in fns]
     start = time.perf_counter()
     while len(times[0]) < MIN_CALLS or time.perf_counter() - start < MIN_SECONDS * len(fns):
         for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            ts.append(time.perf_counter() - t0)
+            ts.append(clock() - t0)
     return [min(ts) * 1e3 for ts in times]
 
 
@@ -147,7 +147,7 @@ def run_integer() -> list[list[str]]:
                 if ((rows, cols), m) in SKIP:
                     continue
                 x = rng.standard_normal((m, cols)).astype(np.float32)
-                times = best_ms_interleaved(int_engines(x, qt, t))
+                times = best_ms_interleaved(int_engines(x, qt, t), time.process_time)
                 cells = [f"{rows}x{cols}", str(bits), str(m)] + [f"{ms:.2f}" for ms in times]
                 table.append(cells)
                 print(" | ".join(cells), file=sys.stderr, flush=True)
@@ -173,8 +173,10 @@ def main() -> None:
         header = ["weight (out x in)", "bits", "rows M"] + INT_ENGINES
         notes = [
             f"- Weights: random, RTN, symmetric, groups of {GROUP}; activations: {INT_ACT.bits}-bit dynamic per row. "
-            "Times: best-of-repeats wall milliseconds per call of x @ W^T (x float32, M rows), activation "
-            "quantization and output included; the three engines of a row were timed in turn in every round.",
+            "Times: best-of-repeats CPU milliseconds (process time) per call of x @ W^T (x float32, M rows), "
+            "activation quantization and output included; every engine runs on one thread, so its CPU time is its "
+            "work, which other jobs on the shared machine do not inflate as they do wall time; the three engines of a "
+            "row were timed in turn in every round.",
             "- numpy int_linear = runtime/intlinear.int_linear on the unpacked codes (exact float32 BLAS blocks); "
             "kernel int_linear = intlinear.packed_int_linear (kernel.code_products: centered int16 weight tiles, "
             "exact int32 group sums, 1 thread); kernel float matmul = kernel.matmul on the same packed codes with "

@@ -77,7 +77,7 @@
  * longer group is summed in pieces of this many columns, the pieces in int64 (exact far beyond any tensor). */
 #define INT32_SPAN 65536
 #define CODE_VEC 16                /* int16 codes per AVX2 vector: every piece is zero-padded to a multiple */
-#define NR 4                       /* weight rows per step of the micro-kernel (one float32 SSE vector of outputs) */
+#define NR 4                       /* weight rows per step of the micro-kernel: NR x MR outputs fill one AVX vector */
 #define MR 2                       /* input rows per step: 4 x 2 int32 accumulators + 6 operands fit 16 registers */
 #define TILE_BYTES (64 << 10)      /* centered int16 codes unpacked at once: a tile stays in L2 for every input row */
 

@@ -28,7 +28,9 @@ several times slower than BLAS (benchmarks/results/kernel.md), so it is meant fo
 docstring states the contract; intlinear.int_linear is its numpy twin, equal bit for bit): activation codes
 already made, exact integer group sums, one float32 rescale per group. It unpacks a tile of weight rows once
 into centered int16 codes and reuses it for every input row, so it serves a decoding step's few rows and the
-encoder's 1500 alike; its inner loop is AVX2 (vpmaddwd) where the CPU has it, else a plain loop.
+encoder's 1500 alike. Its inner loop is AVX2 where the CPU has it (vpmaddwd on int16 codes; vpmaddubsw on bytes
+when the weight and activation codes are small enough for exact int16 sums, e.g. 4-bit weights), else a plain
+loop.
 """
 
 from __future__ import annotations

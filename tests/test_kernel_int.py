@@ -1,7 +1,7 @@
 """The compiled kernel's integer products (kernel.code_products, wq_kernel.c matmul_codes) under the contract of
 runtime/intlinear.py: equal bit for bit to numpy's int_linear and to the float simulation fake_linear, over every
 weight width, sign mode, group size (dividing or not), decomposed and rotated weights, activation widths and input
-row counts from a decoding step to an encoder window; its AVX2 loop equal to its plain loop; and whole act-quant
+row counts from a decoding step to an encoder window; its AVX2 loops equal to its plain loop; and whole act-quant
 models (a tiny Whisper, a tiny Wav2Vec2, converted by wavq-convert) giving identical outputs with and without it.
 """
 
@@ -75,7 +75,8 @@ def test_kernel_equals_int_linear_and_fake_linear_bit_for_bit(case, threads):
 
 @SETTINGS
 @given(cases())
-def test_avx2_loop_equals_the_plain_loop(case):
+def test_avx2_loops_equal_the_plain_loop(case):
+    """The int16 loop and (codes and activations small enough, e.g. 4-bit weights) the narrow uint8 loop."""
     x, qt, spec = case
     t = kernel.PackedTensor.from_quantized(qt)
     xr = rotate_columns(x, qt.rotation) if qt.rotation else x
@@ -100,19 +101,20 @@ def test_switched_off_the_packed_route_runs_numpy(monkeypatch):
 
 
 @pytest.mark.parametrize(("cols", "group"), [(70_001, 70_001), (131_080, 70_000)])
-def test_groups_beyond_the_int32_span_are_exact(cols, group):
-    """Groups longer than INT32_SPAN (65,536) columns are summed in int32 pieces added in int64: at the extreme
-    codes (127 x 255 everywhere) the group sum exceeds 2**31, and the result still equals numpy's."""
-    codes = np.full((5, cols), 255, np.uint8)
+@pytest.mark.parametrize(("bits", "code", "zero"), [(8, 255, 0), (4, 0, 15)])
+def test_groups_beyond_the_int32_span_are_exact(cols, group, bits, code, zero):
+    """Groups longer than INT32_SPAN (65,536) columns are summed in int32 pieces added in int64, at extreme codes:
+    8-bit 255 - 0 against activation codes 127 (the int16 loop; the group sum exceeds 2**31) and 4-bit 0 - 15 (the
+    narrow loop, whose zero-point correction z * S is then largest); the result still equals numpy's."""
     ng = -(-cols // group)
-    qt = random_qt(np.random.default_rng(4), 5, cols, 8, group, False, "plain")
-    qt = dataclasses.replace(qt, codes=codes, zeros=np.zeros((5, ng), np.uint8))
+    qt = random_qt(np.random.default_rng(4), 5, cols, bits, group, False, "plain")
+    qt = dataclasses.replace(qt, codes=np.full((5, cols), code, np.uint8), zeros=np.full((5, ng), zero, np.uint8))
     x = np.ones((3, cols), np.float32)
     x[1] = -1
     spec = ActivationSpec(8)
     t = kernel.PackedTensor.from_quantized(qt)
     qx, _ = quantize_activations(x, spec)
-    assert 127 * 255 * group > 2**31
+    assert bits < 8 or 127 * 255 * group > 2**31
     got = packed_int_linear(x, t, spec)
     assert bits_equal(got, int_linear(x, qt, spec))
     assert bits_equal(kernel.code_products(qx, t), kernel.code_products(qx, t, portable=True))

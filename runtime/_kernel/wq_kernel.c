@@ -19,7 +19,8 @@
  * contract runtime/intlinear.py states and its numpy int_linear meets: int8 activation codes made by the caller,
  * exact integer sums per weight group, one float32 rescale per group, groups added in order. Weight rows are
  * unpacked a tile at a time into centered int16 codes shared by every input row (AVX2 vpmaddwd where the CPU
- * has it, a plain loop elsewhere; the two give the same integers, hence the same bits).
+ * has it; vpmaddubsw on raw byte codes when codes and activations are small enough; a plain loop elsewhere: all
+ * give the same integers, hence the same bits).
  *
  * Built with -ffp-contract=off so no multiply-add is fused behind the contract's back. No numpy headers: arrays
  * arrive through the buffer protocol and the Python wrapper (runtime/kernel.py) checks shapes and dtypes; the
@@ -76,7 +77,9 @@
  * partial sum of at most 65,536 of them is <= 65,536 * 32,640 = 2,139,095,040 < 2^31 - 1 = 2,147,483,647; a
  * longer group is summed in pieces of this many columns, the pieces in int64 (exact far beyond any tensor). */
 #define INT32_SPAN 65536
-#define CODE_VEC 16                /* int16 codes per AVX2 vector: every piece is zero-padded to a multiple */
+#define PIECE_PAD 32               /* bytes of an AVX2 vector: every piece is zero-padded to a multiple of 32 codes */
+#define I16_VEC 16                 /* int16 codes per AVX2 vector */
+#define INT16_MAX_SUM 32767        /* the narrow loop's int16 sums stay within this (no saturation, no wrap) */
 #define NR 4                       /* weight rows per step of the micro-kernel: NR x MR outputs fill one AVX vector */
 #define MR 2                       /* input rows per step: 4 x 2 int32 accumulators + 6 operands fit 16 registers */
 #define TILE_BYTES (64 << 10)      /* centered int16 codes unpacked at once: a tile stays in L2 for every input row */
@@ -256,7 +259,7 @@ HELPER float dot(const float *restrict a, const float *restrict b, int n) {
 /* ---- row-range jobs, optionally split over threads ---- */
 
 /* matmul_codes lays the columns out as pieces: each weight group, cut every INT32_SPAN columns, zero-padded to a
- * multiple of CODE_VEC; codes and activations are both widened to int16 in this layout. */
+ * multiple of PIECE_PAD; codes and activations are stored in this layout (int16, or bytes for the narrow loop). */
 typedef struct {
     int src, len, dst; /* columns [src, src + len) of the tensor, at [dst, dst + padded len) in the layout */
     int group;         /* the weight group the piece belongs to */
@@ -275,9 +278,12 @@ struct job {
     const float *sx;     /* M x nb */
     const int *seg;      /* nseg + 1 segment starts (the last is cols) */
     const piece *pieces; /* matmul_codes: the padded layout of the columns */
+    const int8_t *qx8;   /* matmul_codes, narrow: M x kp activation codes in the piece layout */
+    const int32_t *xsum; /* matmul_codes, narrow: M x npieces sums of each piece's activation codes */
     Py_ssize_t m;
     int act_block, nb, nseg;
-    int npieces, kp, avx2; /* matmul_codes: pieces, padded columns, use the AVX2 loop */
+    int npieces, kp, avx2; /* matmul_codes: pieces, padded columns, use the AVX2 loops */
+    int narrow;            /* matmul_codes: > 0: the narrow loop, adding this many vpmaddubsw results in int16 */
 };
 
 ROW_LOOP static int dequantize_rows(const job *jb, Py_ssize_t n0, Py_ssize_t n1) {
@@ -344,27 +350,36 @@ ROW_LOOP static int matmul_int8_rows(const job *jb, Py_ssize_t n0, Py_ssize_t n1
  * float32 numpy makes of the exact integer). A tile of weight rows is unpacked once into centered int16 codes
  * and meets every input row while it sits in cache: the encoder's 1500 rows and a decoding step's few share it. */
 
-HELPER int padded_len(int n) { return (n + CODE_VEC - 1) / CODE_VEC * CODE_VEC; }
+HELPER int padded_len(int n) { return (n + PIECE_PAD - 1) / PIECE_PAD * PIECE_PAD; }
 
-/* Rows [n0, n0 + nr) as centered int16 codes q - z in the piece layout, rows up to tr (a multiple of NR) zero, and
- * their float32 scales in blocks of NR rows: sw[(r / NR) * ng * NR + g * NR + r % NR]. */
-ROW_LOOP static void unpack_tile(const job *jb, Py_ssize_t n0, int nr, int tr, scratch *s, int16_t *d, float *sw) {
+/* Rows [n0, n0 + nr) in the piece layout, rows up to tr (a multiple of NR) zero: centered int16 codes q - z, or
+ * for the narrow loop the raw uint8 codes q (d then holds kp bytes a row) with the zero points zt; the float32
+ * scales and zero points in blocks of NR rows: sw[(r / NR) * ng * NR + g * NR + r % NR], the same for zt. */
+ROW_LOOP static void unpack_tile(const job *jb, Py_ssize_t n0, int nr, int tr, scratch *s, void *d, float *sw,
+                                 int32_t *zt) {
     const tensor *t = &jb->t;
-    memset(d, 0, sizeof(int16_t) * (size_t)tr * (size_t)jb->kp);
+    memset(d, 0, (jb->narrow ? 1 : sizeof(int16_t)) * (size_t)tr * (size_t)jb->kp);
     memset(sw, 0, sizeof(float) * (size_t)tr * (size_t)t->ng);
+    memset(zt, 0, sizeof(int32_t) * (size_t)tr * (size_t)t->ng);
     for (int r = 0; r < nr; r++) {
         load_row(t, n0 + r, s);
-        int16_t *dr = d + (size_t)r * (size_t)jb->kp;
         for (int i = 0; i < jb->npieces; i++) {
             const piece *p = &jb->pieces[i];
-            int z = zero_point(t, s, p->group);
             const uint8_t *restrict q = s->q + p->src;
-            int16_t *restrict o = dr + p->dst;
+            if (jb->narrow) {
+                memcpy((uint8_t *)d + (size_t)r * (size_t)jb->kp + p->dst, q, (size_t)p->len);
+                continue;
+            }
+            int z = zero_point(t, s, p->group);
+            int16_t *restrict o = (int16_t *)d + (size_t)r * (size_t)jb->kp + p->dst;
             for (int k = 0; k < p->len; k++) o[k] = (int16_t)(q[k] - z);
         }
         const uint16_t *sr = t->scales + (n0 + r) * t->ng;
-        float *sb = sw + (size_t)(r / NR) * (size_t)t->ng * NR + r % NR;
-        for (int g = 0; g < t->ng; g++) sb[g * NR] = half_to_float(sr[g]);
+        size_t at = (size_t)(r / NR) * (size_t)t->ng * NR + r % NR;
+        for (int g = 0; g < t->ng; g++) {
+            sw[at + g * NR] = half_to_float(sr[g]);
+            zt[at + g * NR] = zero_point(t, s, g);
+        }
     }
 }
 
@@ -412,7 +427,7 @@ AVX2_HELPER void block_avx2(const job *jb, const int16_t *w, const float *sb, co
     for (int i = 0; i < jb->npieces; i++) {
         const piece *p = &jb->pieces[i];
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-        for (int k = p->dst, end = p->dst + padded_len(p->len); k < end; k += CODE_VEC) {
+        for (int k = p->dst, end = p->dst + padded_len(p->len); k < end; k += I16_VEC) {
             __m256i v0 = _mm256_loadu_si256((const __m256i *)(w + k));
             __m256i v1 = _mm256_loadu_si256((const __m256i *)(w + kp + k));
             __m256i v2 = _mm256_loadu_si256((const __m256i *)(w + 2 * kp + k));
@@ -448,6 +463,78 @@ AVX2_HELPER void block_avx2(const job *jb, const int16_t *w, const float *sb, co
         acc = _mm256_add_ps(acc, _mm256_mul_ps(f, _mm256_broadcast_ps((const __m128 *)(sb + p->group * NR))));
     }
     _mm256_storeu_ps(y, acc);
+}
+
+/* [sum of a0's lanes, a1's, a2's, a3's]. */
+AVX2_HELPER __m128i hsum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* The narrow loop, for codes and activations small enough (matmul_codes sets jb->narrow): vpmaddubsw multiplies
+ * 32 raw uint8 codes q by 32 int8 activation codes and adds neighbours into 16 int16 lanes, each of magnitude
+ * <= 2 * (2^bits - 1) * max|qx|; jb->narrow of them are added in int16 (jb->narrow times that bound is at most
+ * INT16_MAX_SUM: exact, no saturation), then widened to int32 by vpmaddwd with ones. That gives P = sum q * qx
+ * over a piece (|P| <= INT32_SPAN * 255 * 128 < 2^31); I = P - z * S with S the piece's activation sum
+ * (|z * S| <= 255 * 128 * INT32_SPAN < 2^31), in wrapping int32 arithmetic, which is exact since |I| < 2^31 too.
+ * One input row times NR weight rows (d: kp bytes a row) per call: y[c] = output (row c). */
+AVX2_HELPER void block_narrow(const job *jb, const uint8_t *w, const float *sb, const int32_t *zb, const int8_t *x,
+                              const int32_t *xs, float *y) {
+    const size_t kp = (size_t)jb->kp;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int chunk = jb->narrow * PIECE_PAD;
+    __m128 acc = _mm_setzero_ps();
+    __m256i wide = _mm256_setzero_si256();
+    for (int i = 0; i < jb->npieces; i++) {
+        const piece *p = &jb->pieces[i];
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        for (int k0 = p->dst, end = p->dst + padded_len(p->len); k0 < end; k0 += chunk) {
+            __m256i h0 = _mm256_setzero_si256(), h1 = h0, h2 = h0, h3 = h0;
+            for (int k = k0, k1 = k0 + chunk < end ? k0 + chunk : end; k < k1; k += PIECE_PAD) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(x + k));
+                h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(w + k)), xv));
+                h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(w + kp + k)), xv));
+                h2 = _mm256_add_epi16(h2,
+                                      _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(w + 2 * kp + k)), xv));
+                h3 = _mm256_add_epi16(h3,
+                                      _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(w + 3 * kp + k)), xv));
+            }
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(h0, ones));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(h1, ones));
+            a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(h2, ones));
+            a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(h3, ones));
+        }
+        __m128i z = _mm_loadu_si128((const __m128i *)(zb + p->group * NR));
+        __m128i sums = _mm_sub_epi32(hsum4(a0, a1, a2, a3), _mm_mullo_epi32(z, _mm_set1_epi32(xs[i])));
+        __m128 f;
+        if (p->first && p->last) {
+            f = _mm_cvtepi32_ps(sums);
+        } else {
+            wide = _mm256_add_epi64(wide, _mm256_cvtepi32_epi64(sums));
+            if (!p->last) continue;
+            int64_t v[NR];
+            _mm256_storeu_si256((__m256i *)v, wide);
+            f = _mm_setr_ps((float)v[0], (float)v[1], (float)v[2], (float)v[3]);
+            wide = _mm256_setzero_si256();
+        }
+        acc = _mm_add_ps(acc, _mm_mul_ps(f, _mm_loadu_ps(sb + p->group * NR)));
+    }
+    _mm_storeu_ps(y, acc);
+}
+
+AVX2_FN static void tile_narrow(const job *jb, const uint8_t *d, const float *sw, const int32_t *zt, Py_ssize_t n0,
+                                int nr) {
+    const tensor *t = &jb->t;
+    float y[NR];
+    for (Py_ssize_t m = 0; m < jb->m; m++) {
+        for (int r = 0; r < nr; r += NR) {
+            size_t at = (size_t)(r / NR) * (size_t)t->ng * NR;
+            block_narrow(jb, d + (size_t)r * (size_t)jb->kp, sw + at, zt + at, jb->qx8 + m * jb->kp,
+                         jb->xsum + m * jb->npieces, y);
+            int nv = nr - r < NR ? nr - r : NR;
+            for (int c = 0; c < nv; c++) jb->out[m * t->rows + n0 + r + c] = y[c];
+        }
+    }
 }
 
 AVX2_FN static void tile_avx2(const job *jb, const int16_t *d, const float *sw, Py_ssize_t n0, int nr) {
@@ -488,11 +575,16 @@ static int codes_rows(const job *jb, Py_ssize_t n0, Py_ssize_t n1) {
     int rc = scratch_init(&s, t);
     int16_t *d = malloc(sizeof(int16_t) * (size_t)tr * (size_t)jb->kp);
     float *sw = malloc(sizeof(float) * (size_t)tr * (size_t)t->ng);
-    if (!d || !sw) rc = -1;
+    int32_t *zt = malloc(sizeof(int32_t) * (size_t)tr * (size_t)t->ng);
+    if (!d || !sw || !zt) rc = -1;
     for (Py_ssize_t n = n0; n < n1 && rc == 0; n += tr) {
         int nr = n1 - n < tr ? (int)(n1 - n) : tr;
-        unpack_tile(jb, n, nr, (nr + NR - 1) / NR * NR, &s, d, sw);
+        unpack_tile(jb, n, nr, (nr + NR - 1) / NR * NR, &s, d, sw, zt);
 #if WQ_X86_AVX2
+        if (jb->narrow) {
+            tile_narrow(jb, (const uint8_t *)d, sw, zt, n, nr);
+            continue;
+        }
         if (jb->avx2) {
             tile_avx2(jb, d, sw, n, nr);
             continue;
@@ -502,6 +594,7 @@ static int codes_rows(const job *jb, Py_ssize_t n0, Py_ssize_t n1) {
     }
     free(d);
     free(sw);
+    free(zt);
     scratch_free(&s);
     return rc;
 }
@@ -824,6 +917,8 @@ static PyObject *py_matmul_codes(PyObject *self, PyObject *args) {
     int threads, portable, rc = 0;
     piece *pieces = NULL;
     int16_t *qx16 = NULL;
+    int8_t *qx8 = NULL;
+    int32_t *xsum = NULL;
     if (!PyArg_ParseTuple(args, "OOnO!ip", &out_o, &qx_o, &jb.m, &PyTuple_Type, &tup, &threads, &portable))
         return NULL;
     if (get_tensor(tup, &jb.t, bufs) < 0) goto fail;
@@ -850,32 +945,54 @@ static PyObject *py_matmul_codes(PyObject *self, PyObject *args) {
         }
     }
     if (kp > (1 << 30)) {
-        PyErr_SetString(PyExc_ValueError, "matmul_codes: too many columns once each group is padded to 16");
+        PyErr_SetString(PyExc_ValueError, "matmul_codes: too many columns once each group is padded to 32");
         goto fail;
     }
     jb.kp = (int)kp;
-    qx16 = calloc((size_t)(jb.m * kp) + 1, sizeof(int16_t)); /* the padding stays zero */
-    if (!qx16) {
+    jb.avx2 = !portable && cpu_has_avx2();
+    const int8_t *q8 = qx.buf;
+    int amax = 1;
+    for (Py_ssize_t i = 0; i < jb.m * jb.t.cols; i++) amax = abs(q8[i]) > amax ? abs(q8[i]) : amax;
+    /* int16 sums of vpmaddubsw results that stay exact; the narrow loop pays off from two on */
+    int narrow = INT16_MAX_SUM / (2 * ((1 << jb.t.bits) - 1) * amax);
+    jb.narrow = jb.avx2 && narrow >= 2 ? narrow : 0;
+    if (jb.narrow) {
+        qx8 = calloc((size_t)(jb.m * kp) + 1, 1); /* the padding stays zero */
+        xsum = calloc((size_t)(jb.m * jb.npieces) + 1, sizeof(int32_t));
+    } else {
+        qx16 = calloc((size_t)(jb.m * kp) + 1, sizeof(int16_t));
+    }
+    if (jb.narrow ? !qx8 || !xsum : !qx16) {
         PyErr_NoMemory();
         goto fail;
     }
-    const int8_t *q8 = qx.buf;
     for (Py_ssize_t m = 0; m < jb.m; m++)
         for (int i = 0; i < jb.npieces; i++) {
             const piece *p = &pieces[i];
-            for (int k = 0; k < p->len; k++) qx16[m * kp + p->dst + k] = q8[m * jb.t.cols + p->src + k];
+            const int8_t *src = q8 + m * jb.t.cols + p->src;
+            if (!jb.narrow) {
+                for (int k = 0; k < p->len; k++) qx16[m * kp + p->dst + k] = src[k];
+                continue;
+            }
+            int32_t sum = 0; /* |sum| <= 128 * INT32_SPAN */
+            for (int k = 0; k < p->len; k++) sum += src[k];
+            memcpy(qx8 + m * kp + p->dst, src, (size_t)p->len);
+            xsum[m * jb.npieces + i] = sum;
         }
     jb.fn = codes_rows;
     jb.out = out.buf;
     jb.qx16 = qx16;
+    jb.qx8 = qx8;
+    jb.xsum = xsum;
     jb.pieces = pieces;
-    jb.avx2 = !portable && cpu_has_avx2();
     double work = (double)jb.t.rows * jb.t.cols * (jb.m + 1);
     Py_BEGIN_ALLOW_THREADS
     rc = run_rows(&jb, jb.t.rows, threads, work);
     Py_END_ALLOW_THREADS
     free(pieces);
     free(qx16);
+    free(qx8);
+    free(xsum);
     release(&out);
     release(&qx);
     release_tensor(bufs);
@@ -883,6 +1000,8 @@ static PyObject *py_matmul_codes(PyObject *self, PyObject *args) {
 fail:
     free(pieces);
     free(qx16);
+    free(qx8);
+    free(xsum);
     release(&out);
     release(&qx);
     release_tensor(bufs);

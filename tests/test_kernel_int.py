@@ -84,6 +84,22 @@ def test_avx2_loops_equal_the_plain_loop(case):
     assert bits_equal(kernel.code_products(qx, t), kernel.code_products(qx, t, portable=True))
 
 
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("act_bits", [4, 6, 8])
+@pytest.mark.parametrize("group", [128, 200, 600])
+def test_long_groups_on_every_loop(bits, act_bits, group):
+    """Groups of 128 columns and more, where the narrow loop runs whenever the codes allow it (e.g. 4-bit weights
+    with A8, 8-bit with A6): equal to numpy and to the plain loop. 600 columns: 128 and 200 do not divide them."""
+    rng = np.random.default_rng(bits * 100 + act_bits)
+    qt = random_qt(rng, 13, 600, bits, group, bits % 2 == 0, "plain")
+    x = rng.standard_normal((5, 600)).astype(np.float32)
+    spec = ActivationSpec(act_bits)
+    t = kernel.PackedTensor.from_quantized(qt)
+    qx, _ = quantize_activations(x, spec)
+    assert bits_equal(packed_int_linear(x, t, spec), int_linear(x, qt, spec))
+    assert bits_equal(kernel.code_products(qx, t), kernel.code_products(qx, t, portable=True))
+
+
 def test_kernel_status_names_the_integer_loop():
     assert ("AVX2" if kernel._wq_kernel.AVX2 else "portable") in kernel.kernel_status()
 

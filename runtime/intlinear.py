@@ -21,6 +21,10 @@ the correction are added in float64 (exact: far below 2**53). Then each group's 
 |I| <= 2**24, else rounded once), is rescaled once per output by s_w, the groups are summed in float32 in group
 order, and the sum is multiplied by s_x.
 `accumulate="int32"` computes P with numpy's int32 matmul instead (the plain reference; checked against 2**31).
+`packed_int_linear` takes the weight's packed codes (kernel.PackedTensor) and, with the compiled kernel, computes
+the rescaled group sums in C (kernel.code_products: I summed exactly in integers, converted to float32 once, then
+the same float32 steps in the same order); everything around them is this module's, so it equals int_linear bit
+for bit too.
 
 Rotated weights (SPEC.md 5.4) store V = W R: the input is rotated first, x W^T = (x R) V^T, and x R is what is
 quantized (QuaRot-style rotated activations). Decomposed weights (5.3) add two float terms on the activation
@@ -38,11 +42,13 @@ softmax, norms and activations are the caller's (they stay float).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 
 from ..formats.activation import ActivationSpec
 from ..formats.codecs import QuantizedTensor, rotate_columns, view_2d_shape
+from . import kernel
 
 EXACT_FLOAT32_INTEGER = 1 << 24  # every integer of magnitude <= 2**24 is exactly a binary32 value
 INT32_LIMIT = (1 << 31) - 1
@@ -50,6 +56,25 @@ ACCUMULATORS = ("float32", "int32")
 
 # (codes of the group's activation columns as float32, their uint8 weight codes, block length) -> float64 P
 _GroupProduct = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+# int8 activation codes (M, K), outlier columns zeroed -> float32 (M, N) sum_g float32(I_g) * s_w[:, g] in group order
+_CodeProducts = Callable[[np.ndarray], np.ndarray]
+
+
+class _StoredWeight(Protocol):
+    """What the shared steps read of a stored weight: a QuantizedTensor, or a kernel.PackedTensor's packed views."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def rotation(self) -> int: ...
+    @property
+    def scales(self) -> np.ndarray: ...
+    @property
+    def offset(self) -> np.ndarray | None: ...
+    @property
+    def outlier_columns(self) -> np.ndarray | None: ...
+    @property
+    def outliers(self) -> np.ndarray | None: ...
 
 
 def block_length(act_bits: int, weight_bits: int) -> int:
@@ -89,44 +114,61 @@ def int_linear(
     if block > limit:
         raise ValueError(f"block {block} exceeds {limit}, the exact float32 block for {spec.bits}x{qt.bits} bits")
     product = _product_float32 if accumulate == "float32" else _product_int32
-    return _linear(x, qt, spec, lambda coded, w, zeros: _integer_groups(coded, w, zeros, product, block or limit))
+    return _linear(
+        x, qt, spec, _rescaled(qt, lambda coded, zeros: _integer_groups(coded, qt, zeros, product, block or limit))
+    )
+
+
+def packed_int_linear(x: np.ndarray, t: kernel.PackedTensor, spec: ActivationSpec) -> np.ndarray:
+    """int_linear on a weight's packed codes: the compiled kernel's integer products (kernel.code_products) when
+    `kernel.available()`, else int_linear on the unpacked codes. The same float32 bits either way."""
+    if not kernel.available():
+        return int_linear(x, t.quantized(), spec)
+    return _linear(x, t, spec, lambda coded: kernel.code_products(coded, t))
 
 
 def fake_linear(x: np.ndarray, qt: QuantizedTensor, spec: ActivationSpec) -> np.ndarray:
     """The float simulation of int_linear's quantization: activation codes times the weight's centered codes,
     float64 matmuls (exact), the same rescale. Equal to int_linear bit for bit (module docstring)."""
-    return _linear(x, qt, spec, _centered_groups)
+    return _linear(x, qt, spec, _rescaled(qt, lambda coded, zeros: _centered_groups(coded, qt, zeros)))
 
 
-def _linear(
-    x: np.ndarray,
-    qt: QuantizedTensor,
-    spec: ActivationSpec,
-    groups: Callable[[np.ndarray, QuantizedTensor, np.ndarray], Iterator[np.ndarray]],
-) -> np.ndarray:
-    n, k = view_2d_shape(qt.shape)
+def _linear(x: np.ndarray, weight: _StoredWeight, spec: ActivationSpec, products: _CodeProducts) -> np.ndarray:
+    """The steps every route shares around `products`: rotate, quantize x, zero the outlier columns' codes; then
+    add the decomposition terms and multiply by s_x."""
+    n, k = view_2d_shape(weight.shape)
     x = np.asarray(x, dtype=np.float32)
     if x.shape[-1] != k:
-        raise ValueError(f"input has {x.shape[-1]} features, the weight {qt.shape} takes {k}")
+        raise ValueError(f"input has {x.shape[-1]} features, the weight {weight.shape} takes {k}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
-    if qt.rotation:
-        x2 = rotate_columns(x2, qt.rotation)
+    if weight.rotation:
+        x2 = rotate_columns(x2, weight.rotation)
     qx, sx = quantize_activations(x2, spec)
     coded = qx
-    if qt.decomposed and qt.outlier_columns.size:
+    if weight.outlier_columns is not None and weight.outlier_columns.size:
         coded = qx.copy()
-        coded[:, qt.outlier_columns] = 0  # dequantization ignores these codes; the outlier term covers them
-    zeros = _zero_points(qt)
-    acc = np.zeros((x2.shape[0], n), dtype=np.float32)
-    s_w = qt.scales.astype(np.float32)
-    for g, i_g in enumerate(groups(coded, qt, zeros)):
-        i_g *= s_w[None, :, g]  # one rescale per output and group
-        acc += i_g
-    if qt.decomposed:
-        acc += _decomposition_terms(qx, coded, qt).astype(np.float32)
+        coded[:, weight.outlier_columns] = 0  # dequantization ignores these codes; the outlier term covers them
+    acc = products(coded)
+    if weight.offset is not None:
+        acc += _decomposition_terms(qx, coded, weight).astype(np.float32)
     acc *= sx[:, None]
     return acc.reshape(lead + (n,))
+
+
+def _rescaled(qt: QuantizedTensor, groups: Callable[[np.ndarray, np.ndarray], Iterator[np.ndarray]]) -> _CodeProducts:
+    """The numpy products: each group's float32(I) from `groups(coded, zero points)`, times s_w, summed in group
+    order from +0.0 (the arithmetic kernel.code_products repeats in C)."""
+
+    def products(coded: np.ndarray) -> np.ndarray:
+        acc = np.zeros((coded.shape[0], qt.shape[0]), dtype=np.float32)
+        s_w = qt.scales.astype(np.float32)
+        for g, i_g in enumerate(groups(coded, _zero_points(qt))):
+            i_g *= s_w[None, :, g]  # one rescale per output and group
+            acc += i_g
+        return acc
+
+    return products
 
 
 def _zero_points(qt: QuantizedTensor) -> np.ndarray:
@@ -186,11 +228,12 @@ def _centered_groups(coded: np.ndarray, qt: QuantizedTensor, zeros: np.ndarray) 
         yield (coded[:, c0:c1].astype(np.float64) @ centered.T).astype(np.float32)
 
 
-def _decomposition_terms(qx: np.ndarray, coded: np.ndarray, qt: QuantizedTensor) -> np.ndarray:
+def _decomposition_terms(qx: np.ndarray, coded: np.ndarray, weight: _StoredWeight) -> np.ndarray:
     """float64 (M, N) in activation-code units: offset . codes of the non-outlier columns (the same for every
     output) plus the outlier columns' float values times their codes (SPEC.md 5.3)."""
-    offset_term = coded.astype(np.float64) @ qt.offset.astype(np.float64)  # (M,)
-    out = np.repeat(offset_term[:, None], qt.shape[0], axis=1)
-    if qt.outlier_columns.size:
-        out += qx[:, qt.outlier_columns].astype(np.float64) @ qt.outliers.astype(np.float64).T
+    assert weight.offset is not None and weight.outlier_columns is not None and weight.outliers is not None
+    offset_term = coded.astype(np.float64) @ weight.offset.astype(np.float64)  # (M,)
+    out = np.repeat(offset_term[:, None], weight.shape[0], axis=1)
+    if weight.outlier_columns.size:
+        out += qx[:, weight.outlier_columns].astype(np.float64) @ weight.outliers.astype(np.float64).T
     return out

@@ -21,8 +21,16 @@ WAVQ_NO_KERNEL=1, the same functions run their numpy reference. What each path p
   columns meet zeroed activations.
 
 Large row counts (the encoder's 1500 frames) go to BLAS on weight tiles the kernel dequantizes: the kernel's own
-loops are written for the few rows of a decoding step. The integer path has no such split: at encoder sizes it
-runs several times slower than BLAS (benchmarks/results/kernel.md), so it is meant for decoding steps.
+loops are written for the few rows of a decoding step. matmul_int8 has no such split: at encoder sizes it runs
+several times slower than BLAS (benchmarks/results/kernel.md), so it is meant for decoding steps.
+
+`code_products(qx, t)` is the integer products of a weight with an activation spec (runtime/intlinear.py, whose
+docstring states the contract; intlinear.int_linear is its numpy twin, equal bit for bit): activation codes
+already made, exact integer group sums, one float32 rescale per group. It unpacks a tile of weight rows once
+into centered int16 codes and reuses it for every input row, so it serves a decoding step's few rows and the
+encoder's 1500 alike. Its inner loop is AVX2 where the CPU has it (vpmaddwd on int16 codes; vpmaddubsw on bytes
+when the weight and activation codes are small enough for exact int16 sums, e.g. 4-bit weights), else a plain
+loop.
 """
 
 from __future__ import annotations
@@ -74,6 +82,11 @@ class PackedTensor:
     def rows(self) -> int:
         return self.codes.shape[0]
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols): the 2-D view the codes are stored in."""
+        return self.rows, self.cols
+
     @classmethod
     def from_file(cls, f: WqFile, name: str) -> PackedTensor:
         """Zero-copy views of a quantized tensor of an open file."""
@@ -103,6 +116,16 @@ class PackedTensor:
         return cls(
             packing.pack_codes(qt.codes.reshape(rows, cols), qt.bits), qt.scales, zeros, qt.bits, cols,
             qt.group_size, qt.offset, qt.outlier_columns, qt.outliers, qt.rotation,
+        )  # fmt: skip
+
+    def quantized(self) -> codecs.QuantizedTensor:
+        """The unpacked codes (the inverse of from_quantized, in the 2-D view)."""
+        ng = codecs.n_groups(self.cols, self.group_size)
+        zeros = None if self.zeros is None else packing.unpack_codes(self.zeros, self.bits, ng)
+        return codecs.QuantizedTensor(
+            self.shape, self.bits, self.group_size, packing.unpack_codes(self.codes, self.bits, self.cols),
+            np.asarray(self.scales, dtype=np.float16), zeros, self.offset, self.outlier_columns, self.outliers,
+            self.rotation,
         )  # fmt: skip
 
     def row_slice(self, start: int, stop: int) -> PackedTensor:
@@ -144,7 +167,8 @@ def kernel_status() -> str:
     if not available():
         return f"compiled kernel: off ({DISABLE_ENV}=1, numpy path)"
     n = threads()
-    return f"compiled kernel: in use ({n} thread{'s' if n > 1 else ''})"
+    simd = "AVX2" if _wq_kernel.AVX2 else "portable"
+    return f"compiled kernel: in use ({n} thread{'s' if n > 1 else ''}; integer products {simd})"
 
 
 def threads() -> int:
@@ -290,4 +314,20 @@ def _reference_int8_products(qx: np.ndarray, sx: np.ndarray, t: PackedTensor, ac
         acc = qx32[:, k0:k1] @ d[:, k0:k1].T  # exact: |sum| < 2^31 (act_block <= the kernel's MAX_ACT_BLOCK)
         scale = sx[:, k0 // act_block, None] * sw[None, :, k0 // t.group_size]
         out += acc.astype(np.float32) * scale
+    return out
+
+
+def code_products(qx: np.ndarray, t: PackedTensor, *, portable: bool = False) -> np.ndarray:
+    """float32 (M, rows): out[m, n] = sum over groups g, in order, of float32(I[m, n, g]) * s_w[n, g], each step
+    rounded to float32, I = sum_{k in g} qx[m, k] * (q_w[n, k] - z[n, g]) exact (runtime/intlinear.py). qx: int8
+    (M, cols) activation codes, already zero at a decomposed tensor's outlier columns (the float parts and the
+    activation scale are the caller's). Compiled only (RuntimeError when not built; intlinear.int_linear is the
+    numpy twin). `portable`: the plain C loop instead of the AVX2 one (tests compare the two)."""
+    if _wq_kernel is None:
+        raise RuntimeError(f"code_products: {kernel_status()}")
+    qx = np.ascontiguousarray(qx)
+    if qx.dtype != np.int8 or qx.ndim != 2 or qx.shape[1] != t.cols:
+        raise ValueError(f"activation codes must be int8 (M, {t.cols}), got {qx.dtype} {qx.shape}")
+    out = np.empty((qx.shape[0], t.rows), dtype=np.float32)
+    _wq_kernel.matmul_codes(out, qx, qx.shape[0], t._c_args(with_decomposition=False), threads(), portable)
     return out

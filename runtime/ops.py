@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 
 from ..formats.activation import ActivationSpec
 from ..formats.codecs import QuantizedTensor, rotate_columns
 from . import compute, kernel
-from .intlinear import int_linear
+from .intlinear import int_linear, packed_int_linear
 from .weights import Weights
 
 Activation = Callable[[np.ndarray], np.ndarray]
@@ -29,13 +30,27 @@ ATTENTION_SCORE_BYTES = 64 << 20  # float32 attention scores computed at once (a
 # ---------------------------------------------------------------------------------------------------- linear
 
 
+ProductKind = Literal["integer", "packed", "float"]
+
+
+def product_kind(w: Weights, name: str) -> ProductKind:
+    """How the product with the weight `name` runs, decided here only: "integer" when it has an activation spec
+    (SPEC.md 5.5: integer codes times integer codes, runtime/intlinear.py), "packed" when the compiled kernel
+    multiplies its packed codes (a quantized weight that is not kept, `Weights.packed`), else "float" (x @ W^T on
+    float32 weights, whole or by row blocks)."""
+    if w.activation(name) is not None:
+        return "integer"
+    return "float" if w.packed(name) is None else "packed"
+
+
 @dataclasses.dataclass(frozen=True)
 class Linear:
     """One Hugging Face Linear ready to multiply: `weight` is W (out, in), or the stored V = W R when `rotation`
     is set (SPEC.md 5.4), in which case the inputs are rotated instead (x W^T = (x R) V^T). A weight with an
-    activation spec (SPEC.md 5.5) carries its stored `codes` instead and multiplies on the integer path. With
-    `packed` set (a quantized weight that is not kept, with the compiled kernel) `weight` is None too: the kernel
-    multiplies the packed codes and rotates the inputs itself."""
+    activation spec (`act`, SPEC.md 5.5) multiplies on the integer path: on its `packed` codes with the compiled
+    kernel, else on its unpacked `codes`. With only `packed` set (a quantized weight that is not kept, with the
+    compiled kernel) the kernel multiplies the packed codes as floats. Both rotate the inputs themselves; `weight`
+    is None on these paths."""
 
     name: str  # state_dict name of the weight, e.g. "model.decoder.layers.0.fc1.weight"
     weight: np.ndarray | None  # None on the integer and the kernel paths
@@ -44,7 +59,7 @@ class Linear:
     rotation: int = 0
     weight_bits: int = compute.FLOAT_BITS  # stored code bits (compute accounting)
     act: ActivationSpec | None = None  # set: the input is quantized and multiplied as integer codes
-    codes: QuantizedTensor | None = None  # the stored weight, for the integer path
+    codes: QuantizedTensor | None = None  # the stored weight unpacked, for the numpy integer path
     packed: kernel.PackedTensor | None = None  # the stored weight's packed views, for the compiled kernel
 
     @classmethod
@@ -57,12 +72,13 @@ class Linear:
         name = prefix + ".weight"
         b = w.get(prefix + ".bias") if bias else None
         scale = w.get(prefix + ".input_scale")
-        act = w.activation(name)
-        if act is not None:
-            return cls(name, None, b, scale, 0, w.bits(name), act, w.codes(name))
-        packed = w.packed(name)
-        if packed is not None:
-            return cls(name, None, b, scale, weight_bits=w.bits(name), packed=packed)
+        kind = product_kind(w, name)
+        if kind == "integer":
+            packed = w.packed(name)
+            codes = w.codes(name) if packed is None else None
+            return cls(name, None, b, scale, 0, w.bits(name), w.activation(name), codes, packed)
+        if kind == "packed":
+            return cls(name, None, b, scale, weight_bits=w.bits(name), packed=w.packed(name))
         block = w.uncached_rotation(name)
         if block and n_rows is not None and n_rows < w.shape(name)[0]:
             weight = w.stored(name)
@@ -76,10 +92,10 @@ class Linear:
     @property
     def shape(self) -> tuple[int, int]:
         """(out, in) of the product."""
-        if self.codes is not None:
-            return self.codes.shape[0], int(np.prod(self.codes.shape[1:]))
         if self.packed is not None:
             return self.packed.rows, self.packed.cols
+        if self.codes is not None:
+            return self.codes.shape[0], int(np.prod(self.codes.shape[1:]))
         assert self.weight is not None  # one of the three is always set (load)
         return self.weight.shape[0], self.weight.shape[-1]
 
@@ -93,7 +109,9 @@ def apply_linear(layer: Linear, x: np.ndarray) -> np.ndarray:
         act_bits = compute.FLOAT_BITS if layer.act is None else layer.act.bits
         macs = (x.size // x.shape[-1]) * out_features * in_features
         compute.record(compute.part_of(layer.name), macs, layer.weight_bits, act_bits)
-    if layer.act is not None and layer.codes is not None:  # integer codes x integer codes (intlinear.py)
+    if layer.act is not None and layer.packed is not None:  # integer codes x integer codes, compiled (intlinear.py)
+        y = packed_int_linear(x, layer.packed, layer.act)
+    elif layer.act is not None and layer.codes is not None:  # the same in numpy
         y = int_linear(x, layer.codes, layer.act)
     elif layer.packed is not None:  # the compiled kernel, straight from the packed codes
         y = kernel.matmul(x.reshape(-1, x.shape[-1]), layer.packed).reshape(x.shape[:-1] + (layer.packed.rows,))
@@ -110,15 +128,15 @@ def apply_linear(layer: Linear, x: np.ndarray) -> np.ndarray:
 def linear(w: Weights, prefix: str, x: np.ndarray, *, bias: bool = True, block_bytes: int | None = None) -> np.ndarray:
     """x (..., in) @ W.T + b for the Linear `prefix` (an optional `{prefix}.input_scale` divides the input first).
 
-    `block_bytes`: when a weight is neither kept nor multiplied by the compiled kernel, dequantize it at most this
-    many float32 bytes (a block of output rows) at a time, so a large table (Whisper's output embedding) never
-    exists whole; kept weights and the kernel multiply in one call.
+    `block_bytes`: when a weight is multiplied as float32 (`product_kind` "float") and not kept, dequantize it at
+    most this many float32 bytes (a block of output rows) at a time, so a large table (Whisper's output embedding)
+    never exists whole; the other paths multiply in one call.
     """
     rows = x.size // x.shape[-1]
     name = prefix + ".weight"
     out_rows = w.shape(name)[0]
     step = out_rows if block_bytes is None else max(1, block_bytes // (4 * int(np.prod(w.shape(name)[1:]))))
-    if w.keeps(name) or w.packed(name) is not None or step >= out_rows or w.activation(name) is not None:
+    if product_kind(w, name) != "float" or w.keeps(name) or step >= out_rows:
         return apply_linear(Linear.load(w, prefix, rows, bias=bias), x)
     scale = w.get(prefix + ".input_scale")
     b = w.get(prefix + ".bias") if bias else None

@@ -173,9 +173,11 @@ class Weights:
         return 0 if name in self.kept else self.rotation(name)
 
     def packed(self, name: str) -> kernel.PackedTensor | None:
-        """The packed codes of a quantized tensor that is not kept, for `kernel.matmul`, when the compiled kernel
-        is available (else None: dequantize instead). Zero-copy views of the memory map, built once."""
-        if self._file is None or name in self.kept or not kernel.available():
+        """The packed codes of a quantized tensor that is not kept, or that has an activation spec (its products
+        never use a float copy), for the compiled kernel when it is available (else None: dequantize or unpack
+        instead). Zero-copy views of the memory map, built once."""
+        kept = name in self.kept and self.activation(name) is None
+        if self._file is None or kept or not kernel.available():
             return None
         hit = self._packed.get(name)
         if hit is None and self._file.info(name).quantized:

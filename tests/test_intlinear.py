@@ -28,7 +28,7 @@ def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-def _random_qt(rng, rows: int, cols: int, bits: int, group: int, symmetric: bool, variant: str) -> QuantizedTensor:
+def random_qt(rng, rows: int, cols: int, bits: int, group: int, symmetric: bool, variant: str) -> QuantizedTensor:
     """Arbitrary codes and float16 scales (negative and zero ones included), optionally decomposed or rotated."""
     ng = -(-cols // group)
     scales = (rng.standard_normal((rows, ng)) * 0.05).astype(np.float16)
@@ -66,7 +66,7 @@ def cases(draw):
     block = draw(st.sampled_from([0, 1, 2, 3, 5]))  # 0: the exact bound; small: many blocks per group
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
-    qt = _random_qt(rng, rows, cols, wbits, group, symmetric, variant)
+    qt = random_qt(rng, rows, cols, wbits, group, symmetric, variant)
     x = (rng.standard_normal((m, cols)) * rng.choice([0.01, 1.0, 30.0])).astype(np.float32)
     if draw(st.booleans()):
         x[0] = 0  # a zero row: dynamic scale 0
@@ -115,7 +115,7 @@ def test_leading_dimensions_and_a_real_weight():
 def test_per_channel_groups_longer_than_the_block_are_split_exactly():
     rng = np.random.default_rng(1)
     cols = 3 * block_length(8, 8) + 17  # one group per row spanning four blocks
-    qt = _random_qt(rng, 5, cols, 8, cols, False, "plain")
+    qt = random_qt(rng, 5, cols, 8, cols, False, "plain")
     x = rng.standard_normal((4, cols)).astype(np.float32)
     spec = ActivationSpec(8)
     y = int_linear(x, qt, spec)
@@ -152,7 +152,7 @@ def test_quantize_activations_dynamic_and_static():
 
 def test_rejections():
     rng = np.random.default_rng(2)
-    qt = _random_qt(rng, 3, 8, 4, 4, True, "plain")
+    qt = random_qt(rng, 3, 8, 4, 4, True, "plain")
     x = rng.standard_normal((2, 8)).astype(np.float32)
     with pytest.raises(ValueError, match="features"):
         int_linear(x[:, :7], qt, ActivationSpec(8))

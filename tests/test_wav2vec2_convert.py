@@ -12,7 +12,9 @@ transformers = pytest.importorskip("transformers")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from test_wav2vec2_parity import _TINY, SR, VARIANTS, VOCAB, build_checkpoint, hf_logits, speechlike  # noqa: E402
+from test_wav2vec2_parity import SR, VARIANTS, build_checkpoint, hf_logits, speechlike  # noqa: E402
+from tiny_models import CTC_VOCAB as VOCAB  # noqa: E402
+from tiny_models import TINY_CTC_DIMS  # noqa: E402
 
 import wavq.converter.wav2vec2 as w2v_converter  # noqa: E402
 from wavq.converter.export import convert  # noqa: E402
@@ -81,7 +83,7 @@ def _expect_rejected(directory, match):
 
 def test_rejects_pretraining_only_checkpoints(tmp_path):
     config_name, overrides, mask = VARIANTS["w2v-base"]
-    config = transformers.Wav2Vec2Config(**{**_TINY, **overrides})
+    config = transformers.Wav2Vec2Config(**{**TINY_CTC_DIMS, **overrides})
     transformers.Wav2Vec2ForPreTraining(config).save_pretrained(tmp_path / "pt")
     _expect_rejected(tmp_path / "pt", "Wav2Vec2ForPreTraining checkpoint without a CTC head")
     # no architectures recorded, but the weights lack lm_head

@@ -20,6 +20,8 @@ transformers = pytest.importorskip("transformers")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from tiny_models import CTC_VOCAB, TINY_CTC_DIMS  # noqa: E402
+
 import wavq.converter.wav2vec2  # noqa: E402,F401  (registers the loader)
 from wavq.converter.export import convert  # noqa: E402
 from wavq.runtime import load  # noqa: E402
@@ -28,29 +30,6 @@ from wavq.runtime.wav2vec2 import Wav2Vec2CTCModel  # noqa: E402
 SR = 16_000
 LOGITS_TOL = 1e-4
 CHUNK_TOL = 1e-5
-VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|"] + list("ETAOINSHRDLUCMWFGYPBVKJXQZ") + ["'"]  # base-960h's layout
-
-# tiny shared dims; conv stack with total stride 20 (800 frames/s) keeps attention over ~1 s of audio small
-_TINY = dict(
-    vocab_size=len(VOCAB),
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=24,
-    conv_dim=(16, 16, 16),
-    conv_kernel=(10, 3, 2),
-    conv_stride=(5, 2, 2),
-    num_conv_pos_embedding_groups=2,
-    pad_token_id=0,
-    hidden_dropout=0.0,
-    attention_dropout=0.0,
-    activation_dropout=0.0,
-    feat_proj_dropout=0.0,
-    final_dropout=0.0,
-    layerdrop=0.0,
-    mask_time_prob=0.0,
-)
-
 # id -> (config class name, config overrides, feature-extractor return_attention_mask)
 VARIANTS = {
     "w2v-base": (
@@ -140,7 +119,7 @@ def build_checkpoint(
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     config_cls = getattr(transformers, config_name)
-    config = config_cls(**{**_TINY, **overrides})
+    config = config_cls(**{**TINY_CTC_DIMS, **overrides})
     model_cls = {
         "Wav2Vec2Config": transformers.Wav2Vec2ForCTC,
         "HubertConfig": transformers.HubertForCTC,
@@ -158,7 +137,7 @@ def build_checkpoint(
                 buf.add_(torch.randn(buf.shape, generator=gen) * 0.1)
     model.save_pretrained(directory)
     with open(os.path.join(directory, "vocab.json"), "w") as f:
-        json.dump({t: i for i, t in enumerate(VOCAB)}, f)
+        json.dump({t: i for i, t in enumerate(CTC_VOCAB)}, f)
     tokenizer = transformers.Wav2Vec2CTCTokenizer(os.path.join(directory, "vocab.json"), do_lower_case=do_lower_case)
     tokenizer.save_pretrained(directory)
     fe = transformers.Wav2Vec2FeatureExtractor(

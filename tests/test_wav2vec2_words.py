@@ -10,7 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_wav2vec2_parity import SR, VOCAB, build_checkpoint, speechlike  # noqa: E402
+from test_wav2vec2_parity import SR, build_checkpoint, speechlike  # noqa: E402
+from tiny_models import CTC_VOCAB as VOCAB  # noqa: E402
 
 from wavq.converter.export import convert  # noqa: E402
 from wavq.runtime import load  # noqa: E402

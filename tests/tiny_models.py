@@ -14,7 +14,27 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|"] + list("ETAOINSHRDLUCMWFGYPBVKJXQZ") + ["'"]
+CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|"] + list("ETAOINSHRDLUCMWFGYPBVKJXQZ") + ["'"]  # base-960h's layout
+# tiny shared Wav2Vec2-family dims; a conv stack of total stride 20 (800 frames/s) keeps attention over ~1 s small
+TINY_CTC_DIMS = dict(
+    vocab_size=len(CTC_VOCAB),
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=24,
+    conv_dim=(16, 16, 16),
+    conv_kernel=(10, 3, 2),
+    conv_stride=(5, 2, 2),
+    num_conv_pos_embedding_groups=2,
+    pad_token_id=0,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+    feat_proj_dropout=0.0,
+    final_dropout=0.0,
+    layerdrop=0.0,
+    mask_time_prob=0.0,
+)
 WHISPER_SOURCE = "openai/whisper-tiny.en"
 
 
@@ -26,20 +46,11 @@ def tiny_wav2vec2(directory: str | os.PathLike) -> str:
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     config = transformers.Wav2Vec2Config(
-        vocab_size=len(CTC_VOCAB),
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=24,
-        conv_dim=(16, 16, 16),
-        conv_kernel=(10, 3, 2),
-        conv_stride=(5, 2, 2),
+        **TINY_CTC_DIMS,
         num_conv_pos_embeddings=4,
-        num_conv_pos_embedding_groups=2,
         feat_extract_norm="group",
         do_stable_layer_norm=False,
         conv_bias=False,
-        pad_token_id=0,
     )
     torch.manual_seed(0)
     transformers.Wav2Vec2ForCTC(config).eval().save_pretrained(directory)

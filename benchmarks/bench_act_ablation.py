@@ -47,6 +47,7 @@ KINDS = {
 }
 OUTPUT = "proj_out"
 NONE, EVERY = "none", "every linear"
+KEEP_ASKED_ABOVE = 0.5  # WER points
 
 
 def parts(model: torch.nn.Module) -> dict[str, list[str]]:
@@ -186,13 +187,16 @@ def main() -> None:
         print(f"{part} A{bits}: KL {r['kl']:.4f} agree {r['agree']:.2f} WER {r.get('wer')}", flush=True)
         return r
 
-    row(NONE, None, None, True)
+    rows_by_part = {NONE: row(NONE, None, None, True)}
     all_parts = parts(tw.model)
     every = all_parts.pop(EVERY)
     for bits in args.bits:
-        row(EVERY, every, bits, True)
+        every_row = row(EVERY, every, bits, True)
         measured = {p: row(p, names, bits, args.wer_every_part) for p, names in all_parts.items() if names}
-        # what an integer-only device would keep in float: every linear but the worst one or two blocks
+        # what an integer-only device would keep in float, asked only where quantizing everything costs more
+        # than KEEP_ASKED_ABOVE points: every linear but the worst one or two blocks
+        if every_row["wer"] - rows_by_part[NONE]["wer"] <= KEEP_ASKED_ABOVE:
+            continue
         blocks = sorted((p for p in measured if p not in KINDS), key=lambda p: -measured[p]["kl"])
         for k in (1, 2):
             kept = set().union(*(all_parts[p] for p in blocks[:k]))

@@ -134,11 +134,17 @@ def linear(w: Weights, prefix: str, x: np.ndarray, *, bias: bool = True, block_b
 
 
 def norm(x: np.ndarray, eps: float) -> np.ndarray:
-    """Normalise over the last axis without affine parameters (a fresh array)."""
-    mean = x.mean(axis=-1, keepdims=True)
+    """Normalise over the last axis without affine parameters (a fresh array). The sums are np.mean's (the same
+    reduction, then a division by the count) without its Python wrapper, which costs more than the arithmetic on
+    a decoding step's single rows."""
+    n = x.shape[-1]
+    mean = np.add.reduce(x, axis=-1, keepdims=True)
+    mean /= n
     xc = x - mean
-    var = np.mean(xc * xc, axis=-1, keepdims=True)
-    xc /= np.sqrt(var + np.float32(eps))
+    var = np.add.reduce(xc * xc, axis=-1, keepdims=True)
+    var /= n
+    var += np.float32(eps)
+    xc /= np.sqrt(var, out=var)
     return xc
 
 
@@ -168,14 +174,6 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     x = x - x.max(axis=axis, keepdims=True)
     np.exp(x, out=x)
     x /= x.sum(axis=axis, keepdims=True)
-    return x
-
-
-def softmax_(x: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, overwriting x (fresh attention scores) to save a temporary."""
-    x -= x.max(axis=-1, keepdims=True)
-    np.exp(x, out=x)
-    x /= x.sum(axis=-1, keepdims=True)
     return x
 
 
@@ -303,13 +301,15 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     """softmax(q k^T + mask) v for q (..., Tq, hd) (already scaled), k and v (..., Tk, hd) -> (..., Tq, hd).
 
     `mask` is added to the scores and broadcasts to (..., Tq, Tk) (-inf hides a key). Query rows are processed in
-    blocks so the float32 scores of one block stay within ATTENTION_SCORE_BYTES. A k that is the transposed view of
-    a contiguous (..., hd, Tk) array (as `WhisperModel.cross_kv` keeps it) is used without a copy.
+    blocks so the float32 scores of one block stay within ATTENTION_SCORE_BYTES. Operands are multiplied where
+    they lie when BLAS can read them so (`_blas_ready`): a k that is the transposed view of a (..., hd, Tk) array
+    with unit stride along Tk (`WhisperModel.cross_kv`, the decoder's key cache) is never copied, nor are the
+    head views `split_heads` makes of a projection's output.
     """
-    kt = np.ascontiguousarray(np.swapaxes(k, -1, -2))  # (..., hd, Tk): stacked matmuls reach BLAS when contiguous
-    v = np.ascontiguousarray(v)
+    kt = _blas_ready(np.swapaxes(k, -1, -2))  # (..., hd, Tk)
+    v = _blas_ready(v)
     tq, tk = q.shape[-2], kt.shape[-1]
-    stack = int(np.prod(np.broadcast_shapes(q.shape[:-2], kt.shape[:-2])))
+    stack = math.prod(np.broadcast_shapes(q.shape[:-2], kt.shape[:-2]))
     compute.record(compute.ATTENTION_SCORES, 2 * stack * tq * tk * q.shape[-1])  # q k^T and p v, float x float
     block = max(1, ATTENTION_SCORE_BYTES // (4 * stack * tk))
     if block >= tq:
@@ -323,19 +323,34 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
 
 
 def _attend(q: np.ndarray, kt: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    scores = np.matmul(np.ascontiguousarray(q), kt)  # (..., Tq, Tk)
+    """softmax(q kt + mask) v with the softmax's division moved after the product: (e v) / sum(e) divides Tq x hd
+    values instead of Tq x Tk scores (Whisper's encoder: 64 instead of 1500 per query)."""
+    scores = np.matmul(_blas_ready(q), kt)  # (..., Tq, Tk)
     if mask is not None:
         scores += mask
-    return np.matmul(softmax_(scores), v)
+    scores -= np.maximum.reduce(scores, axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    out = np.matmul(scores, v)
+    out /= np.add.reduce(scores, axis=-1, keepdims=True)
+    return out
+
+
+def _blas_ready(a: np.ndarray) -> np.ndarray:
+    """`a` itself when numpy's matmul hands its matrices to BLAS as they lie (unit stride along the last axis, rows
+    at least a row apart: numpy's own test), else a C-contiguous copy (numpy would fall back to a slow loop)."""
+    row, col = a.strides[-2:]
+    if col == a.itemsize and row % a.itemsize == 0 and row >= a.shape[-1] * a.itemsize:
+        return a
+    return np.ascontiguousarray(a)
 
 
 def split_heads(x: np.ndarray, heads: int) -> np.ndarray:
-    """(..., T, D) -> (..., H, T, D / H)."""
+    """(..., T, D) -> (..., H, T, D / H), a view."""
     *lead, t, dm = x.shape
-    return np.moveaxis(x.reshape(*lead, t, heads, dm // heads), -2, -3)
+    return x.reshape(*lead, t, heads, dm // heads).swapaxes(-2, -3)
 
 
 def merge_heads(x: np.ndarray) -> np.ndarray:
     """(..., H, T, hd) -> (..., T, H * hd)."""
     *lead, h, t, hd = x.shape
-    return np.moveaxis(x, -3, -2).reshape(*lead, t, h * hd)
+    return x.swapaxes(-3, -2).reshape(*lead, t, h * hd)

@@ -178,7 +178,8 @@ def threads() -> int:
 
 
 def _rows(x: np.ndarray, cols: int) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != cols:
         raise ValueError(f"inputs must be float32 (M, {cols}), got shape {x.shape}")
     return x
@@ -207,12 +208,14 @@ def _rotated_inputs(x: np.ndarray, t: PackedTensor) -> np.ndarray:
 
 def matmul(x: np.ndarray, t: PackedTensor) -> np.ndarray:
     """float32 (M, rows) = x @ W^T, x float32 (M, cols): the compiled kernel when available, else numpy."""
-    x = _rotated_inputs(_rows(x, t.cols), t)
+    x = _rows(x, t.cols)
+    if t.rotation:
+        x = codecs.rotate_columns(x, t.rotation)
     if not available():
         return x @ _reference_dequantize(t).T
     m = x.shape[0]
     out = np.empty((m, t.rows), dtype=np.float32)
-    if m <= SMALL_M:
+    if m <= SMALL_M:  # a decoding step: called ~50 times per token, so nothing here but the call
         _wq_kernel.matmul(out, x, m, t._c_args(), threads())
         return out
     step = max(1, TILE_ELEMENTS // t.cols)

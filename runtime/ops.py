@@ -152,11 +152,17 @@ def linear(w: Weights, prefix: str, x: np.ndarray, *, bias: bool = True, block_b
 
 
 def norm(x: np.ndarray, eps: float) -> np.ndarray:
-    """Normalise over the last axis without affine parameters (a fresh array)."""
-    mean = x.mean(axis=-1, keepdims=True)
+    """Normalise over the last axis without affine parameters (a fresh array). The sums are np.mean's (the same
+    reduction, then a division by the count) without its Python wrapper, which costs more than the arithmetic on
+    a decoding step's single rows."""
+    n = x.shape[-1]
+    mean = np.add.reduce(x, axis=-1, keepdims=True)
+    mean /= n
     xc = x - mean
-    var = np.mean(xc * xc, axis=-1, keepdims=True)
-    xc /= np.sqrt(var + np.float32(eps))
+    var = np.add.reduce(xc * xc, axis=-1, keepdims=True)
+    var /= n
+    var += np.float32(eps)
+    xc /= np.sqrt(var, out=var)
     return xc
 
 
@@ -189,14 +195,6 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return x
 
 
-def softmax_(x: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, overwriting x (fresh attention scores) to save a temporary."""
-    x -= x.max(axis=-1, keepdims=True)
-    np.exp(x, out=x)
-    x /= x.sum(axis=-1, keepdims=True)
-    return x
-
-
 def log_softmax(x: np.ndarray) -> np.ndarray:
     y = x - x.max(axis=-1, keepdims=True)
     return y - np.log(np.exp(y).sum(axis=-1, keepdims=True))
@@ -205,6 +203,9 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 # Abramowitz & Stegun 7.1.26: erfc(z) ~ t * P(t) * exp(-z^2), t = 1 / (1 + p z), |error| <= 1.5e-7 for z >= 0
 _AS_P = 0.3275911
 _AS_COEF = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+_HALF_AS_COEF = tuple(0.5 * c for c in _AS_COEF)  # P(t) / 2: halving is exact, so the sum gives erfc / 2 directly
+_AS_P_OVER_SQRT_2 = _AS_P * _INV_SQRT_2  # t from |x| without forming |x| / sqrt 2
+_GELU_IS_RELU = 1e3  # |x| beyond which erfc(|x| / sqrt 2) underflows float64: GELU(x) = max(x, 0) exactly
 _ELEMENTWISE_BLOCK = 1 << 16  # elements per step: the temporaries stay in cache (~20x faster than whole arrays)
 
 
@@ -214,32 +215,32 @@ def gelu(x: np.ndarray) -> np.ndarray:
     Evaluated block by block so the temporaries stay in cache: the first conv layers produce tens of millions of
     activations per utterance. Each block is computed in float64: a float32 erfc carries a small systematic bias
     (~1e-8 per activation) that the following fc2 sums accumulate to ~4e-4 in a Whisper encoder, 6x torch's own
-    float32 error; float64 blocks cost ~10 % of the encoder time and remove it.
+    float32 error; float64 blocks remove it. The passes are few: with h = erfc(|x| / sqrt 2) / 2,
+    x Phi(x) = max(x, 0) - |x| h for either sign (no select), and exp(-x^2 / 2) needs no |x| / sqrt 2.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(x)
     flat, flat_out = x.reshape(-1), out.reshape(-1)
-    a0, a1, a2, a3, a4 = _AS_COEF
+    a0, a1, a2, a3, a4 = _HALF_AS_COEF
     for a in range(0, flat.size, _ELEMENTWISE_BLOCK):
         v = flat[a : a + _ELEMENTWISE_BLOCK].astype(np.float64)
         z = np.abs(v)
-        z *= _INV_SQRT_2
-        t = _AS_P * z
+        np.minimum(z, _GELU_IS_RELU, out=z)  # finite, so that |x| h is 0, not inf * 0, at x = inf
+        t = z * _AS_P_OVER_SQRT_2
         t += 1
         np.reciprocal(t, out=t)
-        erfc = a4 * t
+        h = a4 * t
         for c in (a3, a2, a1, a0):
-            erfc += c
-            erfc *= t
-        z *= z
-        np.negative(z, out=z)
-        np.exp(z, out=z)
-        erfc *= z  # erfc(|v| / sqrt 2)
-        # 1 + erf(v / sqrt 2) is 2 - erfc for v >= 0 and erfc for v < 0
-        r = np.where(v >= 0, 2 - erfc, erfc)
-        r *= v
-        r *= 0.5
-        flat_out[a : a + _ELEMENTWISE_BLOCK] = r
+            h += c
+            h *= t
+        e = v * v
+        e *= -0.5
+        np.exp(e, out=e)
+        h *= e  # erfc(|v| / sqrt 2) / 2
+        h *= z
+        np.maximum(v, 0, out=v)
+        v -= h
+        flat_out[a : a + _ELEMENTWISE_BLOCK] = v
     return out
 
 
@@ -321,13 +322,15 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     """softmax(q k^T + mask) v for q (..., Tq, hd) (already scaled), k and v (..., Tk, hd) -> (..., Tq, hd).
 
     `mask` is added to the scores and broadcasts to (..., Tq, Tk) (-inf hides a key). Query rows are processed in
-    blocks so the float32 scores of one block stay within ATTENTION_SCORE_BYTES. A k that is the transposed view of
-    a contiguous (..., hd, Tk) array (as `WhisperModel.cross_kv` keeps it) is used without a copy.
+    blocks so the float32 scores of one block stay within ATTENTION_SCORE_BYTES. Operands are multiplied where
+    they lie when BLAS can read them so (`_blas_ready`): a k that is the transposed view of a (..., hd, Tk) array
+    with unit stride along Tk (`WhisperModel.cross_kv`, the decoder's key cache) is never copied, nor are the
+    head views `split_heads` makes of a projection's output.
     """
-    kt = np.ascontiguousarray(np.swapaxes(k, -1, -2))  # (..., hd, Tk): stacked matmuls reach BLAS when contiguous
-    v = np.ascontiguousarray(v)
+    kt = _blas_ready(np.swapaxes(k, -1, -2))  # (..., hd, Tk)
+    v = _blas_ready(v)
     tq, tk = q.shape[-2], kt.shape[-1]
-    stack = int(np.prod(np.broadcast_shapes(q.shape[:-2], kt.shape[:-2])))
+    stack = math.prod(np.broadcast_shapes(q.shape[:-2], kt.shape[:-2]))
     compute.record(compute.ATTENTION_SCORES, 2 * stack * tq * tk * q.shape[-1])  # q k^T and p v, float x float
     block = max(1, ATTENTION_SCORE_BYTES // (4 * stack * tk))
     if block >= tq:
@@ -341,19 +344,34 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
 
 
 def _attend(q: np.ndarray, kt: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    scores = np.matmul(np.ascontiguousarray(q), kt)  # (..., Tq, Tk)
+    """softmax(q kt + mask) v with the softmax's division moved after the product: (e v) / sum(e) divides Tq x hd
+    values instead of Tq x Tk scores (Whisper's encoder: 64 instead of 1500 per query)."""
+    scores = np.matmul(_blas_ready(q), kt)  # (..., Tq, Tk)
     if mask is not None:
         scores += mask
-    return np.matmul(softmax_(scores), v)
+    scores -= np.maximum.reduce(scores, axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    out = np.matmul(scores, v)
+    out /= np.add.reduce(scores, axis=-1, keepdims=True)
+    return out
+
+
+def _blas_ready(a: np.ndarray) -> np.ndarray:
+    """`a` itself when numpy's matmul hands its matrices to BLAS as they lie (unit stride along the last axis, rows
+    at least a row apart: numpy's own test), else a C-contiguous copy (numpy would fall back to a slow loop)."""
+    row, col = a.strides[-2:]
+    if col == a.itemsize and row % a.itemsize == 0 and row >= a.shape[-1] * a.itemsize:
+        return a
+    return np.ascontiguousarray(a)
 
 
 def split_heads(x: np.ndarray, heads: int) -> np.ndarray:
-    """(..., T, D) -> (..., H, T, D / H)."""
+    """(..., T, D) -> (..., H, T, D / H), a view."""
     *lead, t, dm = x.shape
-    return np.moveaxis(x.reshape(*lead, t, heads, dm // heads), -2, -3)
+    return x.reshape(*lead, t, heads, dm // heads).swapaxes(-2, -3)
 
 
 def merge_heads(x: np.ndarray) -> np.ndarray:
     """(..., H, T, hd) -> (..., T, H * hd)."""
     *lead, h, t, hd = x.shape
-    return np.moveaxis(x, -3, -2).reshape(*lead, t, h * hd)
+    return x.swapaxes(-3, -2).reshape(*lead, t, h * hd)

@@ -122,12 +122,7 @@ class Weights:
         hit = self._cache.get(name)
         if hit is not None:
             return hit
-        if (
-            self._file is not None
-            and name in self.kept
-            and self._file.info(name).quantized
-            and len(self.shape(name)) == 2
-        ):
+        if self._file is not None and name in self.kept and self._column_major(name):
             arr = self._cache[name] = _dequantize_transposed(self._file, name)
             return arr
         if self._file is not None:
@@ -138,6 +133,16 @@ class Weights:
             arr = np.ascontiguousarray(arr)
             self._cache[name] = arr
         return arr
+
+    def _column_major(self, name: str) -> bool:
+        """Whether a kept matrix is held column-major (`_dequantize_transposed`): every one made in memory, and
+        with an unlimited budget also those the file holds as float32 (otherwise zero-cost row-major views of it),
+        the float32 model in memory being what cache=True asks for."""
+        assert self._file is not None
+        info = self._file.info(name)
+        if info.encoding == Encoding.F32:
+            return len(info.shape) == 2 and self.max_memory == UNLIMITED
+        return len(info.shape) == 2 and (info.quantized or info.encoding == Encoding.F16)
 
     def get(self, name: str, default: np.ndarray | None = None) -> np.ndarray | None:
         return self[name] if name in self else default
@@ -213,7 +218,7 @@ class Weights:
 
 
 def _dequantize_transposed(f: WqFile, name: str) -> np.ndarray:
-    """A kept quantized matrix W in column-major order (W.T contiguous): the products x @ W.T then stream it in
+    """A kept matrix W in column-major order (W.T contiguous): the products x @ W.T then stream it in
     the layout BLAS multiplies fastest (about twice as fast as row-major for a decoding step's few rows against
     Whisper's output embedding, single-threaded). Dequantized a block of rows at a time: the transient is one block."""
     rows, cols = f.info(name).shape

@@ -39,15 +39,15 @@ CrossKV = list[tuple[np.ndarray, np.ndarray]]
 _PER_WINDOW = ("encoder_attn.k_proj", "encoder_attn.v_proj")  # decoder weights read once per window (cross_kv)
 
 
-def reuse_rank(name: str) -> int | None:
-    """Order in which a memory budget keeps Whisper's tensors dequantized (`Weights.plan`; lower first): what
-    is re-read at every token before what is read once per window. The output embedding is the largest table
-    read per token: without the kernel it comes first (dequantizing it per token costs the most); with the
-    kernel it is never kept, the kernel's product on its packed codes measuring faster than a float32 one."""
-    per_token = name.startswith("model.decoder.") and not any(k in name for k in _PER_WINDOW)
+def reuse_rank(name: str) -> int:
+    """Order in which a memory budget keeps Whisper's tensors dequantized (`Weights.plan`; lower first): the most
+    time saved per byte kept first. The output embedding leads: it is the largest table read at every token, and
+    a decoding step's product with its column-major float32 copy runs about twice as fast as the compiled
+    kernel's on its packed codes (and far faster than dequantizing it per token). Then the other weights read
+    per token, then those read once per window (one dequantization per window saves little per byte)."""
     if name in (OUTPUT_PROJECTION, TOKEN_EMBEDDING):
-        return None if kernel.available() else 0
-    return 1 if per_token else 2
+        return 0
+    return 1 if name.startswith("model.decoder.") and not any(k in name for k in _PER_WINDOW) else 2
 
 
 def stack_cross(crosses: Sequence[CrossKV]) -> CrossKV:
@@ -62,7 +62,8 @@ def select_cross(cross: CrossKV, index: np.ndarray) -> CrossKV:
 
 
 def _batched_kv(k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keys as the transposed view of a contiguous (B, H, hd, T) array, the layout attention multiplies by."""
+    """Keys as the transposed view of a contiguous (..., H, hd, T) array and contiguous values: the layouts every
+    decoding step's attention reads (once per window, instead of strided head views at every token)."""
     return np.ascontiguousarray(np.swapaxes(k, -1, -2)).swapaxes(-1, -2), np.ascontiguousarray(v)
 
 
@@ -70,38 +71,53 @@ __all__ = ["WhisperDims", "WhisperModel", "DecoderState", "CrossScores", "TOKEN_
 
 
 class DecoderState:
-    """Self-attention K/V per layer for B hypotheses, grown in steps of KV_GROWTH positions, and the length."""
+    """Self-attention K/V per layer for B hypotheses, grown in steps of KV_GROWTH positions, and the length.
+
+    Keys are kept transposed, `kt` (layers, B, H, hd, capacity), and values as `v` (layers, B, H, capacity, hd):
+    the first `length` positions of either are then matrices BLAS multiplies in place (q k^T and p v), so a
+    decoding step copies nothing but its new position."""
 
     def __init__(self, n_layers: int, batch: int, heads: int, head_dim: int, capacity: int):
-        shape = (n_layers, batch, heads, capacity, head_dim)
-        self.k = np.zeros(shape, dtype=np.float32)
-        self.v = np.zeros(shape, dtype=np.float32)
+        self.kt = np.zeros((n_layers, batch, heads, head_dim, capacity), dtype=np.float32)
+        self.v = np.zeros((n_layers, batch, heads, capacity, head_dim), dtype=np.float32)
         self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.v.shape[3]
 
     def reserve(self, n: int, limit: int) -> None:
         need = self.length + n
-        if need <= self.k.shape[3]:
+        if need <= self.capacity:
             return
-        cap = min(max(need, self.k.shape[3] + KV_GROWTH), max(limit, need))
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            new = np.zeros(old.shape[:3] + (cap, old.shape[4]), dtype=np.float32)
-            new[:, :, :, : self.length] = old[:, :, :, : self.length]
-            setattr(self, name, new)
+        cap = min(max(need, self.capacity + KV_GROWTH), max(limit, need))
+        kt = np.zeros(self.kt.shape[:4] + (cap,), dtype=np.float32)
+        kt[..., : self.length] = self.kt[..., : self.length]
+        v = np.zeros(self.v.shape[:3] + (cap, self.v.shape[4]), dtype=np.float32)
+        v[:, :, :, : self.length] = self.v[:, :, :, : self.length]
+        self.kt, self.v = kt, v
+
+    def put(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Store keys and values (B, H, n, hd) of the n positions after `length` (the caller advances `length`);
+        returns views (B, H, length + n, hd) of every key (transposed view) and value of the layer so far."""
+        start, stop = self.length, self.length + k.shape[-2]
+        self.kt[layer, ..., start:stop] = np.swapaxes(k, -1, -2)
+        self.v[layer, :, :, start:stop] = v
+        return np.swapaxes(self.kt[layer, ..., :stop], -1, -2), self.v[layer, :, :, :stop]
 
     def reorder(self, index: np.ndarray) -> None:
         """Keep hypotheses `index` (beam search): row b becomes old row index[b]."""
         n = self.length
-        self.k[:, :, :, :n] = self.k[:, index, :, :n]
+        self.kt[..., :n] = self.kt[:, index, ..., :n]
         self.v[:, :, :, :n] = self.v[:, index, :, :n]
 
     def select(self, index: np.ndarray) -> None:
         """Keep only hypotheses `index` (fewer rows: finished utterances leave a batch)."""
-        self.k, self.v = self.k[:, index], self.v[:, index]
+        self.kt, self.v = self.kt[:, index], self.v[:, index]
 
     def expand(self, batch: int) -> None:
         """Copy hypothesis 0 to `batch` rows (after a shared prompt)."""
-        self.k = np.repeat(self.k[:, :1], batch, axis=1)
+        self.kt = np.repeat(self.kt[:, :1], batch, axis=1)
         self.v = np.repeat(self.v[:, :1], batch, axis=1)
 
 
@@ -147,6 +163,8 @@ class WhisperModel:
         self.tokenizer = ByteLevelBPEDecoder(config.tokens, config.first_special_id, config.special)
         self.output_name = OUTPUT_PROJECTION if OUTPUT_PROJECTION in weights else TOKEN_EMBEDDING
         self._dec_prefix = [f"model.decoder.layers.{i}." for i in range(self.dims.decoder_layers)]
+        self._linears: dict[str, ops.Linear] = {}  # by prefix: products whose weight stays put (`_linear`)
+        self._linears_for: tuple[frozenset[str], bool] = (weights.kept, kernel.available())
 
     # -- generation config shortcuts ---------------------------------------------------------------------------
     @property
@@ -200,6 +218,7 @@ class WhisperModel:
         mel = np.asarray(mel, dtype=np.float32)
         if mel.shape != (d.n_mels, 2 * d.n_audio_ctx):
             raise ValueError(f"expected mel features of shape {(d.n_mels, 2 * d.n_audio_ctx)}, got {mel.shape}")
+        self._check_linears()
         x = ops.gelu(_conv(w, "model.encoder.conv1", mel, stride=1))  # (D, 3000)
         x = ops.gelu(_conv(w, "model.encoder.conv2", x, stride=2))  # (D, 1500)
         x = np.ascontiguousarray(x.T)  # (1500, D)
@@ -212,16 +231,34 @@ class WhisperModel:
 
     def _attention(self, prefix: str, x: np.ndarray, heads: int) -> np.ndarray:
         """Bidirectional multi-head self-attention over x (T, D)."""
-        w = self.weights
         scale = np.float32((x.shape[-1] // heads) ** -0.5)
-        q = ops.split_heads(ops.linear(w, prefix + ".q_proj", x) * scale, heads)  # (H, T, hd)
-        k = ops.split_heads(ops.linear(w, prefix + ".k_proj", x), heads)
-        v = ops.split_heads(ops.linear(w, prefix + ".v_proj", x), heads)
-        return ops.linear(w, prefix + ".out_proj", ops.merge_heads(ops.attention(q, k, v)))
+        q = ops.split_heads(self._linear(prefix + ".q_proj", x) * scale, heads)  # (H, T, hd)
+        k = ops.split_heads(self._linear(prefix + ".k_proj", x), heads)
+        v = ops.split_heads(self._linear(prefix + ".v_proj", x), heads)
+        return self._linear(prefix + ".out_proj", ops.merge_heads(ops.attention(q, k, v)))
 
     def _mlp(self, prefix: str, x: np.ndarray) -> np.ndarray:
+        return self._linear(prefix + "fc2", ops.gelu(self._linear(prefix + "fc1", x)))
+
+    def _linear(self, prefix: str, x: np.ndarray, block_bytes: int | None = None) -> np.ndarray:
+        """`ops.linear` of the Linear `prefix`, loaded once when its weight stays put (kept, or multiplied by the
+        kernel from its packed codes): a decoding step runs ~50 small products, and looking each weight up again
+        cost more than multiplying by it. Others are loaded per call (their float weight must not stay)."""
         w = self.weights
-        return ops.linear(w, prefix + "fc2", ops.gelu(ops.linear(w, prefix + "fc1", x)))
+        layer = self._linears.get(prefix)
+        if layer is None:
+            name = prefix + ".weight"
+            if (not w.keeps(name) and w.packed(name) is None) or w.activation(name) is not None:
+                return ops.linear(w, prefix, x, block_bytes=block_bytes)
+            layer = self._linears[prefix] = ops.Linear.load(w, prefix)
+        return ops.apply_linear(layer, x)
+
+    def _check_linears(self) -> None:
+        """Forget the loaded Linears after a new plan or when the kernel was switched on or off (WAVQ_NO_KERNEL):
+        called once per encoder pass and decoding step, not per product."""
+        now = (self.weights.kept, kernel.available())
+        if self._linears_for != now:
+            self._linears, self._linears_for = {}, now
 
     def _norm(self, prefix: str, x: np.ndarray) -> np.ndarray:
         w = self.weights
@@ -231,12 +268,13 @@ class WhisperModel:
     def cross_kv(self, features: np.ndarray) -> CrossKV:
         """Per decoder layer: cross-attention keys and values (H, 1500, hd) of the audio features (1500, D).
         The keys are transposed views of contiguous (H, hd, 1500) arrays, the layout attention multiplies by."""
-        w, heads = self.weights, self.dims.decoder_heads
+        heads = self.dims.decoder_heads
+        self._check_linears()
         out = []
         for p in self._dec_prefix:
-            k = ops.split_heads(ops.linear(w, p + "encoder_attn.k_proj", features), heads)
-            v = ops.split_heads(ops.linear(w, p + "encoder_attn.v_proj", features), heads)
-            out.append((np.ascontiguousarray(k.transpose(0, 2, 1)).transpose(0, 2, 1), v))
+            k = ops.split_heads(self._linear(p + "encoder_attn.k_proj", features), heads)
+            v = ops.split_heads(self._linear(p + "encoder_attn.v_proj", features), heads)
+            out.append(_batched_kv(k, v))
         return out
 
     def new_state(self, batch: int = 1, capacity: int = KV_GROWTH) -> DecoderState:
@@ -258,6 +296,7 @@ class WhisperModel:
         if off + n > d.n_text_ctx:
             raise ValueError(f"decoder input of {off + n} tokens exceeds the model's {d.n_text_ctx} positions")
         state.reserve(n, d.n_text_ctx)
+        self._check_linears()
         x = w.take(TOKEN_EMBEDDING, tokens) + w.rows("model.decoder.embed_positions.weight", off, off + n)
         x = x.reshape(b * n, d.d_model).astype(np.float32, copy=False)  # (B*n, D)
         mask = None
@@ -284,19 +323,15 @@ class WhisperModel:
         self, prefix: str, x: np.ndarray, state: DecoderState, layer: int, mask: np.ndarray | None
     ) -> np.ndarray:
         """Causal self-attention of x (B*n, D), the new positions, over the cached and new keys."""
-        w, heads = self.weights, self.dims.decoder_heads
-        b = state.k.shape[1]
-        off, n = state.length, x.shape[0] // b
+        heads = self.dims.decoder_heads
+        b = state.v.shape[1]
+        n = x.shape[0] // b
         scale = np.float32((x.shape[-1] // heads) ** -0.5)
-        q = ops.split_heads((ops.linear(w, prefix + ".q_proj", x) * scale).reshape(b, n, -1), heads)  # (B, H, n, hd)
-        state.k[layer, :, :, off : off + n] = ops.split_heads(
-            ops.linear(w, prefix + ".k_proj", x).reshape(b, n, -1), heads
-        )
-        state.v[layer, :, :, off : off + n] = ops.split_heads(
-            ops.linear(w, prefix + ".v_proj", x).reshape(b, n, -1), heads
-        )
-        a = ops.attention(q, state.k[layer, :, :, : off + n], state.v[layer, :, :, : off + n], mask)  # (B, H, n, hd)
-        return ops.linear(w, prefix + ".out_proj", ops.merge_heads(a).reshape(b * n, -1))
+        q = ops.split_heads((self._linear(prefix + ".q_proj", x) * scale).reshape(b, n, -1), heads)  # (B, H, n, hd)
+        k = ops.split_heads(self._linear(prefix + ".k_proj", x).reshape(b, n, -1), heads)
+        v = ops.split_heads(self._linear(prefix + ".v_proj", x).reshape(b, n, -1), heads)
+        a = ops.attention(q, *state.put(layer, k, v), mask)  # (B, H, n, hd)
+        return self._linear(prefix + ".out_proj", ops.merge_heads(a).reshape(b * n, -1))
 
     def _cross_attention(
         self, prefix: str, x: np.ndarray, kv: tuple[np.ndarray, np.ndarray], keep: HeadScores | None = None
@@ -304,21 +339,22 @@ class WhisperModel:
         """Attention of x (B*n, D) over the audio. Shared audio (kv (H, T, hd)): every hypothesis shares it, so
         all queries stack per head; batched audio (kv (B, H, T, hd)): each row's queries attend to their own
         utterance (word-timestamp scores are collected on shared audio only)."""
-        w, heads = self.weights, self.dims.decoder_heads
+        heads = self.dims.decoder_heads
         scale = np.float32((x.shape[-1] // heads) ** -0.5)
-        q = ops.linear(w, prefix + ".q_proj", x) * scale
+        q = self._linear(prefix + ".q_proj", x) * scale
         if kv[0].ndim == 4:
             b = kv[0].shape[0]
             a = ops.merge_heads(ops.attention(ops.split_heads(q.reshape(b, -1, q.shape[-1]), heads), *kv))
-            return ops.linear(w, prefix + ".out_proj", a.reshape(x.shape[0], -1))
+            return self._linear(prefix + ".out_proj", a.reshape(x.shape[0], -1))
         q = ops.split_heads(q, heads)  # (H, B*n, hd)
         if keep is not None:
             keep(q, kv[0])
-        return ops.linear(w, prefix + ".out_proj", ops.merge_heads(ops.attention(q, *kv)))
+        return self._linear(prefix + ".out_proj", ops.merge_heads(ops.attention(q, *kv)))
 
     def logits(self, h: np.ndarray) -> np.ndarray:
         """h (B, D) through the output embedding -> (B, V); uncached, a block of its rows at a time."""
-        return ops.linear(self.weights, self.output_name.removesuffix(".weight"), h, block_bytes=LOGIT_BLOCK_BYTES)
+        self._check_linears()
+        return self._linear(self.output_name.removesuffix(".weight"), h, block_bytes=LOGIT_BLOCK_BYTES)
 
     # -- decoding shortcuts (see decoding.py) -----------------------------------------------------------------
     def decode_tokens(self, tokens: Sequence[int]) -> str:

@@ -17,12 +17,12 @@ from test_quant_whisper import _calibration, _quantized_logits_error, tiny  # no
 
 from wavq.converter.cli import main  # noqa: E402
 from wavq.converter.quant import pipeline  # noqa: E402
-from wavq.converter.quant.gptq import gptq  # noqa: E402
+from wavq.converter.quant.gptq import gptq, inverse_hessian_factor  # noqa: E402
 from wavq.converter.quant.mixed import bits_per_weight  # noqa: E402
 from wavq.converter.quant.recipe import Recipe, parse_method  # noqa: E402
 from wavq.converter.quant.rtn import QuantSpec, rtn  # noqa: E402
 from wavq.converter.quant.stats import FullStats  # noqa: E402
-from wavq.converter.quant.vq import VQSpec, codebook_bits, vq_quantize  # noqa: E402
+from wavq.converter.quant.vq import VQSpec, _assign, _expand, _rms_scales, codebook_bits, vq_quantize  # noqa: E402
 from wavq.converter.quant.weight import quantize_weight  # noqa: E402
 from wavq.formats import QuantizedTensor, dequantize  # noqa: E402
 from wavq.formats.codecs import CodebookTensor, dequantize_codebook  # noqa: E402
@@ -41,6 +41,35 @@ def _hessian(x: np.ndarray) -> torch.Tensor:
 
 def _bpw(t) -> float:
     return bits_per_weight([t])
+
+
+def _plain_assignment(w, s_cols, book, hinv, dim):
+    """The assignment written out plainly: one vector column at a time, one row at a time, in float64, every
+    vector's error spread over all later columns at once (no lazy batches)."""
+    rows, cols = w.shape
+    w = w.astype(np.float64)
+    idx = np.empty((rows, cols // dim), dtype=np.int64)
+    for j in range(0, cols, dim):
+        m = np.linalg.inv(hinv[j : j + dim, j : j + dim].astype(np.float64))
+        s = s_cols[:, j]
+        for r in range(rows):
+            idx[r, j // dim] = ((((w[r, j : j + dim] / s[r]) - book) @ m) ** 2).sum(1).argmin()
+        e = (w[:, j : j + dim] - book[idx[:, j // dim]] * s[:, None]) @ m
+        w[:, j + dim :] -= e @ hinv[j : j + dim, j + dim :]
+    return idx
+
+
+@pytest.mark.parametrize("dim,index_bits,seed", [(2, 5, 0), (4, 8, 1)])
+def test_assignment_equals_the_plain_loop(dim, index_bits, seed):
+    rows, cols = 48, 256
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_t(5, (rows, cols)) * rng.uniform(0.5, 2, (rows, 1))).astype(np.float32)
+    hinv = inverse_hessian_factor(_hessian(correlated_inputs(1024, cols, seed=seed)), 0.01).numpy()
+    s_cols = _expand(_rms_scales(w, 64).astype(np.float32), 64, cols)
+    book = rng.standard_normal((1 << index_bits, dim)).astype(np.float32)
+    got = _assign(w, s_cols, book, hinv, dim)
+    assert got.dtype == np.uint16 and got.shape == (rows, cols // dim)
+    assert np.array_equal(got, _plain_assignment(w, s_cols, book, hinv, dim))
 
 
 @pytest.mark.parametrize("bits,dim", [(2, 2), (3, 2)])

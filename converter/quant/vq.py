@@ -125,64 +125,64 @@ def _kmeans(x: np.ndarray, wt: np.ndarray, k: int, seed: int) -> np.ndarray:
     if len(x) > KMEANS_SAMPLES:
         pick = np.sort(rng.choice(len(x), KMEANS_SAMPLES, replace=False))
         x, wt = x[pick], wt[pick]
-    xt, wtt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(wt))
+    x, wt = np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(wt, dtype=np.float32)
     start = rng.choice(len(x), k, replace=len(x) < k)
-    centres = xt[torch.from_numpy(start)].clone()
+    centres = x[start].copy()
     if len(x) < k:  # fewer vectors than codewords: spread the duplicates so they do not coincide
-        centres += torch.from_numpy(rng.standard_normal(centres.shape).astype(np.float32)) * 1e-3
-    wx, wxx = wtt * xt, (wtt * xt * xt).sum(1, keepdim=True)
+        centres += rng.standard_normal(centres.shape).astype(np.float32) * np.float32(1e-3)
+    wx = wt * x
+    # sum_j wt_j (x_j - c_j)^2 = const + [wx, wt] . [-2 c, c^2]: one product per distance matrix
+    lhs = np.concatenate([wx, wt], axis=1)
     for _ in range(KMEANS_ITERATIONS):
-        label = _nearest_weighted(wx, wxx, wtt, centres)
-        num = torch.zeros_like(centres).index_add_(0, label, wx)
-        den = torch.zeros_like(centres).index_add_(0, label, wtt)
-        filled = den > 0
-        centres = torch.where(filled, num / den.clamp_min(1e-30), centres)
-    return centres.numpy()
+        label = _argmin_rows(lhs, np.concatenate([-2 * centres, centres * centres], axis=1))
+        num = np.zeros_like(centres)
+        den = np.zeros_like(centres)
+        np.add.at(num, label, wx)
+        np.add.at(den, label, wt)
+        centres = np.where(den > 0, num / np.maximum(den, np.float32(1e-30)), centres)
+    return centres
 
 
-def _nearest_weighted(wx: torch.Tensor, wxx: torch.Tensor, wt: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """argmin_k sum_j wt_j (x_j - c_kj)^2, in chunks of rows."""
-    step = max(1, ASSIGN_CHUNK // len(c))
-    out = []
-    for a in range(0, len(wx), step):
-        d = wxx[a : a + step] - 2 * wx[a : a + step] @ c.T + wt[a : a + step] @ (c * c).T
-        out.append(d.argmin(1))
-    return torch.cat(out)
+def _argmin_rows(lhs: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """argmin_k lhs_i . rhs_k for each row i of lhs, in chunks of rows (bounded memory)."""
+    step = max(1, ASSIGN_CHUNK // len(rhs))
+    return np.concatenate([(lhs[a : a + step] @ rhs.T).argmin(1) for a in range(0, len(lhs), step)])
 
 
 def _assign(w: np.ndarray, s_cols: np.ndarray, book: np.ndarray, hinv: np.ndarray, dim: int) -> np.ndarray:
-    """uint16 (rows, cols // dim): GPTQ over vectors (module docstring, step 3)."""
+    """uint16 (rows, cols // dim): GPTQ over vectors (module docstring, step 3).
+
+    Vectors are visited in order, each row's choice depending on the errors of the vectors before it, so the
+    search runs one vector column at a time over all rows; everything that does not depend on those errors (the
+    diagonal blocks' inverses, the codebook in each block's metric, its norms) is computed for a whole lazy
+    batch of columns up front, and the batch's errors reach the later columns in one product, as in gptq.py."""
     rows, cols = w.shape
     block = max(dim, VQ_BLOCK - VQ_BLOCK % dim)
-    wt = torch.from_numpy(np.ascontiguousarray(w.T))  # (cols, rows): rows of wt are columns of w
-    st = torch.from_numpy(np.ascontiguousarray(s_cols.T))
-    u_all = torch.from_numpy(hinv)
-    c = torch.from_numpy(book)
-    indices = torch.empty((cols // dim, rows), dtype=torch.int64)
+    wt = np.ascontiguousarray(w.T)  # (cols, rows): rows of wt are columns of w
+    st = np.ascontiguousarray(s_cols[:, ::dim].T)  # (cols // dim, rows): one scale per vector
+    indices = np.empty((cols // dim, rows), dtype=np.uint16)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
-        w1 = wt[i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        u1 = u_all[i1:i2, i1:i2]
-        for i in range(0, i2 - i1, dim):
-            uvv_inv = torch.linalg.inv(u1[i : i + dim, i : i + dim])  # upper triangular (dim, dim)
-            s = st[i1 + i]  # (rows,): one scale per vector (group_size is a multiple of dim)
-            x = (w1[i : i + dim] / s).T  # (rows, dim) scaled vectors
-            idx = _nearest_metric(x @ uvv_inv, c @ uvv_inv)
-            q = c[idx] * s[:, None]
-            e = (w1[i : i + dim].T - q) @ uvv_inv  # (rows, dim): GPTQ's e_k = (w_k - q_k) / U_kk, jointly
+        n = (i2 - i1) // dim
+        w1 = wt[i1:i2].copy()
+        err1 = np.zeros_like(w1)
+        u1 = hinv[i1:i2, i1:i2]
+        steps = np.arange(n)
+        uvv_inv = np.linalg.inv(u1.reshape(n, dim, n, dim)[steps, :, steps, :])  # (n, dim, dim) upper triangular
+        metric = book[None] @ uvv_inv  # (n, K, dim): the codebook in each vector's error metric
+        norms = (metric * metric).sum(-1)  # (n, K)
+        for v in range(n):
+            i = v * dim
+            s = st[i1 // dim + v]  # (rows,)
+            wv = w1[i : i + dim]  # (dim, rows)
+            x = (wv / s).T @ uvv_inv[v]  # (rows, dim) scaled vectors in the metric
+            idx = (norms[v] - 2 * (x @ metric[v].T)).argmin(1)
+            e = (wv.T - book[idx] * s[:, None]) @ uvv_inv[v]  # (rows, dim): GPTQ's e_k = (w_k - q_k) / U_kk
             w1[i + dim :] -= u1[i : i + dim, i + dim :].T @ e.T
             err1[i : i + dim] = e.T
-            indices[(i1 + i) // dim] = idx
-        wt[i2:] -= u_all[i1:i2, i2:].T @ err1
-    return indices.T.contiguous().numpy().astype(np.uint16)
-
-
-def _nearest_metric(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """argmin_k |x - c_k|^2 for each row of x, in chunks of rows."""
-    cc = (c * c).sum(1)
-    step = max(1, ASSIGN_CHUNK // len(c))
-    return torch.cat([(cc - 2 * x[a : a + step] @ c.T).argmin(1) for a in range(0, len(x), step)])
+            indices[i1 // dim + v] = idx
+        wt[i2:] -= hinv[i1:i2, i2:].T @ err1
+    return np.ascontiguousarray(indices.T)
 
 
 def _refit_scales(

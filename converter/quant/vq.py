@@ -44,6 +44,10 @@ KMEANS_ITERATIONS = 25
 KMEANS_SAMPLES = 1 << 15  # vectors the codebook is fitted on (a seeded sample of larger tensors)
 ASSIGN_CHUNK = 1 << 22  # rows * codewords per distance matrix: bounds the assignment's memory (16 MB float32)
 FLOAT16_BITS = 16
+FLOAT16_MAX = 65504.0
+CODEBOOK_ROUNDS = 1  # codebook refits (each after a re-assignment but the first), kept while the error falls
+CG_ITERATIONS = 50  # conjugate-gradient steps of one codebook refit (K * dim unknowns)
+CG_TOLERANCE = 1e-5  # ... or until the residual is this fraction of the right-hand side
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,7 @@ class VQSpec:
     dim: int  # weights per vector (VQ_DIMS)
     index_bits: int  # bits per index; bits per weight of the indices = index_bits / dim
     group_size: int = 0  # columns per scale (0 = one scale per row); a multiple of dim
+    codebook_rounds: int = CODEBOOK_ROUNDS  # codebook refits after the assignment (module docstring, step 5)
 
     def __post_init__(self) -> None:
         if self.dim not in VQ_DIMS:
@@ -97,12 +102,45 @@ def vq_quantize(
     u = w / s_cols
     weight = hdiag[None, :] * s_cols**2
     book = _kmeans(u.reshape(-1, spec.dim), weight.reshape(-1, spec.dim), 1 << spec.index_bits, seed)
-    book16 = book.astype(np.float16)
-    indices = _assign(w, s_cols, book16.astype(np.float32), hinv, spec.dim)
-    scales = _refit_scales(w, indices, book16.astype(np.float32), scales, gs, hessian)
+    book = book.astype(np.float16).astype(np.float32)  # what the file stores
+    h = None if hessian is None else hessian.to(torch.float32).numpy()
+    indices = _assign(w, s_cols, book, hinv, spec.dim)
+    scales = _refit_scales(w, indices, book, scales, gs, h)
+    best = (_output_error(w, indices, book, scales, gs, h), indices, book, scales)
+    for r in range(spec.codebook_rounds):
+        if r:  # re-assign with the refitted codebook and scales
+            indices = _assign(w, _expand(scales.astype(np.float32), gs, cols), book, hinv, spec.dim)
+        book = _refit_codebook(w, indices, book, _expand(scales.astype(np.float32), gs, cols), h)
+        scales = _refit_scales(w, indices, book, scales, gs, h)
+        err = _output_error(w, indices, book, scales, gs, h)
+        if not err < best[0]:
+            break
+        best = (err, indices, book, scales)
+    _, indices, book, scales = best
     return CodebookTensor(
-        (rows, cols), spec.dim, spec.index_bits, gs, max(rows, 1), indices, book16[None], scales, rotation=0
+        (rows, cols),
+        spec.dim,
+        spec.index_bits,
+        gs,
+        max(rows, 1),
+        indices,
+        book.astype(np.float16)[None],
+        scales,
+        rotation=0,
     )
+
+
+def _dequantized(indices: np.ndarray, book: np.ndarray, scales: np.ndarray, gs: int, cols: int) -> np.ndarray:
+    rows = len(indices)
+    return book[indices.astype(np.int64)].reshape(rows, cols) * _expand(scales.astype(np.float32), gs, cols)
+
+
+def _output_error(
+    w: np.ndarray, indices: np.ndarray, book: np.ndarray, scales: np.ndarray, gs: int, h: np.ndarray | None
+) -> float:
+    """tr((W - Q) H (W - Q)^T) (H = I without statistics): the objective every step decreases."""
+    d = w - _dequantized(indices, book, scales, gs, w.shape[1])
+    return float(((d if h is None else d @ h) * d).sum(dtype=np.float64))
 
 
 def _expand(per_group: np.ndarray, gs: int, cols: int) -> np.ndarray:
@@ -186,7 +224,7 @@ def _assign(w: np.ndarray, s_cols: np.ndarray, book: np.ndarray, hinv: np.ndarra
 
 
 def _refit_scales(
-    w: np.ndarray, indices: np.ndarray, book: np.ndarray, scales: np.ndarray, gs: int, hessian: torch.Tensor | None
+    w: np.ndarray, indices: np.ndarray, book: np.ndarray, scales: np.ndarray, gs: int, h: np.ndarray | None
 ) -> np.ndarray:
     """float16 (rows, ng): per row, the scales minimising (w - sum_g s_g q_g) H (...)^T for the chosen vectors
     q (module docstring, step 4); a row whose normal equations are singular keeps its scales."""
@@ -194,7 +232,7 @@ def _refit_scales(
     ng = scales.shape[1]
     q = torch.from_numpy(book[indices.astype(np.int64)].reshape(rows, cols))
     wt = torch.from_numpy(w)
-    h = torch.eye(cols) if hessian is None else hessian.to(torch.float32)
+    h = torch.eye(cols) if h is None else torch.from_numpy(h)
     group = torch.arange(cols) // gs
     onehot = torch.nn.functional.one_hot(group, ng).to(torch.float32)  # (cols, ng)
     # A[r, g, k] = sum_{i in g, j in k} q_ri H_ij q_rj;  b[r, g] = sum_{i in g} q_ri (H w_r)_i
@@ -211,3 +249,50 @@ def _refit_scales(
     out = scales.copy()
     out[ok] = np.clip(sol[ok], 6.1e-5, 65504).astype(np.float16)
     return out
+
+
+def _refit_codebook(
+    w: np.ndarray, indices: np.ndarray, book: np.ndarray, s_cols: np.ndarray, h: np.ndarray | None
+) -> np.ndarray:
+    """(K, dim) float16 values: the codebook minimising tr((W - Q) H (W - Q)^T) with the indices and scales fixed,
+    Q[r, j] = s[r, j] C[index[r, j // dim], j % dim] (GPTVQ's codebook update, solved exactly rather than by
+    gradient steps). Q is linear in C, so this is a least-squares problem in K * dim unknowns; its normal
+    equations are solved by Jacobi-preconditioned conjugate gradients, matrix-free: each product with the normal
+    matrix is one (rows, cols) x (cols, cols) product, gathered from and scattered back to the codebook entries.
+    Codewords no weight uses keep their values."""
+    rows, cols = w.shape
+    k, dim = book.shape
+    slot = (indices.astype(np.int64)[:, :, None] * dim + np.arange(dim)).reshape(-1)  # each weight's entry
+    s = s_cols.reshape(-1)
+
+    def times_h(x: np.ndarray) -> np.ndarray:
+        return x if h is None else x @ h
+
+    def normal(c: np.ndarray) -> np.ndarray:  # (M^T H M) c, M: the entries -> weights map (scaled)
+        q = (c.astype(np.float32)[slot] * s).reshape(rows, cols)
+        return np.bincount(slot, weights=times_h(q).reshape(-1) * s, minlength=k * dim)
+
+    b = np.bincount(slot, weights=times_h(w).reshape(-1) * s, minlength=k * dim)
+    hdiag = np.ones(cols, dtype=np.float32) if h is None else np.diagonal(h)
+    diag = np.bincount(slot, weights=(s_cols**2 * hdiag).reshape(-1), minlength=k * dim)
+    precond = np.where(diag > 0, 1 / np.maximum(diag, 1e-30), 0.0)  # 0: unused entries stay as they are
+    x = book.reshape(-1).astype(np.float64)
+    r = precond.astype(bool) * (b - normal(x))
+    z = precond * r
+    p, rz = z.copy(), float(r @ z)
+    target = CG_TOLERANCE * float(np.sqrt(b @ b))
+    for _ in range(CG_ITERATIONS):
+        if float(np.sqrt(r @ r)) <= target:
+            break
+        ap = normal(p)
+        pap = float(p @ ap)
+        if not pap > 0:
+            break
+        alpha = rz / pap
+        x += alpha * p
+        r -= alpha * ap
+        z = precond * r
+        rz, rz_old = float(r @ z), rz
+        p = z + (rz / rz_old) * p
+    out = np.clip(x, -FLOAT16_MAX, FLOAT16_MAX).reshape(k, dim)
+    return np.where(np.isfinite(out), out, book).astype(np.float16).astype(np.float32)

@@ -47,8 +47,8 @@ from wavq.converter.quant.recipe import Recipe  # noqa: E402
 from wavq.converter.quant.weight import stored_values  # noqa: E402
 from wavq.evaluation.datasets import find_utterances, spread  # noqa: E402
 from wavq.formats import QuantizedTensor  # noqa: E402
-from wavq.formats.reader import open_wq  # noqa: E402
 from wavq.formats.codecs import CodebookTensor  # noqa: E402
+from wavq.formats.reader import open_wq  # noqa: E402
 from wavq.runtime.audio import SAMPLE_RATE, load_audio  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vq_validation"
@@ -64,6 +64,7 @@ ROWS: dict[str, dict | None] = {
     "vq d2 3.0 g128": {"method": "vq", "bits": 3, "vq_dim": 2, "vq": {"codebook_rounds": 0}},
     "vq d2 3.0 g128 codebook 1": {"method": "vq", "bits": 3, "vq_dim": 2, "vq": {"codebook_rounds": 1}},
     "vq d2 3.0 g128 codebook 3": {"method": "vq", "bits": 3, "vq_dim": 2, "vq": {"codebook_rounds": 3}},
+    "vq d2 3.0 g128 codebook 6": {"method": "vq", "bits": 3, "vq_dim": 2, "vq": {"codebook_rounds": 6}},
     "vq d2 3.0 g128 codebook 3 rotate": {
         "method": "vq",
         "bits": 3,
@@ -80,6 +81,36 @@ ROWS: dict[str, dict | None] = {
         "rotate": True,
         "act_order": True,
     },
+    "vq d2 3.0 g128 codebook 6 rotate": {
+        "method": "vq",
+        "bits": 3,
+        "vq_dim": 2,
+        "rotate": True,
+        "vq": {"codebook_rounds": 6},
+    },
+    "vq d2 3.0 row codebook 3 rotate": {
+        "method": "vq",
+        "bits": 3,
+        "vq_dim": 2,
+        "group_size": 0,
+        "rotate": True,
+        "vq": {"codebook_rounds": 3},
+    },
+    "vq d2 2.5 g128 codebook 3 rotate": {
+        "method": "vq",
+        "bits": 2.5,
+        "vq_dim": 2,
+        "rotate": True,
+        "vq": {"codebook_rounds": 3},
+    },
+    "vq d2 2.0 g128 codebook 3 rotate": {
+        "method": "vq",
+        "bits": 2,
+        "vq_dim": 2,
+        "rotate": True,
+        "vq": {"codebook_rounds": 3},
+    },
+    "gptq mixed 2.63 rotate": {"method": "gptq", "bits": None, "target_bpw": 2.63, "rotate": True},
     "vq d2 2.5 g128 codebook 3": {"method": "vq", "bits": 2.5, "vq_dim": 2, "vq": {"codebook_rounds": 3}},
     "vq d2 2.0 g128 codebook 3": {"method": "vq", "bits": 2, "vq_dim": 2, "vq": {"codebook_rounds": 3}},
     "rtn 2": {"method": "rtn", "bits": 2},

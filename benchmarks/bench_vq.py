@@ -53,6 +53,7 @@ from wavq.runtime.audio import SAMPLE_RATE, load_audio  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vq_validation"
 HELD_OUT_SPEAKER = "8226"  # train-clean-100 speaker never drawn for calibration: the validation set
+MEASURED_CODE = ("converter", "formats", "runtime")  # a row's "code" is marked modified when these differ
 
 # label -> recipe options (None: float), plus "vq": VQSpec fields. Order = measuring order (what decides first).
 # Bits per weight at g128 on tiny.en: d2 with 6/5/4 index bits 3.13/2.63/2.13; d4 with 11/9/8 index bits
@@ -193,10 +194,14 @@ def quantize_in_process(opts: dict, args, tw: TorchWhisper, calib_items) -> tupl
 
 
 def code_version() -> str:
-    """The commit the measured code is at (+ "modified" when the working tree differs from it)."""
+    """The commit the measured code is at (+ "modified" when the package's code differs from it)."""
     here = Path(__file__).resolve().parent
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", *MEASURED_CODE],
+        cwd=here.parent,
+        capture_output=True,
+    )
     return head.stdout.strip() + (" modified" if dirty.stdout.strip() else "")
 
 

@@ -74,6 +74,13 @@ ROWS: dict[str, dict | None] = {
         "vq": {"codebook_rounds": 3},
     },
     "vq d4 2.75 g128 codebook 3": {"method": "vq", "bits": 2.75, "vq_dim": 4, "vq": {"codebook_rounds": 3}},
+    "vq d4 2.75 g128 codebook 3 rotate": {
+        "method": "vq",
+        "bits": 2.75,
+        "vq_dim": 4,
+        "rotate": True,
+        "vq": {"codebook_rounds": 3},
+    },
     "gptq mixed 3.13 rotate": {"method": "gptq", "bits": None, "target_bpw": 3.13, "rotate": True},
     "gptq+tune mixed 3.13 rotate act-order": {
         "method": "gptq+tune",

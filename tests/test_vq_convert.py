@@ -17,12 +17,20 @@ from test_quant_whisper import _calibration, _quantized_logits_error, tiny  # no
 
 from wavq.converter.cli import main  # noqa: E402
 from wavq.converter.quant import pipeline  # noqa: E402
-from wavq.converter.quant.gptq import gptq  # noqa: E402
+from wavq.converter.quant.gptq import gptq, inverse_hessian_factor  # noqa: E402
 from wavq.converter.quant.mixed import bits_per_weight  # noqa: E402
 from wavq.converter.quant.recipe import Recipe, parse_method  # noqa: E402
 from wavq.converter.quant.rtn import QuantSpec, rtn  # noqa: E402
 from wavq.converter.quant.stats import FullStats  # noqa: E402
-from wavq.converter.quant.vq import VQSpec, codebook_bits, vq_quantize  # noqa: E402
+from wavq.converter.quant.vq import (  # noqa: E402
+    VQSpec,
+    _assign,
+    _expand,
+    _refit_codebook,
+    _rms_scales,
+    codebook_bits,
+    vq_quantize,
+)
 from wavq.converter.quant.weight import quantize_weight  # noqa: E402
 from wavq.formats import QuantizedTensor, dequantize  # noqa: E402
 from wavq.formats.codecs import CodebookTensor, dequantize_codebook  # noqa: E402
@@ -41,6 +49,68 @@ def _hessian(x: np.ndarray) -> torch.Tensor:
 
 def _bpw(t) -> float:
     return bits_per_weight([t])
+
+
+def _plain_assignment(w, s_cols, book, hinv, dim):
+    """The assignment written out plainly: one vector column at a time, one row at a time, in float64, every
+    vector's error spread over all later columns at once (no lazy batches)."""
+    rows, cols = w.shape
+    w = w.astype(np.float64)
+    idx = np.empty((rows, cols // dim), dtype=np.int64)
+    for j in range(0, cols, dim):
+        m = np.linalg.inv(hinv[j : j + dim, j : j + dim].astype(np.float64))
+        s = s_cols[:, j]
+        for r in range(rows):
+            idx[r, j // dim] = ((((w[r, j : j + dim] / s[r]) - book) @ m) ** 2).sum(1).argmin()
+        e = (w[:, j : j + dim] - book[idx[:, j // dim]] * s[:, None]) @ m
+        w[:, j + dim :] -= e @ hinv[j : j + dim, j + dim :]
+    return idx
+
+
+@pytest.mark.parametrize("dim,index_bits,seed", [(2, 5, 0), (4, 8, 1)])
+def test_assignment_equals_the_plain_loop(dim, index_bits, seed):
+    rows, cols = 48, 256
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_t(5, (rows, cols)) * rng.uniform(0.5, 2, (rows, 1))).astype(np.float32)
+    hinv = inverse_hessian_factor(_hessian(correlated_inputs(1024, cols, seed=seed)), 0.01).numpy()
+    s_cols = _expand(_rms_scales(w, 64).astype(np.float32), 64, cols)
+    book = rng.standard_normal((1 << index_bits, dim)).astype(np.float32)
+    got = _assign(w, s_cols, book, hinv, dim)
+    assert got.dtype == np.uint16 and got.shape == (rows, cols // dim)
+    assert np.array_equal(got, _plain_assignment(w, s_cols, book, hinv, dim))
+
+
+def test_codebook_refit_is_the_least_squares_codebook():
+    rows, cols, dim, k = 40, 64, 2, 16
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal((500, cols)) @ rng.standard_normal((cols, cols)) / 8
+    h = (x.T @ x / len(x)).astype(np.float32)
+    idx = rng.integers(0, k - 1, (rows, cols // dim)).astype(np.uint16)  # codeword k - 1 unused
+    s_cols = rng.uniform(0.5, 2, (rows, cols)).astype(np.float32)
+    book = rng.standard_normal((k, dim)).astype(np.float32)
+    got = _refit_codebook(w, idx, book, s_cols, h)
+    # dense normal equations: Q = M c with M[(r, j), (idx[r, j // dim], j % dim)] = s[r, j]
+    m = np.zeros((rows, cols, k * dim))
+    slot = idx.astype(np.int64)[:, :, None] * dim + np.arange(dim)
+    m[np.arange(rows)[:, None], np.arange(cols)[None, :], slot.reshape(rows, cols)] = s_cols
+    a = np.einsum("rip,ij,rjq->pq", m, h, m)[: (k - 1) * dim, : (k - 1) * dim]
+    b = np.einsum("rip,ij,rj->p", m, h, w)[: (k - 1) * dim]
+    expected = np.linalg.solve(a, b).reshape(k - 1, dim)
+    assert got.dtype == np.float32 and np.array_equal(got, got.astype(np.float16).astype(np.float32))
+    np.testing.assert_allclose(got[:-1], expected, rtol=2e-3, atol=2e-3)  # float16 values
+    assert np.array_equal(got[-1], book[-1].astype(np.float16).astype(np.float32))
+
+
+def test_codebook_rounds_never_raise_the_output_error():
+    w = _weight(5)
+    x = correlated_inputs(2048, COLS, seed=5)
+    h = _hessian(x)
+    errors = [
+        output_error(w, dequantize_codebook(vq_quantize(w, VQSpec(2, 4, 64, codebook_rounds=n), h)), x)
+        for n in (0, 1, 3)
+    ]
+    assert errors[2] <= errors[1] <= errors[0] and errors[2] < 0.99 * errors[0]
 
 
 @pytest.mark.parametrize("bits,dim", [(2, 2), (3, 2)])

@@ -130,19 +130,21 @@ class Weights:
         else:
             arr = self._get_dict(name).astype(np.float32, copy=False)
         if name in self.kept:
-            arr = np.ascontiguousarray(arr)
+            arr = np.asfortranarray(arr) if self._column_major(name) else np.ascontiguousarray(arr)
             self._cache[name] = arr
         return arr
 
     def _column_major(self, name: str) -> bool:
         """Whether a kept matrix is held column-major (`_dequantize_transposed`): every one made in memory, and
         with an unlimited budget also those the file holds as float32 (otherwise zero-cost row-major views of it),
-        the float32 model in memory being what cache=True asks for."""
-        assert self._file is not None
+        the float32 model in memory being what cache=True asks for. Weights on a dict of arrays follow the
+        float32 file's rule, so both run the same products."""
+        if self._file is None:
+            return self._get_dict(name).ndim == 2 and self.max_memory == UNLIMITED
         info = self._file.info(name)
         if info.encoding == Encoding.F32:
             return len(info.shape) == 2 and self.max_memory == UNLIMITED
-        return len(info.shape) == 2 and (info.quantized or info.encoding == Encoding.F16)
+        return len(info.shape) == 2 and (info.quantized or info.codebook or info.encoding == Encoding.F16)
 
     def get(self, name: str, default: np.ndarray | None = None) -> np.ndarray | None:
         return self[name] if name in self else default

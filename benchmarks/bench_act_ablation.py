@@ -5,9 +5,11 @@
 The weights stay float; only the inputs of the chosen linear layers are rounded to signed `bits`-bit codes with a
 per-token (dynamic) scale, exactly as the runtime's integer path rounds them (converter.quant.act.fake_quantize =
 intlinear.quantize_activations): one transformer block at a time (encoder.layers.i, decoder.layers.i, the output
-projection), then one kind of layer across all blocks (q/k/v, out_proj, fc1, fc2, cross-attention k/v), then
-every layer at once. Measured on validation audio (train-clean-100 speaker HELD_OUT_SPEAKER, never a test set),
-greedy, transformers' Whisper with forward pre-hooks. Each row is stored as soon as it is measured
+projection), then one kind of layer across all blocks (q/k/v, out_proj, fc1, fc2, cross-attention k/v), every
+encoder linear, and every layer at once; where every layer at once costs more than KEEP_ASKED_ABOVE points, every
+layer but the worst block, and the encoder at the ablated width with the decoder at DECODER_BITS. Measured on
+validation audio (train-clean-100 speaker HELD_OUT_SPEAKER, never a test set), greedy, transformers' Whisper with
+forward pre-hooks. Each row is stored as soon as it is measured
 (results/act_ablation_<model>.json; a rerun skips rows already there); the Markdown table is drawn from that file.
 """
 
@@ -46,7 +48,8 @@ KINDS = {
     "fc2": ("fc2",),
 }
 OUTPUT = "proj_out"
-NONE, EVERY = "none", "every linear"
+NONE, EVERY, ENCODER = "none", "every linear", "every encoder linear"
+DECODER_BITS = 8  # the decoder's input width in the mixed rows (encoder at fewer bits)
 KEEP_ASKED_ABOVE = 0.5  # WER points
 
 
@@ -61,6 +64,7 @@ def parts(model: torch.nn.Module) -> dict[str, list[str]]:
     out["output projection"] = [n for n in linears if n == OUTPUT]
     for kind, suffixes in KINDS.items():
         out[kind] = [n for n in linears if n.endswith(suffixes)]
+    out[ENCODER] = [n for n in linears if ".encoder." in n]
     out[EVERY] = linears
     return out
 
@@ -164,13 +168,13 @@ def main() -> None:
     command = "python benchmarks/bench_act_ablation.py " + " ".join(sys.argv[1:])
     where = f"train-clean-100 speaker {HELD_OUT_SPEAKER}, {len(valid)} utterances"
 
-    def row(part: str, names: list[str] | None, bits: int | None, with_wer: bool) -> dict:
+    def row(part: str, names: list[str] | None, bits: int | None, with_wer: bool, specs: dict | None = None) -> dict:
         """The stored row of (part, bits), measuring what it lacks."""
         r = next((r for r in rows if (r["part"], r["bits"]) == (part, bits)), None)
         if r is None:
             r = {"part": part, "bits": bits, "n_linear": len(names or [])}
             rows.append(r)
-        with quantizing(tw, names, bits):
+        with quantized_inputs(tw.model, specs) if specs else quantizing(tw, names, bits):
             if r.get("kl") is None:
                 encoder_changed = any(".encoder." in n for n in names or [])
                 r["kl"], r["agree"] = (round(v, 6) for v in probe.compare(encoder_changed))
@@ -192,15 +196,20 @@ def main() -> None:
     every = all_parts.pop(EVERY)
     for bits in args.bits:
         every_row = row(EVERY, every, bits, True)
-        measured = {p: row(p, names, bits, args.wer_every_part) for p, names in all_parts.items() if names}
+        measured = {
+            p: row(p, names, bits, args.wer_every_part or p == ENCODER) for p, names in all_parts.items() if names
+        }
         # what an integer-only device would keep in float, asked only where quantizing everything costs more
-        # than KEEP_ASKED_ABOVE points: every linear but the worst one or two blocks
+        # than KEEP_ASKED_ABOVE points: every linear but the worst block
         if every_row["wer"] - rows_by_part[NONE]["wer"] <= KEEP_ASKED_ABOVE:
             continue
         blocks = sorted((p for p in measured if p not in KINDS), key=lambda p: -measured[p]["kl"])
-        for k in (1, 2):
-            kept = set().union(*(all_parts[p] for p in blocks[:k]))
-            row(f"{EVERY} but {' and '.join(blocks[:k])}", [n for n in every if n not in kept], bits, True)
+        row(f"{EVERY} but {blocks[0]}", [n for n in every if n not in all_parts[blocks[0]]], bits, True)
+        # the split an integer-only device can use when the decoder is the sensitive side
+        if bits < DECODER_BITS:
+            decoder = {n: ActivationSpec(DECODER_BITS) for n in every if n not in all_parts[ENCODER]}
+            specs = {**decoder, **{n: ActivationSpec(bits) for n in all_parts[ENCODER]}}
+            row(f"encoder at A{bits}, decoder and output at A{DECODER_BITS}", every, bits, True, specs)
 
 
 if __name__ == "__main__":

@@ -81,20 +81,34 @@ class Weights:
         """Every tensor is kept after first use (cache=True or a budget the whole model fits in)."""
         return len(self.kept) == len(self.names())
 
-    def float_bytes(self, name: str) -> int:
-        """Bytes a kept tensor adds: its float32 size, 0 for float32 stored in the file (a memory-mapped view)."""
-        if self._file is not None and self._file.info(name).encoding == Encoding.F32:
+    def kept_bytes(self, name: str) -> int:
+        """Bytes keeping a tensor adds: its float32 size, 0 for float32 stored in the file (a memory-mapped view).
+        A weight with an activation spec is never dequantized (its products take the integer path): keeping it
+        holds its unpacked codes, a byte per weight (`codes`), or nothing when the compiled kernel reads its packed
+        codes in place (`packed`)."""
+        n = int(np.prod(self.shape(name)))
+        if self._file is None:
+            return 4 * n
+        info = self._file.info(name)
+        if info.encoding == Encoding.F32:
             return 0
-        return 4 * int(np.prod(self.shape(name)))
+        if info.activation is not None:
+            return 0 if kernel.available() else n
+        return 4 * n
 
     def plan(self, rank: ReuseRank) -> frozenset[str]:
         """Choose the tensors kept within `max_memory` in `rank` order (see `keep_within`); returns them."""
-        self.kept = keep_within({n: self.float_bytes(n) for n in self.names()}, rank, self.max_memory)
+        self.kept = keep_within({n: self.kept_bytes(n) for n in self.names()}, rank, self.max_memory)
         self._cache = {n: a for n, a in self._cache.items() if n in self.kept}
         return self.kept
 
     def keeps(self, name: str) -> bool:
         return name in self.kept
+
+    def _keeps_float(self, name: str) -> bool:
+        """Whether a kept tensor is kept as float32: not a weight of the integer path (`kept_bytes`), which keeps
+        its codes; a lookup in it (Whisper's tied token embedding) gathers rows instead (`take`)."""
+        return name in self.kept and self.activation(name) is None
 
     @property
     def path(self) -> str | None:
@@ -122,14 +136,15 @@ class Weights:
         hit = self._cache.get(name)
         if hit is not None:
             return hit
-        if self._file is not None and name in self.kept and self._column_major(name):
+        keep = self._keeps_float(name)
+        if self._file is not None and keep and self._column_major(name):
             arr = self._cache[name] = _dequantize_transposed(self._file, name)
             return arr
         if self._file is not None:
             arr = self._file.array(name)
         else:
             arr = self._get_dict(name).astype(np.float32, copy=False)
-        if name in self.kept:
+        if keep:
             arr = np.asfortranarray(arr) if self._column_major(name) else np.ascontiguousarray(arr)
             self._cache[name] = arr
         return arr
@@ -162,7 +177,7 @@ class Weights:
         """float32 rows at `index` (embedding lookup) without dequantizing the whole table."""
         index = np.asarray(index)
         uniq, inv = np.unique(index.ravel(), return_inverse=True)
-        if name in self.kept or self._file is None:
+        if self._keeps_float(name) or self._file is None:
             return self[name][index]
         if self._file.info(name).encoding in (Encoding.F32, Encoding.F16):  # gather those rows from the memory map
             return self._file.raw(name)[0][index].astype(np.float32)
@@ -183,8 +198,7 @@ class Weights:
         """The packed codes of a quantized tensor that is not kept, or that has an activation spec (its products
         never use a float copy), for the compiled kernel when it is available (else None: dequantize or unpack
         instead). Zero-copy views of the memory map, built once."""
-        kept = name in self.kept and self.activation(name) is None
-        if self._file is None or kept or not kernel.available():
+        if self._file is None or self._keeps_float(name) or not kernel.available():
             return None
         hit = self._packed.get(name)
         if hit is None and self._file.info(name).quantized:

@@ -248,7 +248,7 @@ class WhisperModel:
         layer = self._linears.get(prefix)
         if layer is None:
             name = prefix + ".weight"
-            if (not w.keeps(name) and w.packed(name) is None) or w.activation(name) is not None:
+            if not w.keeps(name) and w.packed(name) is None:
                 return ops.linear(w, prefix, x, block_bytes=block_bytes)
             layer = self._linears[prefix] = ops.Linear.load(w, prefix)
         return ops.apply_linear(layer, x)

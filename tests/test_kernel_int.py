@@ -199,10 +199,10 @@ def converted(tmp_path_factory):
     return files
 
 
-def _outputs(path: str, arch: str) -> list[np.ndarray]:
+def _outputs(path: str, arch: str, **load_options) -> list[np.ndarray]:
     from wavq.runtime import load
 
-    model = load(path)
+    model = load(path, **load_options)
     rng = np.random.default_rng(8)
     audio = (0.1 * rng.standard_normal(16_000)).astype(np.float32)
     if arch == "wav2vec2":
@@ -237,3 +237,32 @@ def test_act_quant_model_is_identical_with_and_without_the_kernel(converted, mon
     assert len(calls) == n  # and here they did not
     for a, b in zip(with_kernel, without):
         assert bits_equal(a, b)
+
+
+@pytest.mark.parametrize("no_kernel", ["0", "1"])
+def test_a_budget_never_holds_float_copies_of_integer_path_weights(converted, monkeypatch, no_kernel):
+    # Their products multiply codes: keeping one costs its unpacked codes (a byte per weight) in numpy, nothing
+    # with the kernel (packed views of the map), and no budget makes the runtime dequantize it.
+    from wavq.runtime import load
+    from wavq.runtime.weights import Weights
+
+    monkeypatch.setenv(kernel.DISABLE_ENV, no_kernel)
+    path = converted["whisper", "w8a8"]
+    w = load(path).weights
+    integer = {n for n in w.names() if w.activation(n) is not None}
+    assert integer
+    for n in integer:
+        assert w.kept_bytes(n) == (0 if kernel.available() else int(np.prod(w.shape(n))))
+    dequantized: list[str] = []
+    getitem = Weights.__getitem__
+
+    def recorded(self, name):
+        dequantized.append(name)
+        return getitem(self, name)
+
+    monkeypatch.setattr(Weights, "__getitem__", recorded)
+    budgets = ({}, {"max_memory": sum(w.kept_bytes(n) for n in integer)}, {"cache": True})
+    runs = [_outputs(path, "whisper", **b) for b in budgets]
+    assert not integer & set(dequantized)
+    for other in runs[1:]:
+        assert all(bits_equal(a, b) for a, b in zip(runs[0], other))

@@ -61,7 +61,7 @@ def test_kernel_and_numpy_paths_generate_the_same_tokens(tiny_q4, monkeypatch):
 def test_budget_keeps_per_token_decoder_weights_before_encoder_weights(tiny_q4, monkeypatch):
     monkeypatch.setenv(kernel.DISABLE_ENV, "1")  # the output embedding is then kept first
     w = load(tiny_q4).weights
-    costs = {n: w.float_bytes(n) for n in w.names()}
+    costs = {n: w.kept_bytes(n) for n in w.names()}
     per_token = [n for n in costs if reuse_rank(n) == 1 and costs[n]]
     encoder = [n for n in costs if n.startswith("model.encoder.layers.") and costs[n]]
     head = OUTPUT_PROJECTION if OUTPUT_PROJECTION in costs else TOKEN_EMBEDDING
@@ -87,18 +87,18 @@ def test_the_output_embedding_is_kept_first_with_or_without_the_kernel(tiny_q4, 
     monkeypatch.setenv(kernel.DISABLE_ENV, no_kernel)
     w = load(tiny_q4).weights
     head = OUTPUT_PROJECTION if OUTPUT_PROJECTION in w else TOKEN_EMBEDDING
-    for model in (load(tiny_q4, max_memory=w.float_bytes(head)), load(tiny_q4, cache=True)):
+    for model in (load(tiny_q4, max_memory=w.kept_bytes(head)), load(tiny_q4, cache=True)):
         assert head in model.weights.kept
         assert model.weights.packed(head) is None
         assert model.weights[head].flags.f_contiguous
-    only_head = load(tiny_q4, max_memory=w.float_bytes(head)).weights.kept
-    assert only_head == {head} | {n for n in w.names() if w.float_bytes(n) == 0}
+    only_head = load(tiny_q4, max_memory=w.kept_bytes(head)).weights.kept
+    assert only_head == {head} | {n for n in w.names() if w.kept_bytes(n) == 0}
 
 
 def test_results_identical_whatever_the_budget(tiny_q4):
     mels = [_mel(load(tiny_q4), s) for s in range(2)]
     w = load(tiny_q4).weights
-    half = sum(w.float_bytes(n) for n in w.names()) // 2
+    half = sum(w.kept_bytes(n) for n in w.names()) // 2
     results = [
         [load(tiny_q4, **kw).generate(m, max_new_tokens=MAX_NEW) for m in mels]
         for kw in ({}, {"max_memory": half}, {"cache": True})

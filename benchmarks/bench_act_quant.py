@@ -21,6 +21,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -149,15 +150,21 @@ def table(by_subset: dict[str, list[dict]], header: dict) -> str:
         f"Machine: {header['machine']}; {header['versions']}; {header['date']}.",
         f"Data: {header['data']}; greedy, max {MAX_NEW_TOKENS} new tokens.",
         f"Command: `{header['command']}`",
+    ]
+    # rows stored by earlier runs in the same workdir keep the command that measured them
+    earlier = sorted({r.get("command") for rows in by_subset.values() for r in rows} - {header["command"], None})
+    lines += [f"Rows measured earlier by: `{c}`" for c in earlier]
+    lines += [
         "",
         "Bit-operations = counted MACs x weight bits x activation bits (attention scores float x float, 32 x 32).",
     ]
-    first = next((r for rows in by_subset.values() for r in rows), {})
-    if "engine" in first:
+    simulated = [r for rows in by_subset.values() for r in rows if "engine" in r]
+    if simulated:
         lines.append(
-            f"WER: {first['engine']} (the float simulation of the integer path, same codes); MACs and bit-operations "
-            "counted by the runtime on the first utterances of each set, where 'runtime = sim' says on how many its "
-            "integer path gives the same normalized text."
+            f"WER from: 'runtime' rows ran the numpy runtime (its integer path) on every utterance; 'sim' rows ran "
+            f"{simulated[0]['engine']} (the float simulation of the integer path, same codes), with MACs and "
+            "bit-operations counted by the runtime on the first utterances of each set, where 'runtime = sim' says "
+            "on how many its integer path gives the same normalized text."
         )
     for subset, rows in by_subset.items():
         n = rows[0]["n_utterances"] if rows else 0
@@ -168,15 +175,16 @@ def table(by_subset: dict[str, list[dict]], header: dict) -> str:
 
 def subset_table(rows: list[dict]) -> list[str]:
     lines = [
-        "| recipe | bits/weight | act bits | WER % | G MACs/s audio | T bit-ops/s audio | vs f32 x f32 | scores "
-        "| runtime = sim |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| recipe | bits/weight | act bits | WER % | WER from | G MACs/s audio | T bit-ops/s audio | vs f32 x f32 "
+        "| scores | runtime = sim |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = r["bitops_per_audio_second"] / r["float_bitops_per_audio_second"]
         scores = r["bitops_by_part"][compute.ATTENTION_SCORES] / max(1, sum(r["bitops_by_part"].values()))
         lines.append(
             f"| {r['label']} | {r['bits_per_weight']:.2f} | {r['act_bits']} | {100 * r['wer']:.2f} | "
+            f"{'sim' if 'engine' in r else 'runtime'} | "
             f"{r['macs_per_audio_second'] / 1e9:.3f} | {r['bitops_per_audio_second'] / 1e12:.3f} | 1/{1 / ratio:.1f} | "
             f"{100 * scores:.0f} % | {r.get('runtime_same_text', '')} |"
         )
@@ -239,6 +247,7 @@ def main() -> None:
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     calib = ["--calib", args.calib, "--calib-samples", str(args.calib_samples)] if args.calib else []
+    command = "python benchmarks/bench_act_quant.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     store = os.path.join(args.workdir, "results.json")
     done = json.load(open(store)) if os.path.exists(store) else {}
     tw = None
@@ -257,6 +266,7 @@ def main() -> None:
                     done[key] = measure(label, path, utts)
                 else:
                     done[key] = measure_simulated(label, path, utts, tw, args.simulate)
+                done[key]["command"] = command
                 save(store, key, done[key])
                 print(f"{key}: WER {100 * done[key]['wer']:.2f} %", file=sys.stderr, flush=True)
     header = {
@@ -265,7 +275,7 @@ def main() -> None:
         "versions": versions(),
         "date": datetime.date.today().isoformat(),
         "data": ", ".join(os.path.join(os.path.basename(os.path.normpath(args.data)), s) for s in args.subsets),
-        "command": "python benchmarks/bench_act_quant.py " + " ".join(sys.argv[1:]),
+        "command": command,
     }
     done = json.load(open(store)) if os.path.exists(store) else {}
     by_subset = {s: [done[f"{s}/{label}"] for label in args.rows if f"{s}/{label}" in done] for s in args.subsets}

@@ -215,7 +215,9 @@ def gelu(x: np.ndarray) -> np.ndarray:
     Evaluated block by block so the temporaries stay in cache: the first conv layers produce tens of millions of
     activations per utterance. Each block is computed in float64: a float32 erfc carries a small systematic bias
     (~1e-8 per activation) that the following fc2 sums accumulate to ~4e-4 in a Whisper encoder, 6x torch's own
-    float32 error; float64 blocks remove it. The passes are few: with h = erfc(|x| / sqrt 2) / 2,
+    float32 error; float64 blocks remove the rounding part of it. What remains is the polynomial's own error
+    (mean -1.5e-8 on N(0, 2^2) inputs, torch float32 ~1e-10; tests/test_ops_gelu.py bounds it).
+    The passes are few: with h = erfc(|x| / sqrt 2) / 2,
     x Phi(x) = max(x, 0) - |x| h for either sign (no select), and exp(-x^2 / 2) needs no |x| / sqrt 2.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)

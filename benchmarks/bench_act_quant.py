@@ -31,6 +31,7 @@ from click.testing import CliRunner  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import machine, versions  # noqa: E402
+from bench_quant_table import MAX_NEW_TOKENS as SIM_MAX_NEW_TOKENS  # noqa: E402
 
 from wavq.converter.cli import main as convert_main  # noqa: E402
 from wavq.evaluation import evaluate  # noqa: E402
@@ -110,7 +111,6 @@ def measure_simulated(label: str, path: str, utts, tw, check: int) -> dict:
     flip a near-tie), MACs and bit-operations from the runtime on the first `check` utterances, and on how many of
     those the runtime's integer path gives the simulation's normalized text."""
     from bench_common import file_input_specs, load_wq_weights, quantized_inputs
-    from bench_quant_table import MAX_NEW_TOKENS as SIM_MAX_NEW_TOKENS
     from bench_quant_table import wer
 
     from wavq.evaluation import normalizer_for
@@ -161,7 +161,8 @@ def table(by_subset: dict[str, list[dict]], header: dict) -> str:
         f"# Activation quantization, {header.get('model', DEFAULT_MODEL)} (WER, counted bit-operations)",
         "",
         f"Machine: {header['machine']}; {header['versions']}; {header['date']}.",
-        f"Data: {header['data']}; greedy, max {MAX_NEW_TOKENS} new tokens.",
+        f"Data: {header['data']}; greedy, max {MAX_NEW_TOKENS} new tokens ('sim' rows and their runtime check: "
+        f"{SIM_MAX_NEW_TOKENS}).",
         f"Command: `{header['command']}`",
     ]
     # rows stored by earlier runs in the same workdir keep the command that measured them

@@ -258,6 +258,11 @@ def main() -> None:
         help="WER from transformers with the file's activation rounding as hooks (batched: fast enough for whole "
         "test sets); the runtime runs only the first N utterances, for MACs and its agreement with the simulation",
     )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the tables from the rows already stored in <workdir>/results.json; measure nothing",
+    )
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     calib = ["--calib", args.calib, "--calib-samples", str(args.calib_samples)] if args.calib else []
@@ -274,7 +279,7 @@ def main() -> None:
         utts = utts[: args.limit] if args.limit else utts
         for label in args.rows:
             key = f"{subset}/{label}"
-            if key not in done:
+            if key not in done and not args.report_only:
                 path = convert(args.model, label, args.workdir, calib)
                 if tw is None or not simulable(path):
                     done[key] = measure(label, path, utts)

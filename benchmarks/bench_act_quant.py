@@ -31,7 +31,6 @@ from click.testing import CliRunner  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import machine, versions  # noqa: E402
-from bench_quant_table import MAX_NEW_TOKENS as SIM_MAX_NEW_TOKENS  # noqa: E402
 
 from wavq.converter.cli import main as convert_main  # noqa: E402
 from wavq.evaluation import evaluate  # noqa: E402
@@ -111,6 +110,7 @@ def measure_simulated(label: str, path: str, utts, tw, check: int) -> dict:
     flip a near-tie), MACs and bit-operations from the runtime on the first `check` utterances, and on how many of
     those the runtime's integer path gives the simulation's normalized text."""
     from bench_common import file_input_specs, load_wq_weights, quantized_inputs
+    from bench_quant_table import MAX_NEW_TOKENS as SIM_MAX_NEW_TOKENS
     from bench_quant_table import wer
 
     from wavq.evaluation import normalizer_for
@@ -161,8 +161,7 @@ def table(by_subset: dict[str, list[dict]], header: dict) -> str:
         f"# Activation quantization, {header.get('model', DEFAULT_MODEL)} (WER, counted bit-operations)",
         "",
         f"Machine: {header['machine']}; {header['versions']}; {header['date']}.",
-        f"Data: {header['data']}; greedy, max {MAX_NEW_TOKENS} new tokens ('sim' rows and their runtime check: "
-        f"{SIM_MAX_NEW_TOKENS}).",
+        f"Data: {header['data']}; greedy, max {MAX_NEW_TOKENS} new tokens.",
         f"Command: `{header['command']}`",
     ]
     # rows stored by earlier runs in the same workdir keep the command that measured them
@@ -174,11 +173,14 @@ def table(by_subset: dict[str, list[dict]], header: dict) -> str:
     ]
     simulated = [r for rows in by_subset.values() for r in rows if "engine" in r]
     if simulated:
+        from bench_quant_table import MAX_NEW_TOKENS as SIM_MAX_NEW_TOKENS  # torch: only where sim rows exist
+
         lines.append(
             f"WER from: 'runtime' rows ran the numpy runtime (its integer path) on every utterance; 'sim' rows ran "
             f"{simulated[0]['engine']} (the float simulation of the integer path, same codes), with MACs and "
             "bit-operations counted by the runtime on the first utterances of each set, where 'runtime = sim' says "
-            "on how many its integer path gives the same normalized text."
+            f"on how many its integer path gives the same normalized text. 'sim' rows and their runtime check "
+            f"decode up to {SIM_MAX_NEW_TOKENS} new tokens."
         )
     for subset, rows in by_subset.items():
         n = rows[0]["n_utterances"] if rows else 0
@@ -270,7 +272,7 @@ def main() -> None:
     store = os.path.join(args.workdir, "results.json")
     done = json.load(open(store)) if os.path.exists(store) else {}
     tw = None
-    if args.simulate is not None:
+    if args.simulate is not None and not args.report_only:
         from bench_quant_table import TorchWhisper
 
         tw = TorchWhisper(args.model)
